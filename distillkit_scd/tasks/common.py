@@ -1,0 +1,105 @@
+"""Shared pieces of every task: the registry entry, deterministic splitting, Hub/local loading."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+
+DATA_ENV = "DISTILLKIT_SCD_DATA"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the rest of the library needs to know about a task.
+
+    name: registry key.  kind: how outputs are scored ("choice", "yesno", "ner", "exact").
+    max_new_tokens: default generation budget.  build: `(source, **options) -> DatasetDict`.
+    """
+
+    name: str
+    kind: str
+    max_new_tokens: int
+    build: Callable[..., DatasetDict]
+
+
+def default_data_root() -> Path:
+    """`$DISTILLKIT_SCD_DATA`, else `../shared/data` beside the working directory (the benchmark copy)."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else Path("..") / "shared" / "data"
+
+
+def stable_shuffle(keys: Sequence[str], seed: int) -> list[str]:
+    """Shuffle by a hash of (seed, key): independent of input order and of Python's hash seed."""
+    return sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+
+
+def group_split(rows: list[dict[str, Any]], group_of: Callable[[dict], str], test_fraction: float,
+                seed: int) -> tuple[list[dict], list[dict]]:
+    """Split rows so that no group (source text) is in both parts; ≈ `test_fraction` of rows in test.
+
+    Groups are ordered by a seeded hash and assigned to test until the row quota ⌈n·f⌉ is met, so the
+    split is a pure function of the data and the seed.
+    """
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(group_of(row), []).append(row)
+    quota = len(rows) - int(len(rows) * (1 - test_fraction))  # n − ⌊0.8·n⌋ as the data README counts
+    test, train = [], []
+    for key in stable_shuffle(list(groups), seed):
+        (test if len(test) < quota else train).extend(groups[key])
+    return train, test
+
+
+def carve_validation(train: list[dict], fraction: float, seed: int, group_of=None) -> tuple[list, list]:
+    """Hold out a validation subset of train (by group when given), deterministic by seed."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction: expected a number in [0, 1), got {fraction!r}")
+    if fraction == 0:
+        return train, []
+    rest, val = group_split(train, group_of or (lambda r: r["id"]), fraction, seed + 1)
+    return rest, val
+
+
+def to_dataset_dict(train: list[dict], validation: list[dict], test: list[dict], info: dict) -> DatasetDict:
+    splits = {"train": train, "validation": validation, "test": test}
+    dd = DatasetDict({k: Dataset.from_list(v) if v else Dataset.from_list([]) for k, v in splits.items()})
+    dd.split_info = {**info, "sizes": {k: len(v) for k, v in splits.items()},
+                     "ids": {k: [r["id"] for r in v] for k, v in splits.items()}}
+    return dd
+
+
+def limit_rows(rows: list[dict], limit: int | None, name: str) -> list[dict]:
+    if limit is None:
+        return rows
+    if limit < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {limit!r}")
+    return rows[:limit]
+
+
+def pick_source(source: str | None, default_subdir: str, task: str) -> tuple[str, Path | None]:
+    """Return ("local", path) or ("hub", None) for a recipe's `task.source`."""
+    if source is None:
+        path = default_data_root() / default_subdir
+        if not path.exists():
+            raise ValueError(
+                f"task {task}: no data at {path}; set task.source to a local copy or a Hub dataset id, "
+                f"or set ${DATA_ENV} to the folder holding pubmedqa/ and jmed_llm/"
+            )
+        return "local", path
+    path = Path(source).expanduser()
+    if path.exists():
+        return "local", path
+    if source.startswith((".", "/", "~")):
+        raise ValueError(f"task {task}: task.source {source!r} does not exist")
+    return "hub", None
+
+
+def rng(seed: int) -> random.Random:
+    return random.Random(seed)

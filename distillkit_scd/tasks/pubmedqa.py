@@ -1,0 +1,103 @@
+"""`pubmedqa`: PubMedQA PQA-L with the official 500/500 split.
+
+test = the keys of `test_ground_truth.json` (authoritative); train = the other 500 PMIDs of
+`ori_pqal.json`; a validation subset is carved from train. The prompt is ours (upstream defines none):
+the question and the labelled abstract sections; the gold answer is `final_decision`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datasets import DatasetDict
+
+from .common import carve_validation, limit_rows, pick_source, to_dataset_dict
+
+SYSTEM = (
+    "You are a biomedical research assistant. Read the abstract and answer the research question "
+    "with exactly one word: yes, no, or maybe."
+)
+LABELS = ("yes", "no", "maybe")
+
+
+def format_user(question: str, contexts: list[str], labels: list[str]) -> str:
+    sections = "\n".join(f"{label}: {text}" for label, text in zip(labels, contexts))
+    return f"Question: {question}\nAbstract:\n{sections}\nAnswer (yes, no, or maybe):"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"task pubmedqa: missing file {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"task pubmedqa: {path} is not valid UTF-8 JSON ({err})") from None
+
+
+def _load_local(root: Path) -> tuple[dict, list[str]]:
+    if root.is_dir() and (root / "pubmedqa").is_dir():
+        root = root / "pubmedqa"
+    pqal = _read_json(root / "ori_pqal.json")
+    gt = _read_json(root / "test_ground_truth.json")
+    missing = [k for k in gt if k not in pqal]
+    if missing:
+        raise ValueError(f"task pubmedqa: {root / 'test_ground_truth.json'}: PMIDs not in ori_pqal.json: "
+                         f"{missing[:5]}")
+    return pqal, list(gt)
+
+
+def _load_hub(source: str, test_ids_file: str | None) -> tuple[dict, list[str]]:
+    from datasets import load_dataset
+
+    if test_ids_file is None:
+        raise ValueError("task pubmedqa: a Hub source needs option test_ids_file (the official "
+                         "test_ground_truth.json) to reproduce the official split")
+    ds = load_dataset(source, "pqa_labeled", split="train")
+    pqal = {
+        str(r["pubid"]): {"QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
+                          "LABELS": r["context"]["labels"], "final_decision": r["final_decision"]}
+        for r in ds
+    }
+    return pqal, list(_read_json(Path(test_ids_file)))
+
+
+def _row(pmid: str, item: dict, where: str) -> dict:
+    for key in ("QUESTION", "CONTEXTS", "LABELS", "final_decision"):
+        if key not in item:
+            raise ValueError(f"task pubmedqa: {where}: PMID {pmid} has no field {key!r}")
+    answer = item["final_decision"]
+    if answer not in LABELS:
+        raise ValueError(f"task pubmedqa: {where}: PMID {pmid}: final_decision {answer!r} is not yes/no/maybe")
+    user = format_user(item["QUESTION"], item["CONTEXTS"], item["LABELS"])
+    return {
+        "id": pmid,
+        "answer": answer,
+        "question": item["QUESTION"],
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": answer},
+        ],
+    }
+
+
+def build(source: str | None = None, validation_fraction: float = 0.1, seed: int = 42,
+          limit_train: int | None = None, limit_test: int | None = None, test_ids_file: str | None = None,
+          **unknown) -> DatasetDict:
+    if unknown:
+        raise ValueError(f"task pubmedqa: unknown option(s) {sorted(unknown)}; allowed: validation_fraction, "
+                         "seed, limit_train, limit_test, test_ids_file")
+    kind, path = pick_source(source, "pubmedqa", "pubmedqa")
+    pqal, test_ids = _load_local(path) if kind == "local" else _load_hub(source, test_ids_file)
+    where = str(path or source)
+    test_set = set(test_ids)
+    train = [_row(k, v, where) for k, v in pqal.items() if k not in test_set]
+    test = [_row(k, pqal[k], where) for k in test_ids]
+    train, val = carve_validation(train, validation_fraction, seed)
+    train = limit_rows(train, limit_train, "limit_train")
+    test = limit_rows(test, limit_test, "limit_test")
+    info = {"task": "pubmedqa", "source": where,
+            "definition": "official PQA-L split: test = test_ground_truth.json (500), train = other 500; "
+            f"validation {validation_fraction} of train, seed {seed}"}
+    return to_dataset_dict(train, val, test, info)

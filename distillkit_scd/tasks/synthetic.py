@@ -1,0 +1,103 @@
+"""`synthetic`: a generated domain task that needs no download (quickstart and tests).
+
+Four families of rules (the row's `tag`) of different difficulty, so a wider teacher learns some
+sub-domains better while a small student is not hopeless — the situation AW is designed for:
+
+- ``lookup``  memorise a fixed table: "Which code is assigned to <term>?" → ``K17``  (capacity-bound)
+- ``choice``  pick the member of a category among three options → ``B``            (knowledge + format)
+- ``sum``     (a + b) mod 10 for two digits → ``7``                                (arithmetic rule)
+- ``reverse`` reverse three letters → ``C A F``                                    (sequence rule)
+
+Answers are short strings scored by exact match of the stripped generation (evaluation kind "exact").
+Rows are a pure function of the seed; train and test draw from independent streams.
+"""
+
+from __future__ import annotations
+
+import random
+
+from datasets import DatasetDict
+
+from .common import carve_validation, to_dataset_dict
+
+SYSTEM = "You are a clinical coding assistant. Reply with the answer only."
+
+TERMS = [
+    "fever", "cough", "nausea", "rash", "headache", "fatigue", "dizziness", "edema", "anemia", "asthma",
+    "insomnia", "tremor", "angina", "sepsis", "gout", "vertigo", "otitis", "eczema", "colitis", "myalgia",
+]
+CATEGORIES = {
+    "drug": ["aspirin", "insulin", "heparin", "morphine", "warfarin", "codeine"],
+    "organ": ["liver", "kidney", "heart", "lung", "spleen", "pancreas"],
+    "test": ["biopsy", "x-ray", "ultrasound", "endoscopy", "ecg", "mri"],
+}
+LETTERS = "ABCDEF"
+
+
+def _code_table(seed: int = 1234) -> dict[str, str]:
+    """The fixed term → code table (the 'domain knowledge'); independent of the data seed."""
+    r = random.Random(seed)
+    codes = r.sample(range(10, 100), len(TERMS))
+    return {term: f"K{code}" for term, code in zip(TERMS, codes)}
+
+
+def _row(r: random.Random, index: int, split: str) -> dict:
+    tag = ("lookup", "choice", "sum", "reverse")[index % 4]
+    if tag == "lookup":
+        term = r.choice(TERMS)
+        question, answer = f"Which code is assigned to {term}?", _code_table()[term]
+    elif tag == "choice":
+        category = r.choice(sorted(CATEGORIES))
+        right = r.choice(CATEGORIES[category])
+        others = [w for c, ws in sorted(CATEGORIES.items()) if c != category for w in ws]
+        options = [right, *r.sample(others, 2)]
+        r.shuffle(options)
+        lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+        question, answer = f"Which option is a {category}?\n{lines}", LETTERS[options.index(right)]
+    elif tag == "sum":
+        a, b = r.randrange(10), r.randrange(10)
+        question, answer = f"What is ({a} + {b}) mod 10?", str((a + b) % 10)
+    else:
+        letters = r.sample(LETTERS, 3)
+        question, answer = f"Reverse the letters: {' '.join(letters)}", " ".join(reversed(letters))
+    return {
+        "id": f"syn-{split}-{index}",
+        "tag": tag,
+        "question": question,
+        "answer": answer,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ],
+    }
+
+
+def generate_rows(num: int, seed: int, split: str) -> list[dict]:
+    r = random.Random(f"{seed}:{split}")
+    return [_row(r, i, split) for i in range(num)]
+
+
+def corpus_for_tokenizer() -> list[str]:
+    """Text covering every synthetic string, for training the tiny tokenizer."""
+    rows = generate_rows(400, seed=0, split="tok")
+    return [SYSTEM] + [f"user assistant system {r['question']} {r['answer']}" for r in rows]
+
+
+def build(source: str | None = None, num_train: int = 600, num_test: int = 100, validation_fraction: float = 0.1,
+          seed: int = 42, **unknown) -> DatasetDict:
+    """Generate the task. `source` must be None: the generator is the source."""
+    if unknown:
+        raise ValueError(f"task synthetic: unknown option(s) {sorted(unknown)}; allowed: num_train, num_test, "
+                         "validation_fraction, seed")
+    if source is not None:
+        raise ValueError(f"task synthetic: task.source must be unset (got {source!r}); the data is generated")
+    for name, value in (("num_train", num_train), ("num_test", num_test)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"task synthetic: {name}: expected a positive integer, got {value!r}")
+    train = generate_rows(num_train, seed, "train")
+    test = generate_rows(num_test, seed, "test")
+    train, val = carve_validation(train, validation_fraction, seed)
+    info = {"task": "synthetic", "definition": f"generated, seed {seed}, {num_train} train / {num_test} test, "
+            f"validation {validation_fraction} of train"}
+    return to_dataset_dict(train, val, test, info)
