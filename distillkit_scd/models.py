@@ -49,7 +49,7 @@ def _tokenizer_corpus() -> list[str]:
     return corpus_for_tokenizer() + english * 20 + japanese * 20
 
 
-def build_tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 600):
+def build_tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 1000):
     """Train a byte-level BPE tokenizer on the spot (about a second) with a Llama-3-like chat template.
 
     Byte-level BPE covers any UTF-8 text, so the same tokenizer also works on the Japanese JMED data.

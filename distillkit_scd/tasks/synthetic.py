@@ -81,7 +81,7 @@ def generate_rows(num: int, seed: int, split: str) -> list[dict]:
 def corpus_for_tokenizer() -> list[str]:
     """Text covering every synthetic string, for training the tiny tokenizer."""
     rows = generate_rows(400, seed=0, split="tok")
-    return [SYSTEM] + [f"user assistant system {r['question']} {r['answer']}" for r in rows]
+    return [f"system {SYSTEM} user {r['question']} assistant {r['answer']}" for r in rows]
 
 
 def build(source: str | None = None, num_train: int = 600, num_test: int = 100, validation_fraction: float = 0.1,
