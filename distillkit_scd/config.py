@@ -113,13 +113,12 @@ class SFTConfig:
     """Domain SFT of teacher and student.
 
     num_checkpoints (`int`, defaults to `4`): N, teacher checkpoints saved evenly over its training.
-    select_by (`str`, defaults to `"val_loss"`): how p(best) is picked: lowest validation loss, or best
-        validation score of the task metric (slower: generates).
+    select_by (`str`, defaults to `"val_loss"`): how p(best) is picked: the lowest validation loss.
     teacher (`RoleSFTConfig`): teacher SFT settings.  student (`RoleSFTConfig`): student SFT settings.
     """
 
     num_checkpoints: int = 4
-    select_by: Literal["val_loss", "val_score"] = "val_loss"
+    select_by: Literal["val_loss"] = "val_loss"
     teacher: RoleSFTConfig = field(default_factory=RoleSFTConfig)
     student: RoleSFTConfig = field(default_factory=RoleSFTConfig)
 

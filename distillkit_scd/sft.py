@@ -1,0 +1,108 @@
+"""Domain SFT stage: `distillkit-scd sft RECIPE --role teacher|student`.
+
+Fine-tunes the role's base model with TRL's SFTTrainer machinery (our `DistillationTrainer` with no
+teacher: plain CE on assistant tokens, chunked over the vocabulary) and saves N evenly spaced checkpoints
+— step_j = round(j·S/N) for j = 1..N, the last one the final model — each evaluated on the validation
+split. `manifest.json` lists them (index, step, epoch, path, validation loss) and names p(best), the
+checkpoint with the lowest validation loss. Re-running resumes from the newest trainer checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from distillkit_scd.callbacks import SaveAtStepsCallback
+from distillkit_scd.collate import DistillationCollator
+from distillkit_scd.config import Recipe
+from distillkit_scd.teachers import CheckpointEntry, write_manifest
+from distillkit_scd.training_args import build_sft_config
+from distillkit_scd.workspace import Workspace, save_resolved_recipe
+
+logger = logging.getLogger(__name__)
+
+
+def world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def steps_per_epoch(num_rows: int, recipe: Recipe) -> int:
+    o = recipe.optim
+    return max(1, math.ceil(num_rows / (o.per_device_train_batch_size * world_size()) / o.gradient_accumulation_steps))
+
+
+def evenly_spaced_steps(total_steps: int, n: int) -> list[int]:
+    """round(j·S/N) for j = 1..N; raises when there are fewer steps than checkpoints."""
+    if total_steps < n:
+        raise ValueError(f"sft.num_checkpoints: {n} checkpoints need at least {n} optimizer steps, the run has "
+                         f"{total_steps}; train longer or lower num_checkpoints")
+    return [round(j * total_steps / n) for j in range(1, n + 1)]
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest `checkpoint-<step>` folder with a finished save (trainer_state.json written last)."""
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    if not done:
+        return None
+    return str(max(done, key=lambda p: int(p.name.split("-")[1])))
+
+
+def run_sft(recipe: Recipe, role: str) -> Path:
+    """Fine-tune `role` on the task's train split; returns its folder (with manifest.json)."""
+    if role not in ("teacher", "student"):
+        raise ValueError(f"--role: expected teacher or student, got {role!r}")
+    from distillkit_scd.trainer import DistillationTrainer
+
+    ws = Workspace(recipe)
+    out = ws.sft_dir(role)
+    save_resolved_recipe(recipe, out)
+    tokenizer = ws.tokenizer()
+    train, val = ws.tokenized_splits(tokenizer)
+    role_cfg = getattr(recipe.sft, role)
+    per_epoch = steps_per_epoch(len(train), recipe)
+    total = math.ceil(role_cfg.num_train_epochs * per_epoch)
+    n = recipe.sft.num_checkpoints
+    save_steps = evenly_spaced_steps(total, n)
+    logger.info("SFT %s: %d rows, %d steps/epoch, %d steps, checkpoints at %s", role, len(train), per_epoch, total,
+                save_steps)
+    args = build_sft_config(recipe, out, role_cfg.learning_rate or recipe.optim.learning_rate, max_steps=total,
+                            prediction_loss_only=True)
+    saver = SaveAtStepsCallback(save_steps, evaluate=val is not None)
+    model = ws.load_base(role)
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                                  processing_class=tokenizer, data_collator=DistillationCollator(tokenizer.pad_token_id),
+                                  callbacks=[saver])
+    resume = last_checkpoint(out)
+    if resume:
+        logger.info("SFT %s: resuming from %s", role, resume)
+    trainer.train(resume_from_checkpoint=resume)
+    write_checkpoint_manifest(out, save_steps, per_epoch, saver.eval_losses, trainer)
+    return out
+
+
+def write_checkpoint_manifest(out: Path, save_steps: list[int], per_epoch: int, eval_losses: dict[int, float],
+                              trainer) -> Path:
+    """Manifest of the saved checkpoints; p(best) = lowest validation loss (last one if no validation).
+
+    Validation losses of checkpoints saved before a resume are read back from the trainer's log history.
+    """
+    history = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e}
+    history.update(eval_losses)
+    entries = []
+    for j, step in enumerate(save_steps):
+        folder = out / f"checkpoint-{step}"
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: expected checkpoint missing after training")
+        entries.append(CheckpointEntry(index=j, step=step, epoch=step / per_epoch, path=str(folder),
+                                       val_loss=history.get(step)))
+    losses = [e.val_loss for e in entries]
+    if all(v is not None for v in losses):
+        best = min(range(len(entries)), key=lambda j: (losses[j], -j))
+        selected_by = "lowest validation loss"
+    else:
+        best, selected_by = len(entries) - 1, "final checkpoint (no validation split)"
+    logger.info("checkpoints %s; p(best) = %d (%s)", [(e.step, e.val_loss) for e in entries], best, selected_by)
+    return write_manifest(out, entries, best, selected_by)

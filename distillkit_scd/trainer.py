@@ -1,0 +1,229 @@
+"""`DistillationTrainer`: TRL's `SFTTrainer` with a frozen teacher and our chunked compound loss.
+
+Only `compute_loss` changes: the student runs through its (possibly DDP/DeepSpeed-wrapped) model with
+`logits_to_keep=1`, so no full (B, T, V) logits are built, and its final hidden states are taken from the
+decoder's output with a forward hook; the teacher's decoder runs under `no_grad` on the same
+`input_ids`, `attention_mask` and `position_ids`. Both are gathered at label positions only and handed
+to `losses.chunked_compound_loss`. With no teacher the same path is plain SFT (chunked CE), which is how
+the SFT stage trains too.
+
+Staged methods (CD, SCD, and — as the paper's shared infrastructure says — every distillation row) use
+`steps_per_stage`: the learning-rate schedule restarts (warm-up + cosine over T steps) and the optimizer
+state is cleared every T optimizer steps. Clearing AdamW's state is exactly a fresh AdamW (its step
+count and moments live in the state); the schedule is a pure function of the global step, so a resumed
+run continues it exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from trl import SFTTrainer
+
+from distillkit_scd.losses import LossSpec, chunked_compound_loss, label_positions
+
+logger = logging.getLogger(__name__)
+
+_BATCH_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+def unwrap(model):
+    """The plain `PreTrainedModel` inside DDP / DeepSpeed / accelerate wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def staged_lr_lambda(steps_per_stage: int, warmup_ratio: float, kind: str = "cosine"):
+    """LR multiplier as a pure function of the global step: warm-up then cosine (or linear/constant)
+    decay, restarted at every stage boundary (step % T == 0)."""
+    warmup = int(math.ceil(warmup_ratio * steps_per_stage))
+
+    def fn(step: int) -> float:
+        s = step % steps_per_stage
+        if s < warmup:
+            return (s + 1) / (warmup + 1)
+        progress = (s - warmup) / max(1, steps_per_stage - warmup)
+        if kind == "constant":
+            return 1.0
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def reset_optimizer_state(optimizer) -> None:
+    """Forget AdamW moments and step counts: identical to a freshly built optimizer over the same params."""
+    inner = optimizer
+    while hasattr(inner, "optimizer") and not isinstance(inner, torch.optim.Optimizer):
+        inner = inner.optimizer  # accelerate's AcceleratedOptimizer, DeepSpeed wrappers
+    if hasattr(inner, "optimizer") and isinstance(getattr(inner, "optimizer"), torch.optim.Optimizer):
+        inner = inner.optimizer
+    inner.state.clear()
+
+
+class DistillationTrainer(SFTTrainer):
+    """SFTTrainer + frozen teacher + compound loss (TD, TAID, AW; CE only when `teacher_model` is None).
+
+    Args:
+        teacher_model: the frozen teacher (same vocabulary), or None for SFT.
+        loss_spec (`LossSpec`): divergence, temperature, α and chunk size.
+        use_aw (`bool`): weight each sample's distillation term by its AW (batch column `aw`, (B, N)) for
+            the active checkpoint instead of α.
+        taid_state (`TAIDState`, *optional*): supplies t for the TAID divergence.
+        steps_per_stage (`int`, *optional*): T; restarts LR schedule and optimizer every T steps.
+    """
+
+    def __init__(self, *args, teacher_model=None, loss_spec: LossSpec | None = None, use_aw: bool = False,
+                 taid_state=None, steps_per_stage: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_spec = loss_spec or LossSpec(alpha=0.0)
+        self.use_aw = use_aw
+        self.taid_state = taid_state
+        self.steps_per_stage = steps_per_stage
+        self.active_checkpoint = 0
+        self._loss_sums: dict[str, torch.Tensor] = {}
+        self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
+        self._hidden: dict[str, torch.Tensor] = {}
+        decoder = unwrap(self.model).get_decoder()
+        decoder.register_forward_hook(self._capture_hidden)
+        self.teacher_model = None
+        if teacher_model is not None:
+            self.set_teacher(teacher_model)
+
+    # -- teacher ------------------------------------------------------------------------------------
+
+    def set_teacher(self, teacher_model) -> None:
+        """Freeze the teacher and place it like the student: DeepSpeed-prepared under ZeRO (a teacher
+        loaded after a ZeRO-3 config exists is partitioned and unusable raw), on the device otherwise."""
+        teacher_model.eval()
+        teacher_model.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
+        else:
+            teacher_model = teacher_model.to(self.accelerator.device)
+        self.teacher_model = teacher_model
+
+    @property
+    def teacher_model_module(self):
+        """The plain teacher module (inside any DeepSpeed engine), for in-place checkpoint swaps."""
+        return None if self.teacher_model is None else unwrap(self.teacher_model)
+
+    # -- loss ---------------------------------------------------------------------------------------
+
+    def _capture_hidden(self, module, args, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        self._hidden["student"] = hidden  # (B, T, H), final-normed
+
+    def _token_weights(self, inputs: dict, flat_idx: torch.Tensor, length: int):
+        if not self.use_aw:
+            return None
+        aw = inputs.get("aw")
+        if aw is None:
+            raise ValueError("use_aw=True but the batch has no `aw` column; attach the AW table to the dataset")
+        rows = torch.div(flat_idx, length, rounding_mode="floor")
+        return aw[rows, self.active_checkpoint].to(torch.float32)  # each token gets its sample's AW
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        batch = {k: inputs[k] for k in _BATCH_KEYS if k in inputs}
+        batch_size, length = labels.shape
+        flat_idx, targets = label_positions(labels)
+
+        # Through the wrapper (DDP/DeepSpeed hooks run); logits_to_keep=1 skips the (B, T, V) logits.
+        outputs = model(**batch, use_cache=False, logits_to_keep=1)
+        student_hidden = self._hidden.pop("student").reshape(batch_size * length, -1)[flat_idx]  # (N, H)
+        student_head = unwrap(model).get_output_embeddings()
+
+        teacher_hidden = teacher_head = None
+        if self.teacher_model is not None:
+            teacher = unwrap(self.teacher_model)
+            with torch.no_grad():
+                t_out = teacher.get_decoder()(**batch, use_cache=False)
+                teacher_hidden = t_out.last_hidden_state.reshape(batch_size * length, -1)[flat_idx]
+            teacher_head = teacher.get_output_embeddings().weight
+
+        taid_t = self.taid_state.t if self.taid_state is not None else 1.0
+        loss, parts = chunked_compound_loss(
+            student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, teacher_head,
+            weights=self._token_weights(inputs, flat_idx, length), taid_t=taid_t, num_items=num_items_in_batch,
+        )
+        # num_items_in_batch counts every rank's tokens while DDP averages gradients over ranks.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        if self.model.training:
+            self._accumulate(parts, loss.detach())
+            self._step_loss = self._step_loss + loss.detach().float()
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate(self, parts: dict, loss: torch.Tensor) -> None:
+        # Detached device tensors; no .item() here (a host sync per micro-batch). Synced at log time.
+        tokens = torch.as_tensor(parts["tokens"], dtype=torch.float32, device=loss.device)
+        for key, value in (("distill", parts["distill_sum"]), ("ce", parts["ce_sum"]),
+                           ("weight", parts["weight_sum"]), ("tokens", tokens)):
+            value = value.float()
+            self._loss_sums[key] = self._loss_sums.get(key, torch.zeros_like(value)) + value
+
+    def pop_step_loss(self) -> float:
+        """The finished optimizer step's loss, averaged over processes (one host sync per step)."""
+        value = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.accelerator.device)
+        self._step_loss = 0.0
+        return self.accelerator.reduce(value, reduction="mean").item()
+
+    def pop_loss_parts(self) -> dict[str, float]:
+        """Token-mean distillation term, CE term and weight since the last call (all processes)."""
+        if not self._loss_sums:
+            return {}
+        keys = sorted(self._loss_sums)
+        stacked = torch.stack([self._loss_sums[k] for k in keys])
+        stacked = self.accelerator.reduce(stacked, reduction="sum")
+        sums = dict(zip(keys, stacked.tolist()))
+        self._loss_sums = {}
+        n = max(sums["tokens"], 1.0)
+        out = {"ce": sums["ce"] / n}
+        if self.teacher_model is not None:
+            out.update({"distill": sums["distill"] / n, "mean_weight": sums["weight"] / n})
+        return out
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # training log line
+            logs.update({f"loss_{k}": round(v, 6) for k, v in self.pop_loss_parts().items()})
+            if self.teacher_model is not None:
+                logs["active_checkpoint"] = self.active_checkpoint
+            if self.taid_state is not None:
+                logs["taid_t"] = round(float(self.taid_state.t), 6)
+        super().log(logs, *args, **kwargs)
+
+    # -- staged optimisation ------------------------------------------------------------------------
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.steps_per_stage is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+            warmup = getattr(self.args, "warmup_ratio", None)
+            if warmup is None:  # transformers 5: a float warmup_steps < 1 is the ratio
+                steps = self.args.warmup_steps or 0
+                warmup = steps if steps < 1 else steps / self.steps_per_stage
+            optimizer = self.optimizer if optimizer is None else optimizer
+            self.lr_scheduler = LambdaLR(optimizer, staged_lr_lambda(self.steps_per_stage, warmup, kind))
+        return self.lr_scheduler
+
+    def extra_state(self) -> dict[str, Any]:
+        """What must survive a resume besides model/optimizer/scheduler (saved by `StateCallback`)."""
+        state: dict[str, Any] = {"active_checkpoint": self.active_checkpoint}
+        if self.taid_state is not None:
+            state["taid"] = self.taid_state.state_dict()
+        return state
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.active_checkpoint = int(state.get("active_checkpoint", 0))
+        if self.taid_state is not None and "taid" in state:
+            self.taid_state.load_state_dict(state["taid"])

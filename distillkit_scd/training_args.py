@@ -1,0 +1,73 @@
+"""Recipe → TRL `SFTConfig`, on both supported TRL lines (0.25 and 1.x).
+
+The recipe's `optim` section is the paper's shared infrastructure (AdamW β 0.9/0.95, clip 1.0, cosine
+with 10 % warm-up); `training_args` from the recipe is applied last, and a key TRL does not know is a
+clear error rather than a silent typo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from distillkit_scd.config import Recipe
+
+
+def build_sft_config(recipe: Recipe, output_dir: str | Path, learning_rate: float, num_train_epochs: float = 1.0,
+                     max_steps: int = -1, **overrides):
+    """Build a `trl.SFTConfig` for one training stage.
+
+    Args:
+        recipe: the validated recipe.
+        output_dir: the stage's trainer folder (checkpoints for resume live here).
+        learning_rate: the stage's peak learning rate.
+        num_train_epochs / max_steps: the stage's length (max_steps > 0 wins, as in transformers).
+        overrides: stage-specific fields (e.g. eval settings), applied before `recipe.training_args`.
+    Raises:
+        ValueError: a `training_args` key that this TRL version's SFTConfig does not have.
+    """
+    from trl import SFTConfig
+
+    o = recipe.optim
+    mp = recipe.launcher.mixed_precision
+    kwargs = dict(
+        output_dir=str(output_dir),
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        per_device_train_batch_size=o.per_device_train_batch_size,
+        per_device_eval_batch_size=o.per_device_train_batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        max_grad_norm=o.max_grad_norm,
+        lr_scheduler_type=o.lr_scheduler_type,
+        warmup_ratio=o.warmup_ratio,
+        logging_steps=o.logging_steps,
+        num_train_epochs=num_train_epochs,
+        max_steps=max_steps,
+        bf16=mp == "bf16",
+        fp16=mp == "fp16",
+        deepspeed=recipe.launcher.deepspeed_config,
+        report_to="none",
+        remove_unused_columns=False,  # our collator needs `aw` and `sample_index`
+        save_strategy="no",  # checkpoints are requested by our callbacks at the steps that matter
+        eval_strategy="no",
+        save_only_model=False,
+        max_length=recipe.task.max_length,
+        dataset_kwargs={"skip_prepare_dataset": True},  # rows are tokenised by formatting.py
+        disable_tqdm=False,
+    )
+    kwargs.update(overrides)
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    for key, value in recipe.training_args.items():
+        if key not in known:
+            close = sorted(k for k in known if k.split("_")[0] == key.split("_")[0])[:5]
+            raise ValueError(f"training_args.{key}: not a field of trl.SFTConfig in this TRL version"
+                             + (f" (similar: {', '.join(close)})" if close else ""))
+        kwargs[key] = value
+    # warmup_ratio is deprecated in transformers 5 in favour of a float warmup_steps; keep one of them.
+    if "warmup_ratio" not in known:
+        kwargs["warmup_steps"] = kwargs.pop("warmup_ratio")
+    return SFTConfig(**kwargs)

@@ -1,0 +1,99 @@
+"""The run directory of a recipe: where each stage's artifact lives, and the inputs stages share.
+
+Layout (see docs/CONTRACTS.md):
+``sft/<role>/`` (trainer checkpoints + manifest.json), ``aw/``, ``distill/<method>/``,
+``results/<row>/<task>.json``, ``report/``, ``stages/``, ``tiny_models/`` for `tiny:` model references.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from distillkit_scd.config import Recipe
+
+logger = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny:"
+
+
+class Workspace:
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.root = Path(recipe.output_dir)
+
+    def sft_dir(self, role: str) -> Path:
+        return self.root / "sft" / role
+
+    def distill_dir(self, method: str) -> Path:
+        return self.root / "distill" / method
+
+    def aw_dir(self) -> Path:
+        return self.root / "aw"
+
+    def results_path(self, row: str) -> Path:
+        return self.root / "results" / row / f"{self.recipe.task.name}.json"
+
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def base_model(self, role: str) -> str:
+        """The base model of `role`; `tiny:teacher` / `tiny:student` are built on the spot (no download)."""
+        ref = getattr(self.recipe.models, role)
+        if ref.startswith(TINY_PREFIX):
+            from distillkit_scd.models import make_tiny_pair
+
+            which = ref[len(TINY_PREFIX):]
+            if which not in ("teacher", "student"):
+                raise ValueError(f"models.{role}: {ref!r}: expected tiny:teacher or tiny:student")
+            teacher_dir, student_dir = make_tiny_pair(self.root / "tiny_models", seed=self.recipe.seed)
+            return str(teacher_dir if which == "teacher" else student_dir)
+        return ref
+
+    def load_base(self, role: str):
+        from distillkit_scd.models import load_model
+
+        m = self.recipe.models
+        return load_model(self.base_model(role), m.dtype, m.trust_remote_code, m.attn_implementation)
+
+    def tokenizer(self):
+        """The student's tokenizer, checked against the teacher's (one vocabulary for token-level KD)."""
+        from distillkit_scd.models import check_vocab_compatible, load_tokenizer
+
+        trc = self.recipe.models.trust_remote_code
+        student = load_tokenizer(self.base_model("student"), trc)
+        teacher = load_tokenizer(self.base_model("teacher"), trc)
+        check_vocab_compatible(teacher, student, teacher_name=self.recipe.models.teacher,
+                               student_name=self.recipe.models.student)
+        return student
+
+    def task_splits(self):
+        from distillkit_scd.tasks import load_task
+
+        t = self.recipe.task
+        options = {"seed": self.recipe.seed, **t.options}
+        return load_task(t.name, t.source, **options)
+
+    def tokenized_splits(self, tokenizer):
+        """(train, validation) tokenised with assistant-only labels; truncation counts are logged."""
+        from distillkit_scd.formatting import tokenize_dataset
+
+        splits = self.task_splits()
+        train, report = tokenize_dataset(splits["train"], tokenizer, self.recipe.task.max_length, name="train")
+        val = None
+        if len(splits["validation"]):
+            val, _ = tokenize_dataset(splits["validation"], tokenizer, self.recipe.task.max_length,
+                                      name="validation")
+        logger.info("data: %d train rows (%d prompts cut, %d dropped), %d validation rows", len(train),
+                    len(report.truncated), len(report.dropped), 0 if val is None else len(val))
+        return train, val
+
+
+def save_resolved_recipe(recipe: Recipe, folder: Path) -> None:
+    """Every artifact folder carries the resolved config that produced it."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "resolved_recipe.yaml.tmp"
+    tmp.write_text(recipe.to_yaml(), encoding="utf-8")
+    os.replace(tmp, folder / "resolved_recipe.yaml")
