@@ -126,6 +126,8 @@ class DistillationTrainer(SFTTrainer):
         if not self.use_aw:
             return None
         aw = inputs.get("aw")
+        if aw is None and not self.model.training:
+            return None  # validation rows have no AW (it is defined on train samples): use α
         if aw is None:
             raise ValueError("use_aw=True but the batch has no `aw` column; attach the AW table to the dataset")
         rows = torch.div(flat_idx, length, rounding_mode="floor")

@@ -1,0 +1,144 @@
+"""Distillation stage: `distillkit-scd distill RECIPE --method td|taid|cd|scd|scd_aw`.
+
+The student starts from its SFT p(best); every method shares the CD infrastructure (paper): N stages of
+T optimizer steps, optimizer and LR schedule restarted at every stage, a checkpoint saved (and its
+validation loss recorded) at every stage end. What differs is the teacher and the per-token weight:
+
+| method | teacher per stage              | weight w in w·KL + (1−w)·CE |
+|--------|--------------------------------|-----------------------------|
+| td     | p(best)                        | α                           |
+| taid   | p(best), target p_t, t adaptive | α                           |
+| cd     | p(1), …, p(N)                   | α                           |
+| scd    | j* = SCD argmin                 | α                           |
+| scd_aw | j* = SCD argmin                 | AW^(j*) of the sample       |
+
+Re-running resumes from the newest trainer checkpoint, restoring stage, active checkpoint, TAID state
+and the schedule log (`distill_state.json`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from distillkit_scd.callbacks import (
+    ExtraStateCallback,
+    SaveAtStepsCallback,
+    StageCallback,
+    TAIDCallback,
+    atomic_write_json,
+)
+from distillkit_scd.collate import DistillationCollator
+from distillkit_scd.config import METHODS, Recipe
+from distillkit_scd.losses import LossSpec, TAIDState
+from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
+from distillkit_scd.sft import last_checkpoint, steps_per_epoch, write_checkpoint_manifest
+from distillkit_scd.teachers import CheckpointPool, read_manifest
+from distillkit_scd.training_args import build_sft_config
+from distillkit_scd.workspace import Workspace, save_resolved_recipe
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE_LOG = "schedule_log.json"
+
+
+def stage_steps(recipe: Recipe, num_train_rows: int) -> int:
+    """T in optimizer steps: `distill.steps_per_stage`, else epochs_per_stage × steps per epoch."""
+    d = recipe.distill
+    if d.steps_per_stage is not None:
+        return d.steps_per_stage
+    return max(1, math.ceil(d.epochs_per_stage * steps_per_epoch(num_train_rows, recipe)))
+
+
+def build_schedule(method: str, pool: CheckpointPool, teacher, probe_batches, recipe: Recipe):
+    if method in ("td", "taid"):
+        return FixedSchedule(pool.best_index)
+    if method == "cd":
+        return ProgressiveSchedule(pool.num_checkpoints)
+    from distillkit_scd.scd import SCDSelector
+
+    selector = SCDSelector(pool, teacher, probe_batches, top_k=recipe.distill.scd.top_k,
+                           chunk_size=recipe.distill.chunk_size)
+    return ScheduledSelection(selector)
+
+
+def probe_batches(train, collator, size: int, seed: int, batch_size: int) -> list[dict]:
+    """A fixed probe subset of the train split (seeded), collated once."""
+    import random
+
+    indices = sorted(random.Random(seed).sample(range(len(train)), min(size, len(train))))
+    rows = [train[i] for i in indices]
+    return [collator(rows[s:s + batch_size]) for s in range(0, len(rows), batch_size)]
+
+
+def attach_aw(train, table, num_checkpoints: int):
+    """Add each row's AW for every checkpoint as column `aw` (N floats), looked up by sample id."""
+    weights = table.weights_for(list(train["id"]))
+    if weights.shape[1] != num_checkpoints:
+        raise ValueError(f"AW table has {weights.shape[1]} checkpoint columns, the teacher has {num_checkpoints}")
+    return train.add_column("aw", weights.tolist())
+
+
+def run_distill(recipe: Recipe, method: str) -> Path:
+    """Distil the student with `method`; returns its folder (stage checkpoints, manifest, schedule log)."""
+    if method not in METHODS:
+        raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    from distillkit_scd.models import load_model
+    from distillkit_scd.trainer import DistillationTrainer
+
+    ws = Workspace(recipe)
+    d = recipe.distill
+    out = ws.distill_dir(method)
+    save_resolved_recipe(recipe, out)
+    tokenizer = ws.tokenizer()
+    train, val = ws.tokenized_splits(tokenizer)
+    collator = DistillationCollator(tokenizer.pad_token_id)
+    pool = CheckpointPool(ws.sft_dir("teacher"))
+    n = pool.num_checkpoints
+    if method == "scd_aw":
+        from distillkit_scd.weighting import TABLE_JSON, AWTable
+
+        train = attach_aw(train, AWTable.load(ws.aw_dir() / TABLE_JSON), n)
+
+    T = stage_steps(recipe, len(train))
+    total = n * T
+    stage_ends = [T * (i + 1) for i in range(n)]
+    logger.info("distill %s: N=%d stages × T=%d steps = %d steps; teacher p(best)=%d", method, n, T, total,
+                pool.best_index)
+
+    m = recipe.models
+    student_entries, student_best, _ = read_manifest(ws.sft_dir("student"))
+    student = load_model(student_entries[student_best].path, m.dtype, m.trust_remote_code, m.attn_implementation)
+    teacher = load_model(str(pool.path(pool.best_index)), m.dtype, m.trust_remote_code, m.attn_implementation)
+    pool.active_index = pool.best_index
+
+    spec = LossSpec(divergence="taid" if method == "taid" else d.divergence, temperature=d.temperature,
+                    alpha=d.alpha, chunk_size=d.chunk_size)
+    taid = TAIDState(d.taid.t_start, d.taid.t_end, d.taid.alpha, d.taid.beta) if method == "taid" else None
+    args = build_sft_config(recipe, out, d.learning_rate or recipe.optim.learning_rate, max_steps=total,
+                            prediction_loss_only=True)
+    saver = SaveAtStepsCallback(stage_ends, evaluate=val is not None)
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=train, eval_dataset=val,
+                                  processing_class=tokenizer, data_collator=collator, callbacks=[saver],
+                                  teacher_model=teacher, loss_spec=spec, use_aw=method == "scd_aw",
+                                  taid_state=taid, steps_per_stage=T if d.reset_optimizer else None)
+    probes = probe_batches(train, collator, d.scd.probe_size, recipe.seed, recipe.optim.per_device_train_batch_size)
+    schedule = build_schedule(method, pool, trainer.teacher_model_module, probes, recipe)
+    stages = StageCallback(trainer, T, schedule=schedule, pool=pool, reset_optimizer=d.reset_optimizer)
+    extra = ExtraStateCallback(trainer, stages)
+    trainer.add_callback(stages)
+    trainer.add_callback(extra)
+    if taid is not None:
+        trainer.add_callback(TAIDCallback(trainer))
+
+    resume = last_checkpoint(out)
+    if resume:
+        logger.info("distill %s: resuming from %s", method, resume)
+        extra.restore(resume)
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        atomic_write_json(out / SCHEDULE_LOG, {"method": method, "steps_per_stage": T, "stages": stages.log})
+        write_checkpoint_manifest(out, stage_ends, max(1, steps_per_epoch(len(train), recipe)), saver.eval_losses,
+                                  trainer)
+    return out
