@@ -1,0 +1,113 @@
+"""Every parsing rule and metric against hand-computed cases, including the data README's quirks."""
+
+import math
+
+import pytest
+
+from distillkit_scd.evaluation import (
+    accuracy,
+    cohen_kappa,
+    macro_f1,
+    ner_f1,
+    parse_choice,
+    parse_ner,
+    parse_yes_no_maybe,
+    score_task,
+)
+
+
+@pytest.mark.parametrize("text,want", [
+    ("C", "C"),
+    ("Answer: C", "A"),  # quirk: the capital A of "Answer" is taken first
+    ("答えはＢです B", "B"),  # full-width letters are not recognised
+    ("the answer is f or F", "F"),  # F accepted even if the row has fewer options
+    ("GHIJ", None),
+    ("", None),
+])
+def test_parse_choice_first_ascii_capital_a_to_f(text, want):
+    """JMED rule: the first ASCII capital A–F in the text, else None."""
+    assert parse_choice(text) == want
+
+
+def test_parse_ner_literal_only_never_eval(tmp_path):
+    """Whole-text list literals parse; anything else (extra text, fences, code) is [] and never runs."""
+    assert parse_ner("['発熱', '嘔気']") == ["発熱", "嘔気"]
+    assert parse_ner("  ['a']\n") == ["a"]
+    assert parse_ner("Answer: ['a']") == []
+    assert parse_ner("```python\n['a']\n```") == []
+    assert parse_ner("'a'") == []  # not a list
+    assert parse_ner("['a', 'b'") == []  # truncated
+    marker = tmp_path / "pwned"
+    code = f"__import__('pathlib').Path({str(marker)!r}).write_text('x') or ['a']"
+    assert parse_ner(code) == []
+    assert not marker.exists()
+    assert parse_ner("[__import__('os').system('true')]") == []
+
+
+def test_ner_f1_hand_computed():
+    """Exact, partial (upstream set-membership, can exceed 1) and substring F1 per item."""
+    assert ner_f1(["a", "b", "c"], ["a", "x"], "partial") == pytest.approx(1.2)
+    assert ner_f1(["a", "b", "c"], ["a", "x"], "exact") == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert ner_f1(["発熱"], ["発熱あり"], "exact") == 0.0
+    assert ner_f1(["発熱"], ["発熱あり"], "partial") == 0.0  # substring overlap alone earns nothing
+    assert ner_f1(["発熱"], ["発熱あり"], "substring") == 1.0
+    assert ner_f1(["a", "b"], [], "exact") == 0.0
+    assert ner_f1(["a", "b"], [], "partial") == 0.0
+    assert ner_f1(["a", "a", "b"], ["a", "b", "b"], "exact") == 1.0  # duplicates removed
+    # partial with overlap: F1 = 2|G|/(|G|+|P|)
+    assert ner_f1(["a"], ["a", "x", "y"], "partial") == pytest.approx(2 * 1 / 4)
+    with pytest.raises(ValueError):
+        ner_f1([], ["a"], "exact")
+
+
+def test_accuracy_and_macro_f1_sklearn_semantics():
+    """Macro-F1 over the union of gold and predicted labels: an invalid prediction adds a 0-F1 class."""
+    gold = ["yes", "no", "maybe", "yes"]
+    pred = ["yes", "no", "no", "invalid"]
+    assert accuracy(gold, pred) == 0.5
+    # per class: yes F1 = 2/3 (tp1 fn1), no F1 = 2/3 (tp1 fp1), maybe 0, invalid 0 → mean over 4 classes
+    assert macro_f1(gold, pred) == pytest.approx((2 / 3 + 2 / 3) / 4)
+
+
+def test_cohen_kappa_hand_computed():
+    """Unweighted and linear-weighted kappa on a 3-label case worked by hand; None is its own label."""
+    gold = ["A", "A", "B", "B", "C", "C"]
+    pred = ["A", "B", "B", "B", "C", "A"]
+    # p_o = 4/6; marginals gold (2,2,2), pred (2,3,1): p_e = (2*2 + 2*3 + 2*1)/36 = 12/36
+    assert cohen_kappa(gold, pred) == pytest.approx((4 / 6 - 12 / 36) / (1 - 12 / 36))
+    # linear: observed = (|0-1| + |2-0|)/6 = 3/6; expected = Σ|i-j| r_i c_j / n² = (6+4+4+2+8+6)/36
+    assert cohen_kappa(gold, pred, "linear") == pytest.approx(1 - (3 / 6) / (30 / 36))
+    assert cohen_kappa(["A", "B"], [None, "B"]) == pytest.approx(cohen_kappa(["A", "B"], ["None", "B"]))
+    assert math.isnan(cohen_kappa(["A", "A"], ["A", "A"]))
+
+
+def test_pubmedqa_parsing_rule():
+    """First whole word yes/no/maybe (any case); otherwise invalid."""
+    assert parse_yes_no_maybe("Yes, it does.") == "yes"
+    assert parse_yes_no_maybe("The answer is maybe; no evidence") == "maybe"
+    assert parse_yes_no_maybe("Noted: yes") == "yes"  # 'Noted' is not the word 'no'
+    assert parse_yes_no_maybe("unclear") == "invalid"
+
+
+def test_score_task_records_recompute_metrics():
+    """Per-sample scores average to the reported metric (what the Table 1 report relies on)."""
+    metrics, samples = score_task("jmmlu", ["A", "B", "C"], ["A", "Answer: B", "xyz"])
+    assert [s["prediction"] for s in samples] == ["A", "A", "None"]
+    assert metrics["accuracy"] == pytest.approx(sum(s["scores"]["accuracy"] for s in samples) / 3)
+    metrics, samples = score_task("nrner", ["['a', 'b', 'c']", "['d']"], ["['a', 'x']", "oops"])
+    assert metrics["partial_f1"] == pytest.approx((1.2 + 0) / 2)
+    assert metrics["exact_f1"] == pytest.approx(sum(s["scores"]["exact_f1"] for s in samples) / 2)
+
+
+def test_kappa_and_macro_f1_match_scikit_learn_when_installed():
+    """Cross-check against scikit-learn on random labels, when it is installed (not a dependency)."""
+    sk = pytest.importorskip("sklearn.metrics", reason="scikit-learn not installed; hand-computed cases cover it")
+    import random
+
+    r = random.Random(0)
+    for _ in range(20):
+        gold = [r.choice("ABCD") for _ in range(30)]
+        pred = [r.choice(["A", "B", "C", "D", "None"]) for _ in range(30)]
+        for w in (None, "linear"):
+            assert cohen_kappa(gold, pred, w) == pytest.approx(sk.cohen_kappa_score(gold, pred, weights=w))
+        assert macro_f1(gold, pred) == pytest.approx(sk.f1_score(gold, pred, average="macro"))
