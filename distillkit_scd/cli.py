@@ -1,36 +1,30 @@
-"""The `distillkit-scd` command (also `python -m distillkit_scd`, and under `accelerate launch -m distillkit_scd`).
+"""The `distillkit-scd` command (also `python -m distillkit_scd`, and `accelerate launch -m distillkit_scd`).
 
-Pipeline: `quickstart`, `run RECIPE`, `validate RECIPE`, `plan RECIPE`, `report RUN_DIR`, `toy`.
-Stages (what `run` launches, one process each): `sft`, `aw-table`, `distill`, `evaluate`.
-Integration: `distillkit CONFIG` runs an arcee-ai DistillKit config with our losses and schedules.
+Pipeline:  quickstart [--out DIR] | run RECIPE | validate RECIPE | plan RECIPE | report RUN_DIR | toy
+Stages (what `run` launches, one process each):  sft | aw-table | distill | evaluate
 
-A bad recipe prints one line naming the file, the field and the expectation, and exits with code 2.
+Every RECIPE command takes `--set key.path=value` (repeatable; values are YAML). A bad recipe prints
+one line naming the file, the field path and what was expected, and exits with code 2. A failed
+pipeline stage exits with code 1 and names the stage; re-running the same command continues.
+
+The quickstart recipe is package data (`distillkit_scd/recipes/quickstart.yaml`), so it works from an
+installed wheel; `recipes/quickstart.yaml` in the repository extends it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from importlib import resources
 from pathlib import Path
 
 from distillkit_scd.config import METHODS, RecipeError, check_local_files, load_recipe
+from distillkit_scd.logging_utils import is_main_process, setup_logging
 
 logger = logging.getLogger("distillkit_scd")
 
 ROWS = ("teacher_zero_shot", "student_zero_shot", "teacher_sft", "student_sft", *METHODS)
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Log from the main process only (RANK 0 under accelerate/torchrun); quiet the others."""
-    rank = int(os.environ.get("RANK", "0"))
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "filelock", "DeepSpeed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def quickstart_recipe_path() -> Path:
@@ -38,32 +32,45 @@ def quickstart_recipe_path() -> Path:
     return Path(str(resources.files("distillkit_scd") / "recipes" / "quickstart.yaml"))
 
 
-def _add_recipe(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="recipe YAML")
+def _add_recipe(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("recipe", help="recipe YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a recipe field (repeatable), e.g. --set distill.alpha=0.3")
+                   help="override a recipe field (repeatable; value parsed as YAML), e.g. --set distill.alpha=0.3")
+
+
+def _stage_list(values: list[str] | None) -> list[str] | None:
+    """`--only a b` and `--only a,b` both work."""
+    if not values:
+        return None
+    return [name for v in values for name in v.split(",") if name]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillkit-scd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("quickstart", help="all nine Table 1 rows on `synthetic` with tiny models (CPU, minutes)")
     p.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-
-    p = sub.add_parser("run", help="run every stage of a recipe (skipping finished ones)")
-    _add_recipe(p)
-    p.add_argument("--only", nargs="+", metavar="STAGE", help="run just these stages (forced)")
-    p.add_argument("--from", dest="start", metavar="STAGE", help="run from this stage on (forced)")
+    _add_recipe(p, positional=False)
+    p.add_argument("--subprocess", action="store_true",
+                   help="run each stage in a fresh process (slower: ~7 s of imports per stage)")
     p.add_argument("--dry-run", action="store_true", help="print the stages and commands without running")
 
-    p = sub.add_parser("validate", help="check a recipe without running it")
+    p = sub.add_parser("run", help="run every stage of a recipe, skipping those whose inputs are unchanged")
+    _add_recipe(p)
+    p.add_argument("--only", nargs="+", metavar="STAGE", help="run just these stages, even if up to date")
+    p.add_argument("--from", dest="start", metavar="STAGE", help="run this stage and all later ones")
+    p.add_argument("--dry-run", action="store_true", help="print what would run or be skipped, and the commands")
+    p.add_argument("--in-process", action="store_true",
+                   help="single-process recipes: run stages in this process (faster start, shared state)")
+
+    p = sub.add_parser("validate", help="check a recipe (types, ranges, local files) and print it resolved")
     _add_recipe(p)
 
-    p = sub.add_parser("plan", help="stages, step counts and GPU memory estimate per device")
+    p = sub.add_parser("plan", help="stages, step counts and a GPU memory estimate per device")
     _add_recipe(p)
 
     p = sub.add_parser("sft", help="stage: domain SFT of the teacher (N checkpoints) or the student")
@@ -86,32 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
 
     p = sub.add_parser("toy", help="the paper's Fig. 2 sine-boundary experiment")
-    from distillkit_scd import toy
-
-    toy.add_arguments(p)
+    try:
+        from distillkit_scd import toy
+    except ImportError as err:  # the toy module is optional at parse time; say so when it is used
+        p.set_defaults(toy_error=str(err))
+    else:
+        toy.add_arguments(p)
 
     p = sub.add_parser("distillkit", help="run an arcee-ai DistillKit config with our losses and schedules")
     p.add_argument("config", help="DistillKit YAML with a `distillkit_scd:` section")
     return parser
 
 
-def _recipe(args):
-    return load_recipe(args.recipe, args.overrides)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 1 a stage failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     try:
         return _dispatch(args)
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # bad input found before or during a stage: one clear line, no traceback
+    except (RecipeError, ValueError) as err:  # bad input: one clear line, no traceback
         if args.verbose:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _recipe(args):
+    return load_recipe(args.recipe, args.overrides)
 
 
 def _dispatch(args) -> int:
@@ -123,64 +131,71 @@ def _dispatch(args) -> int:
         print(f"# {args.recipe}: valid", file=sys.stderr)
         return 0
     if cmd in ("run", "quickstart"):
-        from distillkit_scd.pipeline import StageFailed, format_summary, run_pipeline
-
-        if cmd == "quickstart":
-            recipe = load_recipe(quickstart_recipe_path(), [f"output_dir={args.out}", *args.overrides])
-            only = start = None
-            dry = False
-        else:
-            recipe = _recipe(args)
-            check_local_files(recipe, args.recipe)
-            only, start, dry = args.only, args.start, args.dry_run
-        try:
-            rows = run_pipeline(recipe, only=only, start=start, dry_run=dry)
-        except StageFailed as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        print(format_summary(rows))
-        table = Path(recipe.output_dir) / "report" / "table1.md"
-        if not dry and table.is_file():
-            print("\n" + table.read_text(encoding="utf-8").split("\n### The paper")[0])
-            print(f"Report and figures: {table.parent}")
-        return 0
+        return _run(args)
     if cmd == "plan":
         from distillkit_scd.plan import format_plan
 
         print(format_plan(_recipe(args)))
         return 0
-    if cmd == "sft":
-        from distillkit_scd.sft import run_sft
+    if cmd in ("sft", "aw-table", "distill", "evaluate"):
+        from distillkit_scd.pipeline import run_stage_command
 
-        run_sft(_recipe(args), args.role)
-        return 0
-    if cmd == "aw-table":
-        from distillkit_scd.weighting import run_aw_table
-
-        run_aw_table(_recipe(args))
-        return 0
-    if cmd == "distill":
-        from distillkit_scd.distill import run_distill
-
-        run_distill(_recipe(args), args.method)
-        return 0
-    if cmd == "evaluate":
-        from distillkit_scd.evaluate import run_evaluation
-
-        run_evaluation(_recipe(args), args.row)
+        option = {"sft": ("--role", "role"), "distill": ("--method", "method"), "evaluate": ("--row", "row")}
+        command = [cmd]
+        if cmd in option:
+            command += [option[cmd][0], getattr(args, option[cmd][1])]
+        result = run_stage_command(_recipe(args), command)
+        if is_main_process():
+            logger.info("%s: wrote %s", cmd, result)
         return 0
     if cmd == "report":
         from distillkit_scd.report import write_report
 
-        written = write_report(args.run_dir[0], args.out, extra_run_dirs=args.run_dir[1:])
-        print(written["markdown"].read_text(encoding="utf-8"))
+        kwargs = {"extra_run_dirs": args.run_dir[1:]} if len(args.run_dir) > 1 else {}
+        written = write_report(args.run_dir[0], args.out, **kwargs)
+        if "markdown" in written:
+            print(Path(written["markdown"]).read_text(encoding="utf-8"))
         return 0
     if cmd == "toy":
+        if getattr(args, "toy_error", None):
+            raise ValueError(f"toy: the toy experiment is not available ({args.toy_error})")
         from distillkit_scd import toy
 
         return toy.run_from_args(args)
     if cmd == "distillkit":
-        from distillkit_scd.integrations.distillkit import main as distillkit_main
-
+        try:
+            from distillkit_scd.integrations.distillkit import main as distillkit_main
+        except ImportError as err:
+            raise ValueError(f"distillkit: the DistillKit integration is not available ({err})") from None
         return distillkit_main([args.config])
     raise AssertionError(f"unhandled command {cmd}")  # argparse restricts commands; unreachable
+
+
+def _run(args) -> int:
+    from distillkit_scd.pipeline import StageFailed, format_summary, run_pipeline
+
+    if args.command == "quickstart":
+        path, overrides = quickstart_recipe_path(), [f"output_dir={args.out}", *args.overrides]
+        only = start = None
+        in_process = not args.subprocess
+    else:
+        path, overrides = Path(args.recipe), args.overrides
+        only, start, in_process = _stage_list(args.only), args.start, args.in_process
+    try:
+        results = run_pipeline(path, overrides, only=only, start=start, dry_run=args.dry_run,
+                               in_process=in_process)
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_summary(results))
+    if args.dry_run:
+        for r in results:
+            if r.status == "would run":
+                print(f"{r.stage}: {r.command}")
+        return 0
+    out = Path(load_recipe(path, overrides).output_dir)
+    table = out / "report" / "table1.md"
+    if table.is_file():
+        print("\n" + table.read_text(encoding="utf-8").split("\n### The paper")[0])
+        print(f"Report and figures: {table.parent}")
+    return 0

@@ -1,16 +1,26 @@
 """`distillkit-scd run RECIPE`: the whole study for one task, as resumable stages.
 
-Each stage runs as its own process (`python -m distillkit_scd <stage> …`, or `accelerate launch` when the
-recipe asks for several processes or an accelerate/DeepSpeed config), so DeepSpeed engines start fresh
-and a crash never takes the pipeline's bookkeeping with it. After a stage succeeds, a stamp
-`OUT/stages/<stage>.json` records the fingerprint of its inputs — the recipe sections it reads and the
-fingerprints of the stages it depends on. A stage whose stamp matches is skipped; a changed recipe
-section re-runs that stage and everything downstream; a failed stage names itself and leaves every
-finished stage in place. The training stages themselves resume from their last trainer checkpoint.
+Stages, in order: zero-shot evaluations (if `evaluation.zero_shot`), SFT of teacher and student, their
+evaluations, the AW table (if `scd_aw` is a method), distillation + evaluation per method, the report.
+
+Each stage has a fingerprint: sha256 of its name, the recipe fields it reads (`Stage.inputs`) and the
+fingerprints of the stages it depends on. After a stage succeeds, `OUT/stages/<stage>.json` (written
+atomically) records that fingerprint; a stage whose stamp matches is skipped, so a killed pipeline
+resumes where it stopped and a changed recipe field re-runs exactly the stages that read it and their
+dependants. A failed stage names itself; every finished stage keeps its stamp. Training stages resume
+from their own trainer checkpoints.
+
+Launching: a recipe with `launcher.num_processes > 1` or an accelerate config runs `sft` and `distill`
+under `accelerate launch … -m distillkit_scd <stage> OUT/resolved_recipe.yaml …`, so each DeepSpeed
+engine starts fresh; evaluation and the AW table run as one plain process. A single-process recipe runs
+each stage in a fresh `python -m distillkit_scd …` (clean state; a crash cannot take the pipeline's
+bookkeeping with it) or, with `in_process=True` (the quickstart's default), in this process: that
+saves the ~7 s import of torch/transformers/TRL per stage, a third of the CPU quickstart's time.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -19,157 +29,326 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from distillkit_scd.config import Recipe
+from distillkit_scd.config import METHODS, Recipe, RecipeError, check_local_files, load_recipe
 
 logger = logging.getLogger(__name__)
 
-_COMMON = ("models", "task", "seed")
+ROWS = ("teacher_zero_shot", "student_zero_shot", "teacher_sft", "student_sft", *METHODS)
+"""Table 1 rows, in the paper's order."""
+
+# Recipe fields every stage reads. `launcher` is part of training: process count and precision change
+# the effective batch and the numerics.
+_BASE = ("seed", "models", "task")
+_TRAIN = (*_BASE, "optim", "training_args", "launcher")
+_EVAL = (*_BASE, "evaluation.max_new_tokens", "evaluation.batch_size", "evaluation.select_by")
+# `distill` fields shared by every method; method-specific sub-sections are added per method, and
+# `methods` itself is left out so adding a method does not re-run the others.
+_DISTILL_SHARED = ("alpha", "temperature", "divergence", "epochs_per_stage", "steps_per_stage",
+                   "learning_rate", "reset_optimizer", "chunk_size", "teacher_signal", "cache_top_k")
+_DISTILL_OWN = {"taid": ("taid",), "scd": ("scd",), "scd_aw": ("scd",)}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline.
+
+    name: stage name (`sft-teacher`, `eval-td`, …).  command: the CLI stage command and its options
+    (without the recipe).  needs: upstream stage names.  inputs: dotted recipe fields it reads.
+    """
+
+    name: str
+    command: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = _BASE
 
 
 @dataclass
-class Stage:
-    """One step of the pipeline: its command-line arguments, upstream stages and recipe sections read."""
+class StageResult:
+    stage: str
+    status: str  # pending | running | done | skipped | failed | would run | would skip
+    seconds: float = 0.0
+    reason: str = ""
+    command: str = ""
 
-    name: str
-    args: list[str]
-    needs: list[str] = field(default_factory=list)
-    sections: tuple[str, ...] = _COMMON
+
+class StageFailed(RuntimeError):
+    """A stage exited non-zero; the message names it and how to continue."""
 
 
 def build_stages(recipe: Recipe) -> list[Stage]:
-    """The ordered stage list for a recipe (zero-shot rows only when `evaluation.zero_shot`)."""
-    train_sections = (*_COMMON, "optim", "sft", "training_args", "launcher")
-    eval_sections = (*_COMMON, "evaluation")
+    """The ordered stage list of a recipe."""
     stages: list[Stage] = []
     if recipe.evaluation.zero_shot:
         for role in ("teacher", "student"):
-            stages.append(Stage(f"eval-{role}_zero_shot", ["evaluate", "--row", f"{role}_zero_shot"],
-                                sections=eval_sections))
+            stages.append(Stage(f"eval-{role}_zero_shot", ("evaluate", "--row", f"{role}_zero_shot"), (), _EVAL))
     for role in ("teacher", "student"):
-        stages.append(Stage(f"sft-{role}", ["sft", "--role", role], sections=train_sections))
-        stages.append(Stage(f"eval-{role}_sft", ["evaluate", "--row", f"{role}_sft"], [f"sft-{role}"],
-                            eval_sections))
-    methods = recipe.distill.methods
+        own = ("sft.num_checkpoints", "sft.select_by") if role == "teacher" else ()
+        stages.append(Stage(f"sft-{role}", ("sft", "--role", role), (), (*_TRAIN, *own, f"sft.{role}")))
+    for role in ("teacher", "student"):
+        stages.append(Stage(f"eval-{role}_sft", ("evaluate", "--row", f"{role}_sft"), (f"sft-{role}",), _EVAL))
+    methods = [m for m in METHODS if m in recipe.distill.methods]  # paper order, whatever the recipe's
     if "scd_aw" in methods:
-        stages.append(Stage("aw-table", ["aw-table"], ["sft-teacher", "sft-student"], (*_COMMON, "evaluation")))
+        stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student"),
+                            (*_BASE, "evaluation.batch_size")))
     for method in methods:
-        needs = ["sft-teacher", "sft-student"] + (["aw-table"] if method == "scd_aw" else [])
-        stages.append(Stage(f"distill-{method}", ["distill", "--method", method], needs,
-                            (*train_sections, "distill")))
-        stages.append(Stage(f"eval-{method}", ["evaluate", "--row", method], [f"distill-{method}"], eval_sections))
-    evals = [s.name for s in stages if s.name.startswith("eval-")]
-    stages.append(Stage("report", ["report"], evals, ()))
+        needs = ("sft-teacher", "sft-student") + (("aw-table",) if method == "scd_aw" else ())
+        inputs = (*_TRAIN, *(f"distill.{k}" for k in (*_DISTILL_SHARED, *_DISTILL_OWN.get(method, ()))))
+        stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, inputs))
+        stages.append(Stage(f"eval-{method}", ("evaluate", "--row", method), (f"distill-{method}",), _EVAL))
+    evals = tuple(s.name for s in stages if s.name.startswith("eval-"))
+    stages.append(Stage("report", ("report",), evals, ("name", "task.name")))
     return stages
 
 
-def fingerprints(recipe: Recipe, stages: list[Stage]) -> dict[str, str]:
+def _field(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def stage_inputs(recipe: Recipe, stage: Stage) -> dict[str, Any]:
+    """The recipe values a stage reads, keyed by dotted field name (stored in its stamp)."""
     data = recipe.to_dict()
+    return {key: _field(data, key) for key in stage.inputs}
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprints(recipe: Recipe, stages: list[Stage]) -> dict[str, str]:
+    """sha256 of (stage name, its recipe inputs, its upstream fingerprints), in stage order."""
     out: dict[str, str] = {}
     for stage in stages:
-        payload = {"stage": stage.name, "args": stage.args, "sections": {k: data[k] for k in stage.sections},
+        payload = {"stage": stage.name, "inputs": stage_inputs(recipe, stage),
                    "upstream": {n: out[n] for n in stage.needs}}
-        out[stage.name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        out[stage.name] = _digest(payload)
     return out
 
 
-def launch_command(recipe: Recipe, stage: Stage, recipe_path: Path) -> list[str]:
-    """The command that runs a stage: a plain subprocess, or `accelerate launch` for multi-process runs."""
+def is_multiprocess(recipe: Recipe) -> bool:
     la = recipe.launcher
-    tail = ["-m", "distillkit_scd", stage.args[0], str(recipe_path), *stage.args[1:]]
-    if stage.args[0] == "report":
+    return la.num_processes > 1 or la.accelerate_config is not None
+
+
+def launch_command(recipe: Recipe, stage: Stage, recipe_path: Path) -> list[str]:
+    """The command that runs a stage: `python -m distillkit_scd …`, or `accelerate launch` for training
+    stages of a multi-process recipe."""
+    if stage.command[0] == "report":
         tail = ["-m", "distillkit_scd", "report", str(recipe.output_dir)]
-    multi = la.num_processes > 1 or la.accelerate_config is not None
-    if stage.args[0] in ("sft", "distill") and multi:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(la.num_processes)]
+    else:
+        tail = ["-m", "distillkit_scd", stage.command[0], str(recipe_path), *stage.command[1:]]
+    la = recipe.launcher
+    if stage.command[0] in ("sft", "distill") and is_multiprocess(recipe):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
         if la.accelerate_config:
             cmd += ["--config_file", la.accelerate_config]
-        if la.mixed_precision != "no":
+        cmd += ["--num_processes", str(la.num_processes)]
+        # With a config file, precision comes from it (accelerate refuses --mixed_precision beside a
+        # DeepSpeed config file); the trainer reads `launcher.mixed_precision` in either case.
+        if la.mixed_precision != "no" and not la.accelerate_config:
             cmd += ["--mixed_precision", la.mixed_precision]
         return cmd + tail
     return [sys.executable, *tail]
 
 
-def _atomic_json(path: Path, data) -> None:
+def run_stage_command(recipe: Recipe, command: tuple[str, ...] | list[str]) -> Path | dict:
+    """Run one stage command (`("sft", "--role", "teacher")`, …) in this process; shared by the CLI's
+    stage commands and the in-process pipeline. Stage modules are imported here, lazily."""
+    name, opts = command[0], list(command[1:])
+    value = opts[1] if len(opts) == 2 else None
+    if name == "sft":
+        from distillkit_scd.sft import run_sft
+
+        return run_sft(recipe, value)
+    if name == "aw-table":
+        from distillkit_scd.weighting import run_aw_table
+
+        return run_aw_table(recipe)
+    if name == "distill":
+        from distillkit_scd.distill import run_distill
+
+        return run_distill(recipe, value)
+    if name == "evaluate":
+        from distillkit_scd.evaluate import run_evaluation
+
+        return run_evaluation(recipe, value)
+    if name == "report":
+        from distillkit_scd.report import write_report
+
+        return write_report(recipe.output_dir)
+    raise ValueError(f"stage command: expected sft, aw-table, distill, evaluate or report, got {name!r}")
+
+
+def select_stages(stages: list[Stage], only: list[str] | None, start: str | None) -> tuple[list[Stage], set[str]]:
+    """(stages to visit, stages forced to run). `only` forces just those; `start` forces it and all after.
+
+    Raises:
+        ValueError: for a stage name the recipe does not have, or both `only` and `start`.
+    """
+    names = [s.name for s in stages]
+    if only and start:
+        raise ValueError("--only and --from: expected at most one of them")
+    for name in (only or []) + ([start] if start else []):
+        if name not in names:
+            raise ValueError(f"stage {name!r}: not a stage of this recipe; expected one of {', '.join(names)}")
+    if only:
+        chosen = [s for s in stages if s.name in only]
+        return chosen, {s.name for s in chosen}
+    if start:
+        chosen = stages[names.index(start):]
+        return chosen, {s.name for s in chosen}
+    return list(stages), set()
+
+
+def _atomic_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
 
 
-class StageFailed(RuntimeError):
-    pass
+def read_stamp(out: Path, stage: str) -> dict:
+    path = out / "stages" / f"{stage}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}  # missing or torn (a stamp is replaced atomically, so torn means hand-edited): re-run
 
 
-def select(stages: list[Stage], only: list[str] | None, start: str | None) -> list[Stage]:
-    names = [s.name for s in stages]
-    for name in (only or []) + ([start] if start else []):
-        if name not in names:
-            raise ValueError(f"unknown stage {name!r}; stages of this recipe: {', '.join(names)}")
-    if only:
-        return [s for s in stages if s.name in only]
-    if start:
-        return stages[names.index(start):]
-    return stages
+def _changed_fields(stamp: dict, inputs: dict[str, Any]) -> list[str]:
+    old = stamp.get("inputs", {})
+    return [k for k in inputs if _digest(old.get(k)) != _digest(inputs[k])]
 
 
-def run_pipeline(recipe: Recipe, only: list[str] | None = None, start: str | None = None, dry_run: bool = False,
-                 runner=None) -> list[dict]:
-    """Run (or skip) every stage; returns the status rows. `runner(cmd) -> returncode` is injectable."""
+Runner = Callable[[Stage, list[str]], int]
+
+
+def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, only: list[str] | None = None,
+                 start: str | None = None, dry_run: bool = False, in_process: bool = False,
+                 runner: Runner | None = None) -> list[StageResult]:
+    """Run every stage of a recipe that is not up to date; returns one result per visited stage.
+
+    Args:
+        recipe_path, overrides: the recipe and its `--set key=value` overrides.
+        only: run just these stages (forced, even when up to date).
+        start: run this stage and every later one (forced).
+        dry_run: report what would run or be skipped, and the commands, without running anything.
+        in_process: run single-process stages in this process instead of a fresh subprocess.
+        runner: `runner(stage, command) -> exit code`, replacing the launcher (tests).
+
+    Raises:
+        RecipeError: the recipe is invalid.  ValueError: unknown stage names.
+        StageFailed: a stage failed; earlier stamps are kept and `OUT/stages/summary.json` says which.
+    """
+    recipe = load_recipe(recipe_path, overrides)
+    check_local_files(recipe, str(recipe_path))
     out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    recipe_path = out / "resolved_recipe.yaml"
-    tmp = recipe_path.with_suffix(".yaml.tmp")
-    tmp.write_text(recipe.to_yaml(), encoding="utf-8")
-    os.replace(tmp, recipe_path)
     stages = build_stages(recipe)
     prints = fingerprints(recipe, stages)
-    chosen = select(stages, only, start)
-    forced = {s.name for s in chosen} if (only or start) else set()
-    runner = runner or _run_subprocess
-    rows: list[dict] = []
-    for i, stage in enumerate(chosen, 1):
-        stamp_path = out / "stages" / f"{stage.name}.json"
-        stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
-        up_to_date = stamp.get("fingerprint") == prints[stage.name] and stamp.get("status") == "done"
-        if up_to_date and stage.name not in forced and stage.name != "report":
-            rows.append({"stage": stage.name, "status": "skipped", "seconds": 0.0})
-            logger.info("[%d/%d] %-22s skipped (inputs unchanged)", i, len(chosen), stage.name)
-            continue
-        cmd = launch_command(recipe, stage, recipe_path)
-        if dry_run:
-            rows.append({"stage": stage.name, "status": "would run", "seconds": 0.0, "command": shlex.join(cmd)})
-            logger.info("[%d/%d] %-22s would run: %s", i, len(chosen), stage.name, shlex.join(cmd))
-            continue
-        logger.info("[%d/%d] %-22s running …", i, len(chosen), stage.name)
-        started = time.time()
-        code = runner(cmd)
-        seconds = time.time() - started
-        if code != 0:
-            rows.append({"stage": stage.name, "status": "failed", "seconds": seconds})
-            _atomic_json(out / "stages" / "summary.json", rows)
-            raise StageFailed(f"stage {stage.name} failed (exit code {code}) after {seconds:.0f} s; finished stages "
-                              f"are kept — fix the cause and re-run the same command to continue. Command: "
-                              f"{shlex.join(cmd)}")
-        _atomic_json(stamp_path, {"fingerprint": prints[stage.name], "status": "done", "seconds": seconds,
-                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        rows.append({"stage": stage.name, "status": "done", "seconds": seconds})
-        logger.info("[%d/%d] %-22s done in %.1f s", i, len(chosen), stage.name, seconds)
+    chosen, forced = select_stages(stages, only, start)
+    resolved = out / "resolved_recipe.yaml"
     if not dry_run:
-        _atomic_json(out / "stages" / "summary.json", rows)
-    return rows
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = resolved.with_name(resolved.name + ".tmp")
+        tmp.write_text(recipe.to_yaml(), encoding="utf-8")
+        os.replace(tmp, resolved)
+    if runner is None:
+        runner = _in_process_runner(recipe) if in_process and not is_multiprocess(recipe) else _subprocess_runner
+    results = [StageResult(s.name, "pending") for s in chosen]
+    summary_path = out / "stages" / "summary.json"
+
+    def save_summary() -> None:
+        if not dry_run:
+            _atomic_json(summary_path, {"recipe": str(recipe_path), "overrides": overrides or [],
+                                        "stages": [vars(r) for r in results]})
+
+    logger.info("%s: %d stages (%s), run directory %s", recipe.name, len(chosen),
+                ", ".join(s.name for s in chosen), out)
+    for i, (stage, res) in enumerate(zip(chosen, results), 1):
+        tag = f"[{i}/{len(chosen)}] {stage.name:24}"
+        stamp = read_stamp(out, stage.name)
+        inputs = stage_inputs(recipe, stage)
+        up_to_date = stamp.get("status") == "done" and stamp.get("fingerprint") == prints[stage.name]
+        cmd = launch_command(recipe, stage, resolved)
+        res.command = shlex.join(cmd)
+        if up_to_date and stage.name not in forced:
+            res.status, res.reason = ("would skip" if dry_run else "skipped"), "inputs unchanged"
+            logger.info("%s skip (inputs unchanged)", tag)
+            continue
+        if stage.name in forced:
+            res.reason = "forced (--only/--from)"
+        elif not stamp:
+            res.reason = "not run yet"
+        else:
+            changed = _changed_fields(stamp, inputs)
+            res.reason = ("changed: " + ", ".join(changed)) if changed else "upstream stage changed"
+        missing = [n for n in stage.needs if read_stamp(out, n).get("status") != "done" and n not in
+                   {s.name for s in chosen[:i - 1]}]
+        if missing:
+            logger.warning("%s upstream stage(s) %s have no stamp; it will likely fail", tag, ", ".join(missing))
+        if dry_run:
+            res.status = "would run"
+            logger.info("%s would run (%s): %s", tag, res.reason, res.command)
+            continue
+        logger.info("%s running (%s)", tag, res.reason)
+        res.status = "running"
+        save_summary()
+        began = time.time()
+        code = runner(stage, cmd)
+        res.seconds = round(time.time() - began, 2)
+        if code != 0:
+            res.status = "failed"
+            save_summary()
+            raise StageFailed(
+                f"stage {stage.name} failed (exit code {code}) after {res.seconds:.0f} s; finished stages are "
+                f"kept in {out / 'stages'} — fix the cause and re-run the same command to continue. "
+                f"Command: {res.command}"
+            )
+        _atomic_json(out / "stages" / f"{stage.name}.json", {
+            "stage": stage.name, "fingerprint": prints[stage.name], "status": "done", "seconds": res.seconds,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": res.command, "inputs": inputs,
+            "upstream": {n: prints[n] for n in stage.needs},
+        })
+        res.status = "done"
+        save_summary()
+        logger.info("%s done in %.1f s", tag, res.seconds)
+    save_summary()
+    return results
 
 
-def _run_subprocess(cmd: list[str]) -> int:
+def _subprocess_runner(stage: Stage, cmd: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return subprocess.run(cmd, env=env).returncode
 
 
-def format_summary(rows: list[dict]) -> str:
-    lines = [f"{'stage':24} {'status':10} {'seconds':>8}"]
-    lines += [f"{r['stage']:24} {r['status']:10} {r['seconds']:8.1f}" for r in rows]
-    lines.append(f"{'total':24} {'':10} {sum(r['seconds'] for r in rows):8.1f}")
+def _in_process_runner(recipe: Recipe) -> Runner:
+    def run(stage: Stage, cmd: list[str]) -> int:
+        try:
+            run_stage_command(recipe, stage.command)
+        except (RecipeError, ValueError) as err:  # bad input: one clear line, as the CLI prints it
+            logger.error("stage %s: %s", stage.name, err)
+            return 2
+        except Exception:
+            logger.exception("stage %s raised", stage.name)
+            return 1
+        finally:
+            gc.collect()  # models of the finished stage go before the next loads its own
+        return 0
+
+    return run
+
+
+def format_summary(results: list[StageResult]) -> str:
+    """A plain-text table: stage, status, seconds, why it ran."""
+    lines = [f"{'stage':26} {'status':10} {'seconds':>8}  reason"]
+    lines += [f"{r.stage:26} {r.status:10} {r.seconds:8.1f}  {r.reason}" for r in results]
+    lines.append(f"{'total':26} {'':10} {sum(r.seconds for r in results):8.1f}")
     return "\n".join(lines)
