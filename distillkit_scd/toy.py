@@ -107,7 +107,7 @@ def plot(detail: dict, summary: dict, path: Path) -> None:
     for ax, name in zip(axes.flat, METHODS):
         with torch.no_grad():
             prob = detail["models"][name](flat).softmax(-1)[:, 1].reshape(200, 200)
-        ax.contourf(xs, xs, prob, levels=[0, 0.5, 1], colors=["#f3d4c5", "#c9daf0"], alpha=0.8)
+        ax.contourf(xs, xs, prob, levels=[0, 0.5, 1], colors=["#c9daf0", "#f3d4c5"], alpha=0.8)
         ax.scatter(x[:400, 0], x[:400, 1], c=labels[:400], s=3, cmap="coolwarm")
         ax.plot(xs, torch.sin(0.5 * xs * 4 * math.pi) / 3, "k--", lw=1)
         m = summary[name]
