@@ -7,13 +7,17 @@ tokenizer is trained in a second on a built-in corpus, and two Llama models of d
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|pad|>"]
+BOS, START_HEADER, END_HEADER, EOT, PAD = (
+    "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|pad|>",
+)
+SPECIAL_TOKENS = [BOS, START_HEADER, END_HEADER, EOT, PAD]
 
 # A Llama-3-style template: every turn ends with <|eot_id|>, which is also the eos token, so the
 # assistant's labels end exactly where generation must stop.
@@ -25,6 +29,14 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
+# Pre-tokenisation split in the style of Llama 3: runs of newlines are their own piece (`\s*[\r\n]+`), so
+# the "\n\n" that ends the generation header tokenises the same whether or not an answer follows. This
+# keeps the prompt ids a prefix of the full conversation ids, which assistant-only labels rely on.
+_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 TINY_SHAPES = {
@@ -32,6 +44,7 @@ TINY_SHAPES = {
     "teacher": {"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4},
     "student": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
 }
+TINY_MAX_POSITIONS = 1024
 
 
 def _tokenizer_corpus() -> list[str]:
@@ -53,12 +66,24 @@ def build_tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 1000)
     """Train a byte-level BPE tokenizer on the spot (about a second) with a Llama-3-like chat template.
 
     Byte-level BPE covers any UTF-8 text, so the same tokenizer also works on the Japanese JMED data.
+    Special tokens: bos `<|begin_of_text|>`, eos `<|eot_id|>` (ends every turn), pad `<|pad|>`.
+
+    Args:
+        texts: training corpus; defaults to synthetic-task text plus English and Japanese samples.
+        vocab_size: upper bound on the vocabulary (a small corpus may stop earlier).
+    Returns: a `PreTrainedTokenizerFast` with `chat_template` set.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size: expected at least {256 + len(SPECIAL_TOKENS)} (all bytes + special "
+                         f"tokens), got {vocab_size}")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -69,16 +94,21 @@ def build_tiny_tokenizer(texts: list[str] | None = None, vocab_size: int = 1000)
     tok.train_from_iterator(texts if texts is not None else _tokenizer_corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        pad_token="<|pad|>",
+        bos_token=BOS,
+        eos_token=EOT,
+        pad_token=PAD,
+        additional_special_tokens=[START_HEADER, END_HEADER],
+        model_max_length=TINY_MAX_POSITIONS,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
 def build_tiny_llama(tokenizer, role: str = "student", seed: int = 0):
-    """A randomly initialised `LlamaForCausalLM` of the tiny `role` shape, sized to the tokenizer."""
+    """A randomly initialised `LlamaForCausalLM` of the tiny `role` shape, sized to the tokenizer.
+
+    The global torch RNG is left untouched (initialisation runs inside `torch.random.fork_rng`).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if role not in TINY_SHAPES:
@@ -87,58 +117,77 @@ def build_tiny_llama(tokenizer, role: str = "student", seed: int = 0):
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         num_key_value_heads=shape["num_attention_heads"],
-        max_position_embeddings=1024,
+        max_position_embeddings=TINY_MAX_POSITIONS,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
         **shape,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model
 
 
 def make_tiny_pair(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny teacher and student (safetensors) sharing one tokenizer; returns their folders.
 
-    Deterministic by seed. Existing folders are reused, so a pipeline can call this on every start.
+    Deterministic by seed (same seed → identical tokenizer and weights). Folders that already hold a
+    model are reused, so a pipeline can call this on every start; each folder is written to a temporary
+    sibling and renamed, so a killed run never leaves a half-written model.
     """
     out = Path(out_dir)
     dirs = (out / "teacher", out / "student")
-    if all((d / "config.json").is_file() and (d / "tokenizer.json").is_file() for d in dirs):
+    done = [(d / "config.json").is_file() and (d / "tokenizer.json").is_file() for d in dirs]
+    if all(done):
         return dirs
+    out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
-    for role, folder in zip(("teacher", "student"), dirs):
-        model = build_tiny_llama(tokenizer, role=role, seed=seed)
-        if (folder / "config.json").is_file():
+    for role, folder, exists in zip(("teacher", "student"), dirs, done):
+        if exists:
             continue
+        model = build_tiny_llama(tokenizer, role=role, seed=seed)
         tmp = folder.with_name(folder.name + ".tmp")
+        for stale in (tmp, folder):  # leftovers of a killed run
+            if stale.exists():
+                shutil.rmtree(stale)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        tmp.replace(folder)  # atomic: a killed run never leaves a half-written model folder
+        tmp.replace(folder)
+        logger.info("tiny %s: %d parameters saved to %s", role, model.num_parameters(), folder)
     return dirs
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
-    """Load a tokenizer that has a chat template and a pad token (left/right padding set by callers)."""
+    """Load a tokenizer that has a chat template; a missing pad token becomes the eos token.
+
+    Raises:
+        ValueError: the tokenizer cannot be loaded or has no chat template.
+    """
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"{path}: cannot load a tokenizer ({err})") from None
     if not getattr(tok, "chat_template", None):
-        raise ValueError(f"{path}: the tokenizer has no chat template; set one (tokenizer.chat_template)")
+        raise ValueError(f"{path}: the tokenizer has no chat template; use an instruct/chat model or set "
+                         "tokenizer.chat_template and save it")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, attn_implementation=None):
-    """Load a causal LM from a local folder or Hub id, from safetensors only (never pickle)."""
+    """Load a causal LM from a local folder or Hub id, from safetensors only (never pickle).
+
+    Raises:
+        ValueError: unknown dtype, or no loadable safetensors model at `path`.
+    """
     from transformers import AutoModelForCausalLM
 
     if dtype not in _DTYPES:
@@ -147,36 +196,47 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype], **kwargs)
-    except TypeError:  # transformers 4.x names it torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=_DTYPES[dtype], **kwargs)
+        # `dtype=` is understood by transformers >= 4.56 (both pinned stacks); `torch_dtype` is deprecated.
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype], **kwargs)
     except OSError as err:
         raise ValueError(f"{path}: cannot load a safetensors model ({err})") from None
-    return model
+
+
+def _special_tokens(tokenizer) -> dict[str, str | None]:
+    named = {attr: getattr(tokenizer, attr, None) for attr in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    named["additional"] = ",".join(sorted(map(str, getattr(tokenizer, "all_special_tokens", []))))
+    return {k: (None if v is None else str(v)) for k, v in named.items()}
 
 
 def check_vocab_compatible(teacher_tokenizer, student_tokenizer, teacher_config=None, student_config=None,
-                           teacher_name: str = "teacher", student_name: str = "student") -> None:
-    """Token-level distillation needs one vocabulary: same token → id map and special tokens.
+                           teacher_name: str | None = None, student_name: str | None = None) -> None:
+    """Token-level distillation needs one vocabulary: the same token → id map and the same special tokens,
+    and model embedding tables at least as large as the tokenizer.
+
+    Names default to the tokenizers' `name_or_path` (their folder or Hub id).
 
     Raises:
         ValueError: naming both models and the first difference found.
     """
+    t_name = teacher_name or getattr(teacher_tokenizer, "name_or_path", "") or "teacher"
+    s_name = student_name or getattr(student_tokenizer, "name_or_path", "") or "student"
     tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     if tv != sv:
         only_t = sorted(set(tv) - set(sv))[:3]
         only_s = sorted(set(sv) - set(tv))[:3]
         moved = sorted(k for k in set(tv) & set(sv) if tv[k] != sv[k])[:3]
         raise ValueError(
-            f"{teacher_name} and {student_name} tokenizers differ ({len(tv)} vs {len(sv)} tokens; "
-            f"only in teacher: {only_t}, only in student: {only_s}, different ids: {moved}); "
-            "token-level distillation needs the same vocabulary"
+            f"teacher {t_name} and student {s_name} have different tokenizer vocabularies ({len(tv)} vs "
+            f"{len(sv)} tokens; only in teacher: {only_t}, only in student: {only_s}, different ids: {moved}); "
+            "token-level distillation needs the same vocabulary: pick models of one family"
         )
-    for attr in ("eos_token_id", "pad_token_id", "bos_token_id"):
-        if getattr(teacher_tokenizer, attr) != getattr(student_tokenizer, attr):
-            raise ValueError(f"{teacher_name} and {student_name} tokenizers disagree on {attr}")
-    for name, cfg in ((teacher_name, teacher_config), (student_name, student_config)):
-        if cfg is not None and cfg.vocab_size < len(tv):
-            raise ValueError(
-                f"{name}: model vocab_size {cfg.vocab_size} is smaller than the tokenizer's {len(tv)} tokens"
-            )
+    ts, ss = _special_tokens(teacher_tokenizer), _special_tokens(student_tokenizer)
+    for key in ts:
+        if ts[key] != ss[key]:
+            raise ValueError(f"teacher {t_name} and student {s_name} tokenizers disagree on the special token "
+                             f"{key}: {ts[key]!r} vs {ss[key]!r}")
+    for role, name, cfg in (("teacher", t_name, teacher_config), ("student", s_name, student_config)):
+        size = getattr(cfg, "vocab_size", None) if cfg is not None else None
+        if size is not None and size < len(teacher_tokenizer):
+            raise ValueError(f"{role} {name}: model vocab_size {size} is smaller than the tokenizer's "
+                             f"{len(teacher_tokenizer)} tokens (teacher {t_name}, student {s_name})")
