@@ -46,7 +46,8 @@ def _stage_list(values: list[str] | None) -> list[str] | None:
     return [name for v in values for name in v.split(",") if name]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; `with_toy=False` leaves out the toy's options (and its torch import)."""
     parser = argparse.ArgumentParser(prog="distillkit-scd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
@@ -92,12 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", nargs="+", help="run directory (several: one table across tasks)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
 
-    p = sub.add_parser("toy", help="the paper's Fig. 2 sine-boundary experiment")
-    try:
+    p = sub.add_parser("toy", help="the paper's Fig. 2 sine-boundary experiment (`toy --help`: options)")
+    if with_toy:  # the toy imports torch; only pay for it when the toy is the command
         from distillkit_scd import toy
-    except ImportError as err:  # the toy module is optional at parse time; say so when it is used
-        p.set_defaults(toy_error=str(err))
-    else:
+
         toy.add_arguments(p)
 
     p = sub.add_parser("distillkit", help="run an arcee-ai DistillKit config with our losses and schedules")
@@ -107,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 a stage failed, 2 bad input)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    words = [a for a in argv if not a.startswith("-")]
+    args = build_parser(with_toy=bool(words) and words[0] == "toy").parse_args(argv)
     setup_logging(args.verbose)
     try:
         return _dispatch(args)
@@ -157,8 +158,6 @@ def _dispatch(args) -> int:
             print(Path(written["markdown"]).read_text(encoding="utf-8"))
         return 0
     if cmd == "toy":
-        if getattr(args, "toy_error", None):
-            raise ValueError(f"toy: the toy experiment is not available ({args.toy_error})")
         from distillkit_scd import toy
 
         return toy.run_from_args(args)

@@ -39,8 +39,9 @@ class RecipeError(ValueError):
 class ModelsConfig:
     """Which models to distil.
 
-    teacher (`str`): Hub id or local folder of the teacher's base model (SFT starts from it).
-    student (`str`): Hub id or local folder of the student's base model.
+    teacher (`str`): Hub id or local folder of the teacher's base model (SFT starts from it), or
+        `tiny:teacher` / `tiny:student`: a tiny Llama built on the spot (see `model_refs.py`).
+    student (`str`): Hub id, local folder or `tiny:` reference of the student's base model.
     dtype (`str`, defaults to `"float32"`): weights dtype when loading: float32, bfloat16 or float16.
     trust_remote_code (`bool`, defaults to `False`): allow model code from the Hub; off unless asked.
     attn_implementation (`str`, *optional*): e.g. "sdpa", "flash_attention_2"; library default if unset.
@@ -446,6 +447,11 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
     from distillkit_scd.tasks import TASKS  # local import: tasks pull in datasets
 
     r = recipe
+    for role in ("teacher", "student"):  # `tiny:` references: see model_refs.py
+        ref = getattr(r.models, role)
+        if ref.startswith("tiny:"):
+            _require(ref in ("tiny:teacher", "tiny:student"), source, f"models.{role}", ref,
+                     "a Hub id, a local folder, tiny:teacher or tiny:student")
     _require(r.task.name in TASKS, source, "task.name", r.task.name, "one of " + ", ".join(sorted(TASKS)))
     _require(r.task.max_length >= 8, source, "task.max_length", r.task.max_length, "an integer >= 8")
     _require(r.sft.num_checkpoints >= 1, source, "sft.num_checkpoints", r.sft.num_checkpoints, "N >= 1")

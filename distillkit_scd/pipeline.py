@@ -59,12 +59,14 @@ class Stage:
 
     name: stage name (`sft-teacher`, `eval-td`, …).  command: the CLI stage command and its options
     (without the recipe).  needs: upstream stage names.  inputs: dotted recipe fields it reads.
+    artifact: the file under OUT that proves it finished; a stamp without it does not count.
     """
 
     name: str
     command: tuple[str, ...]
     needs: tuple[str, ...] = ()
     inputs: tuple[str, ...] = _BASE
+    artifact: str = ""
 
 
 @dataclass
@@ -83,25 +85,30 @@ class StageFailed(RuntimeError):
 def build_stages(recipe: Recipe) -> list[Stage]:
     """The ordered stage list of a recipe."""
     stages: list[Stage] = []
+
+    def evaluation(row: str, needs: tuple[str, ...]) -> Stage:
+        return Stage(f"eval-{row}", ("evaluate", "--row", row), needs, _EVAL,
+                     f"results/{row}/{recipe.task.name}.json")
+
     if recipe.evaluation.zero_shot:
-        for role in ("teacher", "student"):
-            stages.append(Stage(f"eval-{role}_zero_shot", ("evaluate", "--row", f"{role}_zero_shot"), (), _EVAL))
+        stages += [evaluation(f"{role}_zero_shot", ()) for role in ("teacher", "student")]
     for role in ("teacher", "student"):
         own = ("sft.num_checkpoints", "sft.select_by") if role == "teacher" else ()
-        stages.append(Stage(f"sft-{role}", ("sft", "--role", role), (), (*_TRAIN, *own, f"sft.{role}")))
-    for role in ("teacher", "student"):
-        stages.append(Stage(f"eval-{role}_sft", ("evaluate", "--row", f"{role}_sft"), (f"sft-{role}",), _EVAL))
+        stages.append(Stage(f"sft-{role}", ("sft", "--role", role), (), (*_TRAIN, *own, f"sft.{role}"),
+                            f"sft/{role}/manifest.json"))
+    stages += [evaluation(f"{role}_sft", (f"sft-{role}",)) for role in ("teacher", "student")]
     methods = [m for m in METHODS if m in recipe.distill.methods]  # paper order, whatever the recipe's
     if "scd_aw" in methods:
         stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student"),
-                            (*_BASE, "evaluation.batch_size")))
+                            (*_BASE, "evaluation.batch_size"), "aw/aw_table.json"))
     for method in methods:
         needs = ("sft-teacher", "sft-student") + (("aw-table",) if method == "scd_aw" else ())
         inputs = (*_TRAIN, *(f"distill.{k}" for k in (*_DISTILL_SHARED, *_DISTILL_OWN.get(method, ()))))
-        stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, inputs))
-        stages.append(Stage(f"eval-{method}", ("evaluate", "--row", method), (f"distill-{method}",), _EVAL))
+        stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, inputs,
+                            f"distill/{method}/manifest.json"))
+        stages.append(evaluation(method, (f"distill-{method}",)))
     evals = tuple(s.name for s in stages if s.name.startswith("eval-"))
-    stages.append(Stage("report", ("report",), evals, ("name", "task.name")))
+    stages.append(Stage("report", ("report",), evals, ("name", "task.name"), "report/table1.md"))
     return stages
 
 
@@ -223,8 +230,15 @@ def read_stamp(out: Path, stage: str) -> dict:
 
 
 def _changed_fields(stamp: dict, inputs: dict[str, Any]) -> list[str]:
+    """Dotted recipe fields whose value differs from the stamp's (down to the changed leaf)."""
+
+    def diff(prefix: str, old: Any, new: Any) -> list[str]:
+        if isinstance(old, dict) and isinstance(new, dict):
+            return [f for k in sorted(set(old) | set(new)) for f in diff(f"{prefix}.{k}", old.get(k), new.get(k))]
+        return [prefix] if _digest(old) != _digest(new) else []
+
     old = stamp.get("inputs", {})
-    return [k for k in inputs if _digest(old.get(k)) != _digest(inputs[k])]
+    return [f for k in inputs for f in diff(k, old.get(k), inputs[k])]
 
 
 Runner = Callable[[Stage, list[str]], int]
@@ -275,7 +289,8 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         tag = f"[{i}/{len(chosen)}] {stage.name:24}"
         stamp = read_stamp(out, stage.name)
         inputs = stage_inputs(recipe, stage)
-        up_to_date = stamp.get("status") == "done" and stamp.get("fingerprint") == prints[stage.name]
+        artifact_ok = not stage.artifact or (out / stage.artifact).exists()
+        up_to_date = stamp.get("status") == "done" and stamp.get("fingerprint") == prints[stage.name] and artifact_ok
         cmd = launch_command(recipe, stage, resolved)
         res.command = shlex.join(cmd)
         if up_to_date and stage.name not in forced:
@@ -286,6 +301,8 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
             res.reason = "forced (--only/--from)"
         elif not stamp:
             res.reason = "not run yet"
+        elif not artifact_ok:
+            res.reason = f"{stage.artifact} missing"
         else:
             changed = _changed_fields(stamp, inputs)
             res.reason = ("changed: " + ", ".join(changed)) if changed else "upstream stage changed"

@@ -1,0 +1,128 @@
+"""`plan`: parameter counts from architecture, step arithmetic, and memory numbers in the right range."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distillkit_scd.config import load_recipe, recipe_from_dict
+from distillkit_scd.plan import (
+    GIB,
+    KNOWN_CONFIGS,
+    Arch,
+    Parallel,
+    format_plan,
+    memory_estimate,
+    model_arch,
+    parallel_setup,
+    step_counts,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _params_by_loops(cfg: dict) -> int:
+    """Independent count: walk the modules of a Llama decoder one tensor at a time."""
+    h, layers, inter = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
+    d = h // cfg["num_attention_heads"]
+    tensors = [(cfg["vocab_size"], h)]  # embed_tokens
+    for _ in range(layers):
+        tensors += [(cfg["num_attention_heads"] * d, h), (cfg["num_key_value_heads"] * d, h),
+                    (cfg["num_key_value_heads"] * d, h), (h, cfg["num_attention_heads"] * d),
+                    (inter, h), (inter, h), (h, inter), (h, 1), (h, 1)]
+    tensors.append((h, 1))  # final norm
+    if not cfg["tie_word_embeddings"]:
+        tensors.append((cfg["vocab_size"], h))
+    return sum(a * b for a, b in tensors)
+
+
+@pytest.mark.parametrize("hub_id, billions", [("meta-llama/Llama-3.1-8B-Instruct", 8.030),
+                                              ("meta-llama/Llama-3.2-3B-Instruct", 3.213),
+                                              ("meta-llama/Llama-3.2-1B-Instruct", 1.236)])
+def test_parameter_counts(hub_id, billions):
+    """Counts match a per-tensor walk and the published sizes (8.03 B, 3.21 B, 1.24 B)."""
+    arch = model_arch(hub_id)
+    assert arch.params == _params_by_loops(KNOWN_CONFIGS[hub_id])
+    assert arch.params / 1e9 == pytest.approx(billions, abs=0.002)
+
+
+def test_8b_teacher_weights_are_16_gb():
+    """The 8B teacher in bf16 is ≈ 16 GB of weights (2 bytes per parameter)."""
+    assert model_arch("meta-llama/Llama-3.1-8B-Instruct").params * 2 / 1e9 == pytest.approx(16.06, abs=0.05)
+
+
+def test_local_config_json_is_read(tmp_path):
+    """A local folder's config.json gives the architecture; an unknown Hub id gives None (no download)."""
+    (tmp_path / "config.json").write_text(json.dumps({**KNOWN_CONFIGS["meta-llama/Llama-3.2-1B"], "x": 1}))
+    assert model_arch(str(tmp_path)).params == model_arch("meta-llama/Llama-3.2-1B").params
+    assert model_arch("someone/unknown-model") is None
+
+
+def test_memory_8b_3b_zero3_on_8_gpus(monkeypatch):
+    """Paper setting: model state is 16 bytes/parameter sharded over 8 GPUs — ≈ 15 GiB for the 8B SFT,
+    ≈ 6 GiB for the 3B — and every stage fits an 80 GB GPU."""
+    monkeypatch.chdir(ROOT)
+    r = load_recipe("recipes/paper/pubmedqa.yaml")
+    par = parallel_setup(r)
+    assert par == Parallel(world_size=8, zero_stage=3, offload_optimizer=False, offload_param=False)
+    t, s = model_arch(r.models.teacher), model_arch(r.models.student)
+    mem = memory_estimate(r, s, t, par)
+    state = lambda parts: parts["weights"] + parts["gradients"] + parts["optimizer"]  # noqa: E731
+    assert state(mem["sft-teacher"]) == pytest.approx(t.params * 16 / 8 / GIB)
+    assert 14 < state(mem["sft-teacher"]) < 16 and 5.5 < state(mem["sft-student"]) < 6.5
+    assert mem["distill"]["teacher weights"] == pytest.approx(t.params * 2 / 8 / GIB)
+    assert all(parts["total"] < 80 for parts in mem.values())
+
+
+def test_memory_single_gpu_offload(monkeypatch):
+    """One GPU, ZeRO-3 + optimizer offload: no optimizer state on the GPU; 8B bf16 weights+grads ≈ 30 GiB."""
+    monkeypatch.chdir(ROOT)
+    r = load_recipe("recipes/paper/pubmedqa_1xA100_80GB.yaml")
+    par = parallel_setup(r)
+    assert par.world_size == 1 and par.zero_stage == 3 and par.offload_optimizer
+    mem = memory_estimate(r, model_arch(r.models.student), model_arch(r.models.teacher), par)
+    assert mem["sft-teacher"]["optimizer"] == 0
+    assert 29 < mem["sft-teacher"]["weights"] + mem["sft-teacher"]["gradients"] < 31
+
+
+def test_activations_scale_with_tokens_and_checkpointing():
+    """Activations grow linearly with batch × length and shrink with gradient checkpointing."""
+    base = {"name": "t", "output_dir": "o", "task": {"name": "synthetic", "max_length": 512},
+            "models": {"teacher": "tiny:teacher", "student": "tiny:student", "dtype": "bfloat16"}}
+    arch = model_arch("meta-llama/Llama-3.2-3B")
+    par = Parallel(1, 0, False, False)
+    act = lambda extra: memory_estimate(recipe_from_dict({**base, **extra}), arch, None, par)["sft-student"]["activations"]  # noqa: E731
+    one = act({"optim": {"per_device_train_batch_size": 1}})
+    assert act({"optim": {"per_device_train_batch_size": 4}}) == pytest.approx(4 * one)
+    assert act({"training_args": {"gradient_checkpointing": True}, "optim": {"per_device_train_batch_size": 1}}) < one / 5
+
+
+def test_step_counts_by_hand():
+    """450 rows, batch 1 × 8 processes: 57 steps/epoch (ceil 56.25); 4 epochs = 228; T = 2 epochs = 114;
+    N = 4 stages → 456 distillation steps per method."""
+    r = recipe_from_dict({"name": "t", "output_dir": "o", "task": {"name": "pubmedqa"},
+                          "models": {"teacher": "a", "student": "b"},
+                          "optim": {"per_device_train_batch_size": 1}, "launcher": {"num_processes": 8},
+                          "sft": {"num_checkpoints": 4, "teacher": {"num_train_epochs": 4}},
+                          "distill": {"epochs_per_stage": 2}})
+    steps = step_counts(r, 450)
+    assert (steps["steps_per_epoch"], steps["sft-teacher"], steps["T"], steps["distill (each method)"]) == \
+        (57, 228, 114, 456)
+    r2 = recipe_from_dict({**r.to_dict(), "distill": {**r.to_dict()["distill"], "steps_per_stage": 10}})
+    assert step_counts(r2, 450)["distill (each method)"] == 40
+
+
+def test_format_plan_mentions_stages_steps_and_memory(monkeypatch):
+    """The printed plan lists the stages, the step counts and the per-device memory."""
+    monkeypatch.chdir(ROOT)
+    text = format_plan(load_recipe("recipes/paper/crade.yaml"))
+    assert "distill-scd_aw" in text and "accelerate launch" in text
+    assert "8.030 B parameters, 16.1 GB of bfloat16 weights" in text
+    assert "memory per device" in text and "ZeRO stage 3" in text
+
+
+def test_arch_uses_explicit_head_dim():
+    """A config with head_dim ≠ hidden/heads (e.g. Gemma-style) counts attention with head_dim."""
+    a = Arch(hidden_size=8, num_hidden_layers=1, intermediate_size=4, num_attention_heads=2,
+             num_key_value_heads=1, vocab_size=10, tie_word_embeddings=True, head_dim=6)
+    assert a.params == 10 * 8 + (2 * 8 * 12 + 2 * 8 * 6 + 3 * 8 * 4 + 2 * 8) + 8
