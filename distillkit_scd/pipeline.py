@@ -156,6 +156,8 @@ def launch_command(recipe: Recipe, stage: Stage, recipe_path: Path) -> list[str]
         cmd = [sys.executable, "-m", "accelerate.commands.launch"]
         if la.accelerate_config:
             cmd += ["--config_file", la.accelerate_config]
+        else:  # no config: ask for torchrun-style processes (without it accelerate starts one on a CPU box)
+            cmd += ["--multi_gpu"] if la.num_processes > 1 else []
         cmd += ["--num_processes", str(la.num_processes)]
         # With a config file, precision comes from it (accelerate refuses --mixed_precision beside a
         # DeepSpeed config file); the trainer reads `launcher.mixed_precision` in either case.
@@ -255,7 +257,8 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         start: run this stage and every later one (forced).
         dry_run: report what would run or be skipped, and the commands, without running anything.
         in_process: run single-process stages in this process instead of a fresh subprocess.
-        runner: `runner(stage, command) -> exit code`, replacing the launcher (tests).
+        runner: `runner(stage, command) -> exit code`, replacing the launcher and the preparation of
+            `tiny:` models (tests).
 
     Raises:
         RecipeError: the recipe is invalid.  ValueError: unknown stage names.
@@ -273,7 +276,9 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         tmp = resolved.with_name(resolved.name + ".tmp")
         tmp.write_text(recipe.to_yaml(), encoding="utf-8")
         os.replace(tmp, resolved)
-    if runner is None:
+    if runner is None:  # a given runner (tests) replaces the whole launch, model preparation included
+        if not dry_run and any(s.command[0] != "report" for s in chosen):
+            _prepare_tiny_models(recipe)
         runner = _in_process_runner(recipe) if in_process and not is_multiprocess(recipe) else _subprocess_runner
     results = [StageResult(s.name, "pending") for s in chosen]
     summary_path = out / "stages" / "summary.json"
@@ -338,6 +343,16 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         logger.info("%s done in %.1f s", tag, res.seconds)
     save_summary()
     return results
+
+
+def _prepare_tiny_models(recipe: Recipe) -> None:
+    """Build `tiny:` models once, here, before any stage: several launched processes building the same
+    folder at once would race."""
+    from distillkit_scd.model_refs import resolve_model_path, tiny_kind
+
+    for role in ("teacher", "student"):
+        if tiny_kind(getattr(recipe.models, role)):
+            resolve_model_path(recipe, role)
 
 
 def _subprocess_runner(stage: Stage, cmd: list[str]) -> int:

@@ -184,7 +184,8 @@ def test_launch_commands(tmp_path):
     assert cmd[-5:] == ["distillkit_scd", "distill", "R.yaml", "--method", "scd"]
     assert launch_command(many, stages["eval-scd"], Path("R.yaml"))[1:4] == ["-m", "distillkit_scd", "evaluate"]
     plain = recipe_from_dict({**base, "launcher": {"num_processes": 2, "mixed_precision": "bf16"}})
-    assert "--mixed_precision" in launch_command(plain, stages["sft-student"], Path("R.yaml"))
+    cmd = launch_command(plain, stages["sft-student"], Path("R.yaml"))
+    assert "--mixed_precision" in cmd and "--multi_gpu" in cmd  # without it accelerate starts 1 process on CPU
 
 
 def test_missing_artifact_reruns_stage(recipe_path, tmp_path):
