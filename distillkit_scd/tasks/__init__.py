@@ -31,8 +31,25 @@ def get_task(name: str) -> TaskSpec:
 
 
 def load_task(name: str, source: str | None = None, **options) -> DatasetDict:
-    """Load a registered task with its official split (see the module docstring)."""
+    """Load a registered task with its official split (see the module docstring).
+
+    Common options: `validation_fraction` (0.1, carved from train), `seed` (42), `limit_train` /
+    `limit_test` (caps for smoke runs); JMED tasks also `pool` ("all" or "benchmark") and
+    `test_fraction` (0.2); `synthetic` takes `num_train` / `num_test`.
+
+    Raises:
+        ValueError: unknown task or option, missing data files, or a malformed row (file and row named).
+    """
     return get_task(name).build(source, **options)
 
 
-__all__ = ["TASKS", "TaskSpec", "get_task", "load_task"]
+def split_definition(name: str, source: str | None = None, **options) -> dict:
+    """The JSON-able split definition of a task: how it was made, sizes, and the id list of each split.
+
+    The split is a pure function of the data and the options (seed included), so saving this next to a
+    run records exactly which rows were trained and tested on.
+    """
+    return load_task(name, source, **options).split_info
+
+
+__all__ = ["TASKS", "TaskSpec", "get_task", "load_task", "split_definition"]

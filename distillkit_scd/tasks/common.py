@@ -42,18 +42,22 @@ def stable_shuffle(keys: Sequence[str], seed: int) -> list[str]:
 
 def group_split(rows: list[dict[str, Any]], group_of: Callable[[dict], str], test_fraction: float,
                 seed: int) -> tuple[list[dict], list[dict]]:
-    """Split rows so that no group (source text) is in both parts; ≈ `test_fraction` of rows in test.
+    """Split rows so that no group (source text) is in both parts, with at most n − ⌊(1−f)·n⌋ test rows.
 
-    Groups are ordered by a seeded hash and assigned to test until the row quota ⌈n·f⌉ is met, so the
-    split is a pure function of the data and the seed.
+    Groups are visited in a seeded hash order; a group goes to test while it still fits in the row
+    quota (smaller groups later fill the remainder), otherwise to train. The split is thus a pure
+    function of the data and the seed, and the test size is the quota or a few rows less.
+    Row order inside each part: groups in visiting order, rows of a group in input order.
     """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(group_of(row), []).append(row)
     quota = len(rows) - int(len(rows) * (1 - test_fraction))  # n − ⌊0.8·n⌋ as the data README counts
     test, train = [], []
     for key in stable_shuffle(list(groups), seed):
-        (test if len(test) < quota else train).extend(groups[key])
+        (test if len(test) + len(groups[key]) <= quota else train).extend(groups[key])
     return train, test
 
 
@@ -68,8 +72,17 @@ def carve_validation(train: list[dict], fraction: float, seed: int, group_of=Non
 
 
 def to_dataset_dict(train: list[dict], validation: list[dict], test: list[dict], info: dict) -> DatasetDict:
+    """Build the DatasetDict and attach `split_info`: the definition, sizes and the id list of each split.
+
+    Empty splits keep the columns of the others, so `split["answer"]` works on every split.
+    """
     splits = {"train": train, "validation": validation, "test": test}
-    dd = DatasetDict({k: Dataset.from_list(v) if v else Dataset.from_list([]) for k, v in splits.items()})
+    built = {k: Dataset.from_list(v) for k, v in splits.items() if v}
+    if not built:
+        raise ValueError(f"task {info.get('task')}: every split is empty")
+    features = next(iter(built.values())).features
+    dd = DatasetDict({k: built.get(k, Dataset.from_dict({c: [] for c in features}, features=features))
+                      for k in splits})
     dd.split_info = {**info, "sizes": {k: len(v) for k, v in splits.items()},
                      "ids": {k: [r["id"] for r in v] for k, v in splits.items()}}
     return dd

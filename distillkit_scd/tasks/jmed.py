@@ -3,8 +3,14 @@
 Prompts are the official JMED-LLM ones (upstream `src/utils.py`), byte for byte: a system message and
 a user message; the gold assistant turn is the `answer` cell. Two pools exist: the 100-item benchmark
 files (`pool: benchmark`) and the full pools (`pool: all`, default, what the paper recipes use). Both
-are split 80/20 **by source text** (the report / tweet / record after the instruction line), so no text
-appears in train and test; seed 42; the id lists are recorded in `split_info`.
+are split 80/20 **by source text**, so no text appears in train and test; seed 42; the id lists are
+recorded in `split_info`. The source text is the 「…」 block after the instruction line: RRTNM asks 3
+questions (T/N/M) per radiology report (108 reports), SMDIS 8 (one per disease) per tweet (1920), CRADE
+one per entity of a case report (147 reports), NRNER up to 3 (d, m-key, m-val) per nursing record (934).
+JMMLU-Med questions stand alone and are grouped by their full text (identical questions stay together).
+
+Sizes with the defaults (seed 42; test ≤ n − ⌊0.8·n⌋ rows, filled group by group):
+see `tests/test_tasks.py::JMED_SIZES`.
 """
 
 from __future__ import annotations
@@ -37,22 +43,29 @@ OPTION_COLUMNS = [f"option{c}" for c in "ABCDEF"]
 
 
 def mc_user_message(question: str, options: list[str]) -> str:
-    """`質問: {question}\\n選択肢:\\n` then one `{letter}. {option}\\n` line per non-empty option."""
-    lines = "".join(f"{letter}. {opt}\n" for letter, opt in zip("ABCDEF", options) if opt)
+    """`質問: {question}\n選択肢:\n` then one `{letter}. {option}\n` line per non-empty option.
+
+    Upstream drops empty option cells and letters the rest by position; empty cells only ever trail
+    (RRTNM's N and M rows), which `_row` checks, so position and column letter agree.
+    """
+    lines = "".join(f"{letter}. {opt}\n" for letter, opt in zip("ABCDEF", [o for o in options if o]))
     return f"質問: {question}\n選択肢:\n{lines}"
 
 
-def source_text(question: str) -> str:
-    """The text a question is about: everything after the instruction line (the whole question if none).
+def source_text(task: str, question: str) -> str:
+    """The text a question is about, used to group rows so each text sits on one side of the split.
 
-    RRTNM asks 3 questions per report, SMDIS 8 per tweet, CRADE several per case report and NRNER
-    several per record; grouping by this text keeps each text on one side of the split.
+    For the tasks that quote a document it is everything after the instruction line (the 「…」 block);
+    JMMLU-Med questions are their own source.
     """
-    return question.split("\n", 1)[1] if "\n" in question else question
+    if task == "jmmlu" or "\n" not in question:
+        return question
+    return question.split("\n", 1)[1]
 
 
 @functools.lru_cache(maxsize=16)
 def _read_csv(path: Path) -> tuple[dict, ...]:
+    """All records of a CSV (cached: the SMDIS pool has 15,360 rows and several tests read it)."""
     try:
         with path.open(encoding="utf-8", newline="") as fh:
             return tuple(csv.DictReader(fh))
@@ -60,47 +73,64 @@ def _read_csv(path: Path) -> tuple[dict, ...]:
         raise ValueError(f"missing data file {path}") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a valid CSV file ({err})") from None
 
 
-def _row(task: str, index: int, rec: dict, where: str) -> dict:
+def _row(task: str, index: int, rec: dict, where: str, pool: str = "all") -> dict:
+    """One CSV record → a chat row. Row numbers in errors count data rows from 1 (header excluded)."""
+    at = f"task {task}: {where}: data row {index + 1}"
     for key in ("tag", "question", "answer"):
-        if not rec.get(key):
-            raise ValueError(f"task {task}: {where} row {index + 2}: empty or missing column {key!r}")
+        if not isinstance(rec.get(key), str) or not rec[key].strip():
+            raise ValueError(f"{at}: empty or missing column {key!r}")
+    answer = rec["answer"]
     if task == "nrner":
         try:
-            gold = ast.literal_eval(rec["answer"])
+            gold = ast.literal_eval(answer)
         except (ValueError, SyntaxError):
             gold = None
-        if not isinstance(gold, list) or not all(isinstance(g, str) for g in gold):
-            raise ValueError(f"task nrner: {where} row {index + 2}: answer {rec['answer'][:60]!r} is not a "
-                             "Python list literal of strings")
+        if not isinstance(gold, list) or not gold or not all(isinstance(g, str) for g in gold):
+            raise ValueError(f"{at}: answer {answer[:60]!r}: expected a non-empty Python list literal of strings")
         system, user = NER_SYSTEM, rec["question"]
     else:
         options = [rec.get(c) or "" for c in OPTION_COLUMNS]
-        if rec["answer"] not in "ABCDEF" or len(rec["answer"]) != 1:
-            raise ValueError(f"task {task}: {where} row {index + 2}: answer {rec['answer']!r} is not a letter A-F")
+        present = "".join(letter for letter, opt in zip("ABCDEF", options) if opt)
+        if present != "ABCDEF"[: len(present)] or len(present) < 2:
+            raise ValueError(f"{at}: options present for {present or 'no letter'}; expected at least optionA and "
+                             "optionB and no empty column before a filled one")
+        if len(answer) != 1 or answer not in "ABCDEF" or not options["ABCDEF".index(answer)]:
+            raise ValueError(f"{at}: answer {answer!r}: expected one of the letters with an option ({present})")
         system, user = MC_SYSTEM, mc_user_message(rec["question"], options)
     return {
-        "id": f"{task}-{index}",
+        "id": f"{task}-{index}" if pool == "all" else f"{task}-bench-{index}",  # ids never clash across pools
         "tag": rec["tag"],
-        "answer": rec["answer"],
+        "answer": answer,
         "question": rec["question"],
         "messages": [
             {"role": "system", "content": system},
             {"role": "user", "content": user},
-            {"role": "assistant", "content": rec["answer"]},
+            {"role": "assistant", "content": answer},
         ],
     }
 
 
 def _records(task: str, source: str | None, pool: str) -> tuple[list[dict], str]:
+    """Records of the task's CSV from a data root, a `jmed_llm/` folder, a CSV file, or a Hub dataset."""
     kind, path = pick_source(source, "jmed_llm", task)
     if kind == "hub":
         from datasets import load_dataset
 
-        return list(load_dataset(source, split="train")), source
+        return [dict(r) for r in load_dataset(source, split="train")], source
     bench, full = FILES[task]
-    file = path / (full if pool == "all" else bench) if path.is_dir() else path
+    name = full if pool == "all" else bench
+    if path.is_dir():
+        folder = path / "jmed_llm" if (path / "jmed_llm").is_dir() else path
+        file = folder / name
+        if not file.is_file():
+            raise ValueError(f"task {task}: expected {name} (pool {pool!r}) under {folder}; the folder must hold "
+                             f"the JMED-LLM files {', '.join(f[0] for f in FILES.values())} and all/")
+    else:
+        file = path
     return list(_read_csv(file)), str(file)
 
 
@@ -115,8 +145,8 @@ def build_task(task: str, source: str | None = None, pool: str = "all", test_fra
     records, where = _records(task, source, pool)
     if not records:
         raise ValueError(f"task {task}: {where} has no rows")
-    rows = [_row(task, i, rec, where) for i, rec in enumerate(records)]
-    group = lambda r: source_text(r["question"])  # noqa: E731
+    rows = [_row(task, i, rec, where, pool) for i, rec in enumerate(records)]
+    group = lambda r: source_text(task, r["question"])  # noqa: E731
     train, test = group_split(rows, group, test_fraction, seed)
     train, val = carve_validation(train, validation_fraction, seed, group_of=group)
     train = limit_rows(train, limit_train, "limit_train")

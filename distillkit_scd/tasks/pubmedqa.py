@@ -36,14 +36,27 @@ def _read_json(path: Path) -> dict:
 
 
 def _load_local(root: Path) -> tuple[dict, list[str]]:
-    if root.is_dir() and (root / "pubmedqa").is_dir():
+    """`root` is the data root, the `pubmedqa/` folder, or one of its two JSON files."""
+    if root.is_file():
+        root = root.parent
+    if (root / "pubmedqa").is_dir():
         root = root / "pubmedqa"
+    if not (root / "ori_pqal.json").is_file() or not (root / "test_ground_truth.json").is_file():
+        raise ValueError(f"task pubmedqa: expected ori_pqal.json and test_ground_truth.json (PubMedQA PQA-L) "
+                         f"in {root}")
     pqal = _read_json(root / "ori_pqal.json")
     gt = _read_json(root / "test_ground_truth.json")
+    if not isinstance(pqal, dict) or not isinstance(gt, dict):
+        raise ValueError(f"task pubmedqa: {root}: ori_pqal.json and test_ground_truth.json must be JSON objects "
+                         "keyed by PMID")
     missing = [k for k in gt if k not in pqal]
     if missing:
         raise ValueError(f"task pubmedqa: {root / 'test_ground_truth.json'}: PMIDs not in ori_pqal.json: "
                          f"{missing[:5]}")
+    for pmid, label in gt.items():
+        if pqal[pmid].get("final_decision") != label:
+            raise ValueError(f"task pubmedqa: {root / 'test_ground_truth.json'}: PMID {pmid}: label {label!r} "
+                             f"differs from final_decision {pqal[pmid].get('final_decision')!r} in ori_pqal.json")
     return pqal, list(gt)
 
 
@@ -66,6 +79,11 @@ def _row(pmid: str, item: dict, where: str) -> dict:
     for key in ("QUESTION", "CONTEXTS", "LABELS", "final_decision"):
         if key not in item:
             raise ValueError(f"task pubmedqa: {where}: PMID {pmid} has no field {key!r}")
+    if not isinstance(item["QUESTION"], str) or not item["QUESTION"].strip():
+        raise ValueError(f"task pubmedqa: {where}: PMID {pmid}: QUESTION is empty")
+    if len(item["CONTEXTS"]) != len(item["LABELS"]) or not item["CONTEXTS"]:
+        raise ValueError(f"task pubmedqa: {where}: PMID {pmid}: {len(item['CONTEXTS'])} CONTEXTS but "
+                         f"{len(item['LABELS'])} LABELS; expected the same non-zero number")
     answer = item["final_decision"]
     if answer not in LABELS:
         raise ValueError(f"task pubmedqa: {where}: PMID {pmid}: final_decision {answer!r} is not yes/no/maybe")
