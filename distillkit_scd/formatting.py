@@ -86,35 +86,62 @@ class TokenizeReport:
     dropped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
+        """``{"truncated": n, "dropped": n, "ids": {"truncated": [...], "dropped": [...]}}`` (JSON-able)."""
         return {"truncated": len(self.truncated), "dropped": len(self.dropped),
-                "truncated_ids": self.truncated[:50], "dropped_ids": self.dropped[:50]}
+                "ids": {"truncated": list(self.truncated), "dropped": list(self.dropped)}}
 
 
-def tokenize_dataset(dataset: Dataset, tokenizer, max_length: int, keep: Sequence[str] = (),
+def _encode_batch(batch: dict, indices: list[int], tokenizer, max_length: int, name: str) -> dict:
+    """`datasets.map` body: tokenise each row; a dropped row gets empty ids and ``status = "dropped"``."""
+    out = {"input_ids": [], "labels": [], "sample_index": list(indices), "status": []}
+    for i, rid, messages in zip(indices, batch["id"], batch["messages"]):
+        enc = tokenize_example(messages, tokenizer, max_length, where=f"{name} row {i} (id {rid})")
+        out["input_ids"].append(enc["input_ids"] if enc else [])
+        out["labels"].append(enc["labels"] if enc else [])
+        out["status"].append("dropped" if enc is None else "truncated" if enc["truncated"] else "ok")
+    return out
+
+
+def tokenize_dataset(dataset: Dataset, tokenizer, max_length: int, num_proc: int = 1, keep: Sequence[str] = (),
                      name: str = "dataset") -> tuple[Dataset, TokenizeReport]:
     """Tokenise a split into columns ``id, input_ids, labels, sample_index`` (+ `keep` columns).
 
     `sample_index` is the row's position in the *input* split, so per-sample tables (AW) can be looked up
-    even after rows are dropped.
+    even after rows are dropped. Prompts longer than the budget are cut in the middle and counted;
+    rows whose answer alone does not fit are dropped and counted (see the module docstring).
+
+    Args:
+        num_proc: worker processes for `datasets.map` (1 tokenises in this process).
+        keep: extra input columns to carry over (e.g. "answer", "tag").
+    Returns: (tokenised dataset, report); ``report.as_dict()`` gives counts and ids.
+    Raises:
+        ValueError: empty split, missing columns, a malformed row, or every row dropped.
     """
     if len(dataset) == 0:
         raise ValueError(f"{name}: the split is empty")
-    for column in ("id", "messages"):
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"{name}: max_length: expected an integer >= 2, got {max_length!r}")
+    if not isinstance(num_proc, int) or num_proc < 1:
+        raise ValueError(f"{name}: num_proc: expected a positive integer, got {num_proc!r}")
+    for column in ("id", "messages", *keep):
         if column not in dataset.column_names:
             raise ValueError(f"{name}: missing column {column!r} (have {dataset.column_names})")
-    report = TokenizeReport()
-    rows = []
-    for i, row in enumerate(dataset):
-        out = tokenize_example(row["messages"], tokenizer, max_length, where=f"{name} row {i} (id {row['id']})")
-        if out is None:
-            report.dropped.append(row["id"])
-            continue
-        if out.pop("truncated"):
-            report.truncated.append(row["id"])
-        rows.append({"id": row["id"], "sample_index": i, **out, **{k: row[k] for k in keep}})
+    encoded = dataset.map(
+        _encode_batch, batched=True, with_indices=True, num_proc=num_proc if num_proc > 1 else None,
+        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "name": name},
+        remove_columns=[c for c in dataset.column_names if c not in ("id", *keep)],
+        load_from_cache_file=False, desc=f"tokenize {name}",
+    )
+    status = encoded["status"]
+    ids = encoded["id"]
+    report = TokenizeReport(truncated=[r for r, s in zip(ids, status) if s == "truncated"],
+                            dropped=[r for r, s in zip(ids, status) if s == "dropped"])
     if report.truncated or report.dropped:
         logger.warning("%s: %d prompts cut to max_length=%d, %d rows dropped (answer longer than max_length)",
                        name, len(report.truncated), max_length, len(report.dropped))
-    if not rows:
+    if len(report.dropped) == len(encoded):
         raise ValueError(f"{name}: every row was dropped: answers are longer than max_length={max_length}")
-    return Dataset.from_list(rows), report
+    if report.dropped:
+        encoded = encoded.filter(lambda s: s != "dropped", input_columns="status", load_from_cache_file=False)
+    encoded = encoded.remove_columns("status")
+    return encoded.select_columns(["id", "input_ids", "labels", "sample_index", *keep]), report
