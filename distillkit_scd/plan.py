@@ -235,7 +235,9 @@ def format_plan(recipe: Recipe) -> str:
         lines.append(f"{role}: {ref}: " + (f"{_count(arch.params)} parameters, "
                                            f"{arch.params * _DTYPE_BYTES[recipe.models.dtype] / 1e9:.1f} GB of "
                                            f"{recipe.models.dtype} weights" if arch else
-                                           "architecture unknown (not in the built-in table, no local config.json)"))
+                                           ("tiny model not built yet (the first stage builds it)"
+                                            if ref.startswith("tiny:") else
+                                            "architecture unknown (not in the built-in table, no local config.json)")))
     if student is None:
         lines.append("memory: unknown (student architecture unknown)")
         return "\n".join(lines)
