@@ -113,6 +113,16 @@ def run_distill(recipe: Recipe, method: str) -> Path:
     teacher = load_model(str(pool.path(pool.best_index)), m.dtype, m.trust_remote_code, m.attn_implementation)
     pool.active_index = pool.best_index
 
+    signals = None
+    if d.teacher_signal == "cached":
+        from distillkit_scd.signal_cache import SignalCache, signal_paths
+
+        paths = signal_paths(ws.root / "signals", n)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise ValueError(f"distill.teacher_signal is 'cached' but {missing[0]} is missing; run the "
+                             "`signals` stage first (distillkit-scd signals RECIPE)")
+        signals = [SignalCache.load(p) for p in paths]
     spec = LossSpec(divergence="taid" if method == "taid" else d.divergence, temperature=d.temperature,
                     alpha=d.alpha, chunk_size=d.chunk_size)
     taid = TAIDState(d.taid.t_start, d.taid.t_end, d.taid.alpha, d.taid.beta) if method == "taid" else None
@@ -122,7 +132,8 @@ def run_distill(recipe: Recipe, method: str) -> Path:
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train, eval_dataset=val,
                                   processing_class=tokenizer, data_collator=collator, callbacks=[saver],
                                   teacher_model=teacher, loss_spec=spec, use_aw=method == "scd_aw",
-                                  taid_state=taid, steps_per_stage=T if d.reset_optimizer else None)
+                                  taid_state=taid, steps_per_stage=T if d.reset_optimizer else None,
+                                  teacher_signals=signals)
     probes = probe_batches(train, collator, d.scd.probe_size, recipe.seed, recipe.optim.per_device_train_batch_size)
     schedule = build_schedule(method, pool, trainer.teacher_model_module, probes, recipe)
     stages = StageCallback(trainer, T, schedule=schedule, pool=pool, reset_optimizer=d.reset_optimizer)
@@ -138,7 +149,9 @@ def run_distill(recipe: Recipe, method: str) -> Path:
         extra.restore(resume)
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
-        atomic_write_json(out / SCHEDULE_LOG, {"method": method, "steps_per_stage": T, "stages": stages.log})
+        atomic_write_json(out / SCHEDULE_LOG, {"method": method, "steps_per_stage": T, "stages": stages.log,
+                                               "teacher_signal": d.teacher_signal,
+                                               "teacher_forward_rows": trainer.teacher_forward_rows})
         write_checkpoint_manifest(out, stage_ends, max(1, steps_per_epoch(len(train), recipe)), saver.eval_losses,
                                   trainer)
     return out

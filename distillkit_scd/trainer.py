@@ -80,13 +80,17 @@ class DistillationTrainer(SFTTrainer):
     """
 
     def __init__(self, *args, teacher_model=None, loss_spec: LossSpec | None = None, use_aw: bool = False,
-                 taid_state=None, steps_per_stage: int | None = None, **kwargs):
+                 taid_state=None, steps_per_stage: int | None = None, teacher_signals=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_spec = loss_spec or LossSpec(alpha=0.0)
         self.use_aw = use_aw
         self.taid_state = taid_state
         self.steps_per_stage = steps_per_stage
         self.active_checkpoint = 0
+        # Cached teacher signals (one `signal_cache.SignalCache` per checkpoint) replace the online
+        # teacher in the loss when given; `teacher_forward_rows` counts the rows the online teacher ran on.
+        self.teacher_signals = teacher_signals
+        self.teacher_forward_rows = 0
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
         self._hidden: dict[str, torch.Tensor] = {}
@@ -144,18 +148,21 @@ class DistillationTrainer(SFTTrainer):
         student_hidden = self._hidden.pop("student").reshape(batch_size * length, -1)[flat_idx]  # (N, H)
         student_head = unwrap(model).get_output_embeddings()
 
-        teacher_hidden = teacher_head = None
-        if self.teacher_model is not None:
+        teacher_hidden = teacher_head = signal = None
+        if self.teacher_signals is not None and self.model.training:
+            signal = self.teacher_signals[self.active_checkpoint].for_rows(inputs["sample_index"], labels.device)
+        elif self.teacher_model is not None:
             teacher = unwrap(self.teacher_model)
             with torch.no_grad():
                 t_out = teacher.get_decoder()(**batch, use_cache=False)
                 teacher_hidden = t_out.last_hidden_state.reshape(batch_size * length, -1)[flat_idx]
             teacher_head = teacher.get_output_embeddings().weight
+            self.teacher_forward_rows += batch_size
 
         taid_t = self.taid_state.t if self.taid_state is not None else 1.0
         loss, parts = chunked_compound_loss(
             student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, teacher_head,
-            weights=self._token_weights(inputs, flat_idx, length), taid_t=taid_t, num_items=num_items_in_batch,
+            teacher_signal=signal, weights=self._token_weights(inputs, flat_idx, length), taid_t=taid_t, num_items=num_items_in_batch,
         )
         # num_items_in_batch counts every rank's tokens while DDP averages gradients over ranks.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:

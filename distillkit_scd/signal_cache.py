@@ -1,0 +1,149 @@
+"""Teacher-signal cache: each teacher checkpoint runs once over the train split, for every method.
+
+Table 1 needs five distillation runs per task over the same N checkpoints; with an online teacher each
+run pays a teacher forward per micro-batch. The cache stores, per checkpoint and per label position of
+every train row, the teacher's top-k log-probs and token ids (`losses.TopKSignal`); distillation then
+reads signals instead of running the teacher, so the teacher runs N times per task in total.
+
+The approximation (stated, measured in benchmarks/RESULTS.md): the teacher distribution is replaced by
+its top-k tokens plus the remaining mass m spread uniformly over the other V − k tokens. Forward KL, reverse
+KL and TAID's p_t are then computed exactly on that distribution; TAID interpolates the student's logits
+with the cached log-probs (a per-row constant shift of the teacher logits does not change p_t). With k = V
+the cache is exact. Values are stored in float32, ids in int32: 8·k bytes per label token per checkpoint.
+
+Layout: `OUT/signals/checkpoint-<j>.safetensors` with `logprobs` (T_total, k), `indices` (T_total, k) and
+`offsets` (S + 1,) — the row with `sample_index` i has its label positions at `offsets[i]:offsets[i+1]`,
+in position order, which is the order `losses.label_positions` produces for a batch; `signals.json` holds
+the cache key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from distillkit_scd import hashing
+from distillkit_scd.losses import TopKSignal
+from distillkit_scd.model_outputs import iter_label_logprobs, label_hidden
+
+logger = logging.getLogger(__name__)
+
+META = "signals.json"
+
+
+class SignalCache:
+    """Cached top-k teacher signals for one checkpoint, addressable by train-row index."""
+
+    def __init__(self, logprobs: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor):
+        self.logprobs = logprobs
+        self.indices = indices
+        self.offsets = offsets
+
+    @classmethod
+    def load(cls, path: Path) -> SignalCache:
+        from safetensors.torch import load_file
+
+        try:
+            data = load_file(str(path))
+        except Exception as err:  # safetensors' own error types for corrupt or missing files
+            raise ValueError(f"{path}: cannot read the teacher-signal cache ({err})") from None
+        return cls(data["logprobs"], data["indices"], data["offsets"])
+
+    def for_rows(self, sample_indices: torch.Tensor, device=None) -> TopKSignal:
+        """Signals of these rows' (by `sample_index`) label positions, concatenated in batch order — the
+        order of `losses.label_positions` on the batch."""
+        parts = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in sample_indices.tolist()]
+        lp = torch.cat([self.logprobs[p] for p in parts])
+        idx = torch.cat([self.indices[p] for p in parts])
+        return TopKSignal(lp.to(device), idx.to(device))
+
+
+def _batches(dataset, collator, batch_size):
+    for start in range(0, len(dataset), batch_size):
+        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        yield collator(rows)
+
+
+@torch.no_grad()
+def build_checkpoint_signals(teacher, dataset, collator, top_k: int, batch_size: int = 16,
+                             chunk_size: int = 1024, desc: str = "signals") -> SignalCache:
+    """One teacher pass over `dataset` → top-k log-probs at every label position, row by row."""
+    teacher.eval()
+    values, ids = [], []
+    sample_index = list(dataset["sample_index"])
+    if sample_index != sorted(sample_index):
+        raise ValueError("build_checkpoint_signals: rows must be in increasing sample_index order")
+    counts = torch.zeros(sample_index[-1] + 1 if sample_index else 0, dtype=torch.long)
+    for batch in tqdm(list(_batches(dataset, collator, batch_size)), desc=desc, leave=False):
+        hidden, flat_idx, targets = label_hidden(teacher, batch)
+        length = batch["labels"].shape[1]
+        rows = torch.div(flat_idx, length, rounding_mode="floor").cpu()
+        per_row = torch.bincount(rows, minlength=batch["labels"].shape[0])
+        counts[batch["sample_index"]] = per_row  # dropped rows keep 0 positions
+        for _, logprobs, _ in iter_label_logprobs(teacher, hidden, targets, chunk_size):
+            v, i = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
+            values.append(v.float().cpu())
+            ids.append(i.to(torch.int32).cpu())
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return SignalCache(torch.cat(values), torch.cat(ids), offsets)
+
+
+def cache_key(checkpoint_dirs, dataset, top_k: int) -> str:
+    parts = [hashing.folder_hash(d) for d in checkpoint_dirs]
+    parts.append(hashing.data_hash(dataset["id"], dataset["input_ids"], dataset["labels"]))
+    return hashing.combine(*parts, f"top_k={top_k}")
+
+
+def signal_paths(folder: Path, num_checkpoints: int) -> list[Path]:
+    return [folder / f"checkpoint-{j}.safetensors" for j in range(num_checkpoints)]
+
+
+def run_signal_cache(recipe) -> Path:
+    """Stage: build (or reuse) the cache for every teacher checkpoint → `OUT/signals/`."""
+    from safetensors.torch import save_file
+
+    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.models import load_model
+    from distillkit_scd.teachers import CheckpointPool
+    from distillkit_scd.workspace import Workspace
+
+    ws = Workspace(recipe)
+    tokenizer = ws.tokenizer()
+    train, _ = ws.tokenized_splits(tokenizer)
+    pool = CheckpointPool(ws.sft_dir("teacher"))
+    k = recipe.distill.cache_top_k
+    key = cache_key([pool.path(j) for j in range(pool.num_checkpoints)], train, k)
+    folder = ws.root / "signals"
+    meta = folder / META
+    paths = signal_paths(folder, pool.num_checkpoints)
+    if meta.is_file() and json.loads(meta.read_text()).get("key") == key and all(p.is_file() for p in paths):
+        logger.info("teacher signals: inputs unchanged, reusing %s", folder)
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    m = recipe.models
+    teacher = load_model(str(pool.path(0)), m.dtype, m.trust_remote_code, m.attn_implementation)
+    if torch.cuda.is_available():
+        teacher = teacher.to("cuda")
+    pool.active_index = 0
+    collator = DistillationCollator(tokenizer.pad_token_id)
+    for j, path in enumerate(paths):
+        pool.load_into(teacher, j)
+        cache = build_checkpoint_signals(teacher, train, collator, k, recipe.evaluation.batch_size,
+                                         recipe.distill.chunk_size, desc=f"teacher signals p({j + 1})")
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"logprobs": cache.logprobs.contiguous(), "indices": cache.indices.contiguous(),
+                   "offsets": cache.offsets}, str(tmp))
+        os.replace(tmp, path)
+    tmp = meta.with_name(META + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "top_k": k, "num_checkpoints": pool.num_checkpoints,
+                               "rows": len(train)}))
+    os.replace(tmp, meta)
+    logger.info("teacher signals: %d checkpoints × %d rows cached (top-%d) in %s", pool.num_checkpoints,
+                len(train), k, folder)
+    return folder
