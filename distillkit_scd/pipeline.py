@@ -7,8 +7,10 @@ Each stage has a fingerprint: sha256 of its name, the recipe fields it reads (`S
 fingerprints of the stages it depends on. After a stage succeeds, `OUT/stages/<stage>.json` (written
 atomically) records that fingerprint; a stage whose stamp matches is skipped, so a killed pipeline
 resumes where it stopped and a changed recipe field re-runs exactly the stages that read it and their
-dependants. A failed stage names itself; every finished stage keeps its stamp. Training stages resume
-from their own trainer checkpoints.
+dependants. A stamp whose artifact is gone does not count. A failed stage names itself; every finished
+stage keeps its stamp. Training stages resume from their own trainer checkpoints. A stage re-run with
+unchanged inputs (`--only`, or a lost artifact) keeps its fingerprint, so its dependants are not
+re-run: use `--from STAGE` to redo everything after it.
 
 Launching: a recipe with `launcher.num_processes > 1` or an accelerate config runs `sft` and `distill`
 under `accelerate launch … -m distillkit_scd <stage> OUT/resolved_recipe.yaml …`, so each DeepSpeed

@@ -197,3 +197,23 @@ def test_missing_artifact_reruns_stage(recipe_path, tmp_path):
     results = run_pipeline(recipe_path, runner=again)
     assert again.ran == ["aw-table"]
     assert next(r.reason for r in results if r.stage == "aw-table") == "aw/aw_table.json missing"
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_in_process(tmp_path):
+    """Real stages on tiny models: a run produces results and the report; a second run skips every stage;
+    dropping a method re-runs only the report (its inputs, the evaluations, changed)."""
+    from distillkit_scd.cli import quickstart_recipe_path
+
+    overrides = [f"output_dir={tmp_path / 'run'}", "task.options={num_train: 96, num_test: 16}",
+                 "sft.num_checkpoints=2", "sft.teacher.num_train_epochs=1", "sft.student.num_train_epochs=1",
+                 "distill.steps_per_stage=2", "distill.methods=[td, scd_aw]", "evaluation.zero_shot=false",
+                 "distill.scd.probe_size=8"]
+    first = run_pipeline(quickstart_recipe_path(), overrides, in_process=True)
+    assert all(r.status == "done" for r in first)
+    assert (tmp_path / "run" / "results" / "scd_aw" / "synthetic.json").is_file()
+    assert (tmp_path / "run" / "report" / "table1.md").is_file()
+    second = run_pipeline(quickstart_recipe_path(), overrides, in_process=True)
+    assert {r.status for r in second} == {"skipped"}
+    third = run_pipeline(quickstart_recipe_path(), overrides + ["distill.methods=[td]"], in_process=True)
+    assert [r.stage for r in third if r.status == "done"] == ["report"]  # fewer rows: only the table changes
