@@ -54,8 +54,26 @@ def resolve_model_path(recipe, role: str, build: bool = True) -> str:
         return ref
     folder = tiny_models_dir(recipe) / kind
     if build:
-        from distillkit_scd.models import make_tiny_pair
-
-        teacher_dir, student_dir = make_tiny_pair(tiny_models_dir(recipe), seed=recipe.seed)
-        folder = teacher_dir if kind == "teacher" else student_dir
+        folder = _build_tiny_pair(recipe)[TINY_KINDS.index(kind)]
     return str(folder)
+
+
+def _build_tiny_pair(recipe) -> tuple[Path, Path]:
+    """Build (or reuse) the tiny pair under an exclusive file lock: the ranks of an `accelerate launch`
+    all resolve the same references at start-up, and only the first may write the folders."""
+    import fcntl
+
+    from distillkit_scd.models import make_tiny_pair
+
+    root = tiny_models_dir(recipe)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return make_tiny_pair(root, seed=recipe.seed)
+
+
+def prepare_models(recipe) -> None:
+    """Build every `tiny:` model the recipe names (no-op otherwise); call before any process loads them."""
+    for role in ("teacher", "student"):
+        if tiny_kind(getattr(recipe.models, role)):
+            resolve_model_path(recipe, role)

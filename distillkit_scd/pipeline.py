@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from distillkit_scd.config import METHODS, Recipe, RecipeError, check_local_files, load_recipe
+from distillkit_scd.model_refs import prepare_models
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,14 @@ def build_stages(recipe: Recipe) -> list[Stage]:
     if "scd_aw" in methods:
         stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student"),
                             (*_BASE, "evaluation.batch_size"), "aw/aw_table.json"))
+    cached = recipe.distill.teacher_signal == "cached"
+    if cached and methods:  # one teacher pass per checkpoint, shared by every method
+        stages.append(Stage("signals", ("signals",), ("sft-teacher",),
+                            (*_BASE, "evaluation.batch_size", "distill.cache_top_k", "distill.chunk_size"),
+                            "signals/signals.json"))
     for method in methods:
         needs = ("sft-teacher", "sft-student") + (("aw-table",) if method == "scd_aw" else ())
+        needs += ("signals",) if cached else ()
         inputs = (*_TRAIN, *(f"distill.{k}" for k in (*_DISTILL_SHARED, *_DISTILL_OWN.get(method, ()))))
         stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, inputs,
                             f"distill/{method}/manifest.json"))
@@ -174,6 +181,10 @@ def run_stage_command(recipe: Recipe, command: tuple[str, ...] | list[str]) -> P
     stage commands and the in-process pipeline. Stage modules are imported here, lazily."""
     name, opts = command[0], list(command[1:])
     value = opts[1] if len(opts) == 2 else None
+    if name not in ("sft", "aw-table", "distill", "evaluate", "report"):
+        raise ValueError(f"stage command: expected sft, aw-table, distill, evaluate or report, got {name!r}")
+    if name != "report":
+        prepare_models(recipe)  # under `accelerate launch` every rank gets here; a file lock serialises them
     if name == "sft":
         from distillkit_scd.sft import run_sft
 
@@ -182,6 +193,10 @@ def run_stage_command(recipe: Recipe, command: tuple[str, ...] | list[str]) -> P
         from distillkit_scd.weighting import run_aw_table
 
         return run_aw_table(recipe)
+    if name == "signals":
+        from distillkit_scd.signal_cache import run_signal_cache
+
+        return run_signal_cache(recipe)
     if name == "distill":
         from distillkit_scd.distill import run_distill
 
@@ -194,7 +209,7 @@ def run_stage_command(recipe: Recipe, command: tuple[str, ...] | list[str]) -> P
         from distillkit_scd.report import write_report
 
         return write_report(recipe.output_dir)
-    raise ValueError(f"stage command: expected sft, aw-table, distill, evaluate or report, got {name!r}")
+    raise ValueError(f"stage command: expected sft, aw-table, signals, distill, evaluate or report, got {name!r}")
 
 
 def select_stages(stages: list[Stage], only: list[str] | None, start: str | None) -> tuple[list[Stage], set[str]]:
@@ -280,7 +295,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         os.replace(tmp, resolved)
     if runner is None:  # a given runner (tests) replaces the whole launch, model preparation included
         if not dry_run and any(s.command[0] != "report" for s in chosen):
-            _prepare_tiny_models(recipe)
+            prepare_models(recipe)  # once, before any stage process starts
         runner = _in_process_runner(recipe) if in_process and not is_multiprocess(recipe) else _subprocess_runner
     results = [StageResult(s.name, "pending") for s in chosen]
     summary_path = out / "stages" / "summary.json"
@@ -345,16 +360,6 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         logger.info("%s done in %.1f s", tag, res.seconds)
     save_summary()
     return results
-
-
-def _prepare_tiny_models(recipe: Recipe) -> None:
-    """Build `tiny:` models once, here, before any stage: several launched processes building the same
-    folder at once would race."""
-    from distillkit_scd.model_refs import resolve_model_path, tiny_kind
-
-    for role in ("teacher", "student"):
-        if tiny_kind(getattr(recipe.models, role)):
-            resolve_model_path(recipe, role)
 
 
 def _subprocess_runner(stage: Stage, cmd: list[str]) -> int:

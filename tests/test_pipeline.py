@@ -217,3 +217,24 @@ def test_tiny_pipeline_end_to_end_in_process(tmp_path):
     assert {r.status for r in second} == {"skipped"}
     third = run_pipeline(quickstart_recipe_path(), overrides + ["distill.methods=[td]"], in_process=True)
     assert [r.stage for r in third if r.status == "done"] == ["report"]  # fewer rows: only the table changes
+
+
+def test_tiny_models_built_once_under_concurrent_ranks(tmp_path):
+    """Two processes resolving `tiny:` references at once (what the ranks of `accelerate launch` do) both
+    succeed and agree on the folders: a file lock lets only one build them."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    data = {"name": "t", "output_dir": str(tmp_path), "task": {"name": "synthetic"},
+            "models": {"teacher": "tiny:teacher", "student": "tiny:student"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    code = ("import sys; from distillkit_scd.config import load_recipe; "
+            "from distillkit_scd.model_refs import resolve_model_path as r; "
+            "rec = load_recipe(sys.argv[1]); print(r(rec, 'teacher'), r(rec, 'student'))")
+    env = {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "r.yaml")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert outs[0][0].splitlines()[-1] == outs[1][0].splitlines()[-1]  # (other libraries may print first)
+    assert (tmp_path / "tiny_models" / "teacher" / "config.json").is_file()
