@@ -219,6 +219,7 @@ def test_tiny_pipeline_end_to_end_in_process(tmp_path):
     assert [r.stage for r in third if r.status == "done"] == ["report"]  # fewer rows: only the table changes
 
 
+@pytest.mark.slow  # two fresh interpreters importing transformers: ~15 s on 2 cores
 def test_tiny_models_built_once_under_concurrent_ranks(tmp_path):
     """Two processes resolving `tiny:` references at once (what the ranks of `accelerate launch` do) both
     succeed and agree on the folders: a file lock lets only one build them."""
