@@ -1,110 +1,225 @@
-"""SCD's checkpoint choice, made cheap: teacher probe distributions are cached once per run.
+"""SCD's checkpoint choice (paper section 5.2), made cheap by caching the teacher side once per run.
 
-j* = argmin_j  E KL(p_best ‖ p_j) + E KL(q_{i−1} ‖ p_j), expectations over the label positions of a fixed
-probe subset of the train split (paper section 5.2). The first term does not depend on the student and
-is computed once; the teacher side of the second term is cached per checkpoint (full log-probs, or top-k
-plus a uniform tail bucket — `losses.TopKSignal`), so each decision costs one student forward over the
-probe set instead of N teacher passes.
+    j* = argmin_j  E KL(p_best ‖ p_j) + E KL(q ‖ p_j)
+
+Expectations are means over every label position of a fixed probe subset of the train split (token
+weighted), at temperature 1. Term 1 does not depend on the student: computed once. For term 2 the
+teachers' probe log-probs are cached per checkpoint on CPU, so each decision costs ONE student forward over
+the probe set instead of N teacher passes (plus N cheap KL reductions on CPU).
+
+Cache modes (`distill.scd.top_k`):
+- 0: full log-probs (P, V) float32 per checkpoint — exact (equal to N naive teacher passes up to float
+  rounding; tested). Memory 4·P·V·N bytes: P = probe label positions; e.g. 64 samples × 100 answer tokens ×
+  V = 128,256 × N = 4 ≈ 13 GB, so use top-k for real vocabularies.
+- k > 0: top-k log-probs + token ids + a tail bucket (the exact log-mass outside the top k), the tail
+  spread uniformly over the other V − k tokens: p̃. Memory (8·k + 4)·P·N bytes. Term 2 is then
+  KL(q ‖ p̃_j); its error is exactly
+      KL(q ‖ p̃) − KL(q ‖ p) = Σ_{v ∉ top-k} q_v · log(p_v / p̃_v),
+  so |error| ≤ q(tail) · max_{v ∉ top-k} |log(p_v / p̃_v)| per position (tested). It vanishes when the
+  student puts no mass on the teacher's tail and at k = V. Term 1 uses p̃ on both sides. Measured on the
+  tiny models (benchmarks/RESULTS.md, "SCD decision cost"): see the numbers there.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
+from dataclasses import dataclass
 
 import torch
 
-from distillkit_scd.losses import TopKSignal
 from distillkit_scd.model_outputs import iter_label_logprobs, label_hidden
 from distillkit_scd.schedules import select_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
-def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) per row from log-probs (c, V)."""
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+@dataclass
+class TopKTail:
+    """A compressed distribution over V tokens: top-k log-probs and ids (c, k), and the tail log-mass (c,)."""
+
+    logprobs: torch.Tensor  # (c, k) float32
+    indices: torch.Tensor  # (c, k) int32
+    tail_logmass: torch.Tensor  # (c,) float32: log Σ_{v ∉ top-k} p_v (−inf when k = V)
+    vocab_size: int
+
+    @classmethod
+    def from_logprobs(cls, logprobs: torch.Tensor, k: int) -> TopKTail:
+        """Compress full log-probs (c, V); the tail mass is a logsumexp of the dropped entries (no 1 − Σ
+        cancellation when the top k hold almost all the mass)."""
+        vocab = logprobs.shape[-1]
+        k = min(k, vocab)
+        values, indices = logprobs.topk(k, dim=-1)
+        rest = logprobs.scatter(-1, indices, float("-inf"))
+        return cls(values.float().cpu(), indices.to(torch.int32).cpu(), torch.logsumexp(rest, -1).float().cpu(),
+                   vocab)
+
+    def dense(self, device=None) -> torch.Tensor:
+        """Log-probs (c, V) of p̃: the top-k values, the tail mass spread uniformly over the other V − k."""
+        c, k = self.logprobs.shape
+        if k >= self.vocab_size:
+            fill = torch.full((c,), float("-inf"))
+        else:
+            fill = self.tail_logmass - math.log(self.vocab_size - k)
+        out = fill.unsqueeze(-1).expand(c, self.vocab_size).clone()
+        out.scatter_(1, self.indices.long(), self.logprobs)
+        return out if device is None else out.to(device)
+
+
+def kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per row from log-probs (c, V), in float64; 0·log 0 = 0 (entries with p = 0 add nothing)."""
+    log_p, log_q = log_p.double(), log_q.double()
+    p = log_p.exp()
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return terms.sum(-1)  # (c,)
+
+
+def probe_indices(num_rows: int, size: int, seed: int) -> list[int]:
+    """The fixed probe subset: `min(size, num_rows)` train row indices drawn by `seed`, sorted."""
+    if num_rows < 1:
+        raise ValueError(f"probe set: the train split is empty (num_rows={num_rows})")
+    if size < 1:
+        raise ValueError(f"distill.scd.probe_size: expected an integer >= 1, got {size!r}")
+    return sorted(random.Random(seed).sample(range(num_rows), min(size, num_rows)))
+
+
+def probe_batches(dataset, collator, size: int, seed: int, batch_size: int) -> list[dict]:
+    """Collated batches of the probe subset of a tokenized split (rows with input_ids, labels)."""
+    rows = [dataset[i] for i in probe_indices(len(dataset), size, seed)]
+    return [collator(rows[s:s + batch_size]) for s in range(0, len(rows), batch_size)]
 
 
 class SCDSelector:
-    """Caches each checkpoint's probe-set distributions; `select(student)` returns (j*, terms).
+    """Caches each checkpoint's probe-set distributions once; `select(student)` returns (j*, terms).
 
     Args:
-        pool: `teachers.CheckpointPool`.
-        teacher: the live teacher module (checkpoints are swapped into it in place while caching; the
-            previously active checkpoint is restored afterwards).
-        probe_batches: collated batches of the probe subset (fixed for the run).
-        top_k: 0 keeps full log-probs (exact); k > 0 keeps top-k + tail bucket (bounded memory).
-        chunk_size: label positions per logits chunk.
+        pool: `teachers.CheckpointPool` (anything with num_checkpoints, best_index, active_index, load_into).
+        teacher: the live teacher module: checkpoints are swapped into it in place while caching, and the
+            previously active checkpoint is restored afterwards.
+        probe_batches: collated batches of the probe subset (see `probe_batches`), fixed for the run.
+        top_k: 0 caches full log-probs (exact); k > 0 top-k + tail bucket (see the module docstring).
+        chunk_size: label positions per logits chunk (bounds the (c, V) working memory).
+
+    Attributes after `precompute()`: `cache[j][c]` (chunk c of checkpoint j: (c, V) tensor or `TopKTail`),
+    `kl_best[j]` (term 1), `teacher_passes` (N), `num_positions` (P).
     """
 
     def __init__(self, pool, teacher, probe_batches: list[dict], top_k: int = 0, chunk_size: int = 1024):
+        if top_k < 0:
+            raise ValueError(f"distill.scd.top_k: expected an integer >= 0 (0 = full), got {top_k!r}")
+        if not probe_batches:
+            raise ValueError("SCDSelector: the probe set is empty; check distill.scd.probe_size and the train split")
         self.pool = pool
         self.teacher = teacher
         self.probe_batches = probe_batches
         self.top_k = top_k
         self.chunk_size = chunk_size
-        self.cache: list[list] | None = None  # [checkpoint][chunk] → log-probs (c, V) or TopKSignal
+        self.cache: list[list] | None = None
         self.kl_best: list[float] | None = None
+        self.best_index: int = pool.best_index if pool is not None else 0
         self.teacher_passes = 0
-        self.vocab_size = 0
+        self.student_passes = 0
+        self.num_positions = 0
+
+    # ---- cache ------------------------------------------------------------------------------------
 
     def _store(self, logprobs: torch.Tensor):
-        if self.top_k <= 0:
-            return logprobs.cpu()
-        values, indices = logprobs.topk(min(self.top_k, logprobs.shape[-1]), dim=-1)
-        return TopKSignal(values.cpu(), indices.to(torch.int32).cpu())
+        if self.top_k == 0:
+            return logprobs.float().cpu()
+        return TopKTail.from_logprobs(logprobs, self.top_k)
 
-    def _dense(self, item, device) -> torch.Tensor:
-        if isinstance(item, TopKSignal):
-            return item.dense_logprobs(slice(None), self.vocab_size).to(device)
-        return item.to(device)
-
-    def precompute(self) -> None:
-        """One teacher pass per checkpoint over the probe set; then term 1 for every checkpoint."""
-        restore = self.pool.active_index
-        self.cache = []
-        for j in range(self.pool.num_checkpoints):
-            self.pool.load_into(self.teacher, j)
-            chunks = []
-            for batch in self.probe_batches:
-                hidden, _, targets = label_hidden(self.teacher, batch)
-                for _, logprobs, _ in iter_label_logprobs(self.teacher, hidden, targets, self.chunk_size):
-                    self.vocab_size = logprobs.shape[-1]
-                    chunks.append(self._store(logprobs))
-            self.cache.append(chunks)
-            self.teacher_passes += 1
-        if restore is not None:
-            self.pool.load_into(self.teacher, restore)
-        best = self.pool.best_index
-        self.kl_best = [self._mean_kl(lambda c: self._dense(self.cache[best][c], "cpu"), j)
-                        for j in range(self.pool.num_checkpoints)]
-
-    def _mean_kl(self, log_p_of_chunk, j: int) -> float:
-        total, count = 0.0, 0
-        for c, item in enumerate(self.cache[j]):
-            log_p = log_p_of_chunk(c)
-            total += _kl_rows(log_p, self._dense(item, log_p.device)).double().sum().item()
-            count += log_p.shape[0]
-        return total / max(count, 1)
+    @staticmethod
+    def _dense(item, device=None) -> torch.Tensor:
+        if isinstance(item, TopKTail):
+            return item.dense(device)
+        return item if device is None else item.to(device)
 
     @torch.no_grad()
-    def student_probe_logprobs(self, student) -> list[torch.Tensor]:
-        was_training = student.training
-        student.eval()
+    def model_probe_logprobs(self, model) -> list[torch.Tensor]:
+        """Log-probs at every probe label position, chunk by chunk: list of (c, V) float32 on CPU."""
+        was_training = model.training
+        model.eval()
         out = []
-        for batch in self.probe_batches:
-            hidden, _, targets = label_hidden(student, batch)
-            out.extend(lp.cpu() for _, lp, _ in iter_label_logprobs(student, hidden, targets, self.chunk_size))
-        student.train(was_training)
+        try:
+            for batch in self.probe_batches:
+                hidden, _, targets = label_hidden(model, batch)
+                out.extend(lp.cpu() for _, lp, _ in iter_label_logprobs(model, hidden, targets, self.chunk_size))
+        finally:
+            model.train(was_training)
         return out
 
+    def precompute(self) -> None:
+        """One teacher pass per checkpoint over the probe set (cached on CPU); then term 1 for every j."""
+        restore = self.pool.active_index
+        cache = []
+        try:
+            for j in range(self.pool.num_checkpoints):
+                self.pool.load_into(self.teacher, j)
+                cache.append([self._store(lp) for lp in self.model_probe_logprobs(self.teacher)])
+                self.teacher_passes += 1
+        finally:
+            if restore is not None:
+                self.pool.load_into(self.teacher, restore)
+        self.set_cache(cache, self.pool.best_index)
+
+    def set_cache(self, cache: list[list], best_index: int) -> None:
+        """Install a cache (`cache[j][c]`, see class docstring) and compute term 1 from it."""
+        if not cache or not 0 <= best_index < len(cache):
+            raise ValueError(f"best_index: expected 0..{len(cache) - 1}, got {best_index}")
+        shapes = {tuple(len(self._chunk_rows(x)) for x in chunks) for chunks in cache}
+        if len(shapes) != 1:
+            raise ValueError(f"SCD cache: checkpoints cover different probe positions {sorted(shapes)}")
+        self.cache, self.best_index = cache, best_index
+        self.num_positions = sum(next(iter(shapes)))
+        if self.num_positions == 0:
+            raise ValueError("SCD probe set has no label positions (every probe row's labels are -100)")
+        best = [self._dense(x) for x in cache[best_index]]
+        self.kl_best = [self._mean_kl(best, j) for j in range(len(cache))]
+        mib = sum(self._nbytes(x) for chunks in cache for x in chunks) / 2**20
+        logger.info("SCD: cached %d checkpoints × %d probe label positions (%s, %.1f MiB on CPU); term 1 "
+                    "KL(p_best ‖ p_j) = %s", len(cache), self.num_positions,
+                    "full" if self.top_k == 0 else f"top-{self.top_k} + tail", mib,
+                    [round(x, 4) for x in self.kl_best])
+
+    @staticmethod
+    def _chunk_rows(item) -> torch.Tensor:
+        return item.logprobs if isinstance(item, TopKTail) else item
+
+    @staticmethod
+    def _nbytes(item) -> int:
+        if isinstance(item, TopKTail):
+            return sum(t.numel() * t.element_size() for t in (item.logprobs, item.indices, item.tail_logmass))
+        return item.numel() * item.element_size()
+
+    def _mean_kl(self, log_p_chunks: list[torch.Tensor], j: int) -> float:
+        """Mean over probe positions of KL(p ‖ p_j), p given chunk by chunk."""
+        if len(log_p_chunks) != len(self.cache[j]):
+            raise ValueError(f"SCD: {len(log_p_chunks)} chunks of probe log-probs, the cache has {len(self.cache[j])}")
+        total = 0.0
+        for log_p, item in zip(log_p_chunks, self.cache[j]):
+            total += kl_rows(log_p, self._dense(item, log_p.device)).sum().item()
+        return total / self.num_positions
+
+    # ---- decision ---------------------------------------------------------------------------------
+
+    def select_from_logprobs(self, student_logprobs: list[torch.Tensor]) -> tuple[int, list[dict]]:
+        """(j*, terms) from the student's probe log-probs (chunks as `model_probe_logprobs` returns)."""
+        if self.cache is None:
+            raise ValueError("SCDSelector: no cache yet; call precompute() first")
+        kl_student = [self._mean_kl(student_logprobs, j) for j in range(len(self.cache))]
+        chosen = select_checkpoint(self.kl_best, kl_student)
+        terms = [{"checkpoint": j, "kl_best": self.kl_best[j], "kl_student": kl_student[j],
+                  "total": self.kl_best[j] + kl_student[j]} for j in range(len(self.cache))]
+        return chosen, terms
+
     def select(self, student) -> tuple[int, list[dict]]:
-        """One student pass over the probe set → (j*, per-checkpoint terms for the schedule log)."""
+        """One student pass over the probe set → (j*, per-checkpoint terms for the schedule log).
+
+        Precomputes the teacher cache on first use (N teacher passes, once per run).
+        """
         if self.cache is None:
             self.precompute()
-        log_q = self.student_probe_logprobs(student)
-        kl_student = [self._mean_kl(lambda c: log_q[c], j) for j in range(self.pool.num_checkpoints)]
-        chosen = select_checkpoint(self.kl_best, kl_student)
-        terms = [{"checkpoint": j, "kl_best": self.kl_best[j], "kl_student": kl_student[j]}
-                 for j in range(self.pool.num_checkpoints)]
-        return chosen, terms
+        log_q = self.model_probe_logprobs(student)
+        self.student_passes += 1
+        return self.select_from_logprobs(log_q)
