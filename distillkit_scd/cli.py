@@ -1,7 +1,7 @@
 """The `distillkit-scd` command (also `python -m distillkit_scd`, and `accelerate launch -m distillkit_scd`).
 
 Pipeline:  quickstart [--out DIR] | run RECIPE | validate RECIPE | plan RECIPE | report RUN_DIR | toy
-Stages (what `run` launches, one process each):  sft | aw-table | distill | evaluate
+Stages (what `run` launches, one process each):  sft | aw-table | signals | distill | evaluate
 
 Every RECIPE command takes `--set key.path=value` (repeatable; values are YAML). A bad recipe prints
 one line naming the file, the field path and what was expected, and exits with code 2. A failed
@@ -78,6 +78,9 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
     _add_recipe(p)
     p.add_argument("--role", required=True, choices=("teacher", "student"))
 
+    p = sub.add_parser("signals", help="stage: cache every teacher checkpoint's top-k signals over train")
+    _add_recipe(p)
+
     p = sub.add_parser("aw-table", help="stage: per-sample AW table for every teacher checkpoint")
     _add_recipe(p)
 
@@ -138,7 +141,7 @@ def _dispatch(args) -> int:
 
         print(format_plan(_recipe(args)))
         return 0
-    if cmd in ("sft", "aw-table", "distill", "evaluate"):
+    if cmd in ("sft", "aw-table", "signals", "distill", "evaluate"):
         from distillkit_scd.pipeline import run_stage_command
 
         option = {"sft": ("--role", "role"), "distill": ("--method", "method"), "evaluate": ("--row", "row")}

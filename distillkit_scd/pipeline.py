@@ -181,8 +181,8 @@ def run_stage_command(recipe: Recipe, command: tuple[str, ...] | list[str]) -> P
     stage commands and the in-process pipeline. Stage modules are imported here, lazily."""
     name, opts = command[0], list(command[1:])
     value = opts[1] if len(opts) == 2 else None
-    if name not in ("sft", "aw-table", "distill", "evaluate", "report"):
-        raise ValueError(f"stage command: expected sft, aw-table, distill, evaluate or report, got {name!r}")
+    if name not in ("sft", "aw-table", "signals", "distill", "evaluate", "report"):
+        raise ValueError(f"stage command: expected sft, aw-table, signals, distill, evaluate or report, got {name!r}")
     if name != "report":
         prepare_models(recipe)  # under `accelerate launch` every rank gets here; a file lock serialises them
     if name == "sft":
