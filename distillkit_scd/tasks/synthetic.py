@@ -1,15 +1,25 @@
 """`synthetic`: a generated domain task that needs no download (quickstart and tests).
 
-Four families of rules (the row's `tag`) of different difficulty, so a wider teacher learns some
+Four families of rules (the row's `tag`) of different difficulty, so a wider teacher can learn some
 sub-domains better while a small student is not hopeless — the situation AW is designed for:
 
-- ``lookup``  memorise a fixed table: "Which code is assigned to <term>?" → ``K17``  (capacity-bound)
+- ``lookup``  memorise a fixed 50-entry table: "Which code is assigned to <term>?" → ``K17`` (capacity-bound)
 - ``choice``  pick the member of a category among three options → ``B``            (knowledge + format)
 - ``sum``     (a + b) mod 10 for two digits → ``7``                                (arithmetic rule)
-- ``reverse`` reverse three letters → ``C A F``                                    (sequence rule)
+- ``reverse`` reverse three letters → ``C A F``                                    (sequence rule; easy)
 
-Answers are short strings scored by exact match of the stripped generation (evaluation kind "exact").
-Rows are a pure function of the seed; train and test draw from independent streams.
+Scoring: answers are short strings scored by **exact match** of the stripped generation (evaluation kind
+"exact"); the ``choice`` family's answer is a single letter, so `parse_choice` would also apply to it.
+Rows are a pure function of the seed; train and test draw from independent streams, so test rows may
+repeat train rows (the table and the rules are the "domain knowledge" to learn, not held-out facts).
+
+Measured with the tiny pair (`models.make_tiny_pair`, seed 0; plain AdamW, batch 16, num_train 800,
+160 test rows, teacher lr 1e-3, student lr 3e-3; test accuracy per family):
+  12 epochs (teacher 43 s, student 10 s on one CPU thread):
+    teacher lookup 0.82 choice 0.35 sum 0.07 reverse 1.00 | student 0.80 0.23 0.23 1.00
+  30 epochs: teacher lookup 1.00 choice 0.50 sum 0.17 reverse 1.00 | student 0.95 0.40 0.57 1.00
+So the gap is small and family-dependent at these budgets (40 test rows per family: ±0.15 noise);
+``reverse`` shows the student is not hopeless, ``choice``/``sum`` need more steps than the quickstart gives.
 """
 
 from __future__ import annotations
@@ -25,6 +35,10 @@ SYSTEM = "You are a clinical coding assistant. Reply with the answer only."
 TERMS = [
     "fever", "cough", "nausea", "rash", "headache", "fatigue", "dizziness", "edema", "anemia", "asthma",
     "insomnia", "tremor", "angina", "sepsis", "gout", "vertigo", "otitis", "eczema", "colitis", "myalgia",
+    "jaundice", "syncope", "dyspnea", "pruritus", "ataxia", "apnea", "cystitis", "gastritis", "hepatitis",
+    "neuritis", "sinusitis", "bronchitis", "arthritis", "migraine", "psoriasis", "scoliosis", "glaucoma",
+    "cataract", "tinnitus", "dysphagia", "hematuria", "hypoxia", "obesity", "rickets", "scurvy", "tetanus",
+    "malaria", "measles", "mumps", "rubella",
 ]
 CATEGORIES = {
     "drug": ["aspirin", "insulin", "heparin", "morphine", "warfarin", "codeine"],
