@@ -8,7 +8,10 @@ fingerprints of the stages it depends on. After a stage succeeds, `OUT/stages/<s
 atomically) records that fingerprint; a stage whose stamp matches is skipped, so a killed pipeline
 resumes where it stopped and a changed recipe field re-runs exactly the stages that read it and their
 dependants. A stamp whose artifact is gone does not count. A failed stage names itself; every finished
-stage keeps its stamp. Training stages resume from their own trainer checkpoints. A stage re-run with
+stage keeps its stamp. The stamp is written when a stage starts too (status running, then failed or
+done): re-running after a crash or a kill lets the stage resume from its own trainer checkpoints, while
+a stage whose inputs changed since its last attempt (or that is forced) first has its output removed,
+so it never resumes from checkpoints trained with other settings. A stage re-run with
 unchanged inputs (`--only`, or a lost artifact) keeps its fingerprint, so its dependants are not
 re-run: use `--from STAGE` to redo everything after it.
 
@@ -28,6 +31,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +67,8 @@ class Stage:
     name: stage name (`sft-teacher`, `eval-td`, …).  command: the CLI stage command and its options
     (without the recipe).  needs: upstream stage names.  inputs: dotted recipe fields it reads.
     artifact: the file under OUT that proves it finished; a stamp without it does not count.
+    output: the file or folder under OUT the stage writes; removed before a run with new inputs, so
+        that the stage's own resume logic never continues from checkpoints of other settings.
     """
 
     name: str
@@ -70,6 +76,7 @@ class Stage:
     needs: tuple[str, ...] = ()
     inputs: tuple[str, ...] = _BASE
     artifact: str = ""
+    output: str = ""
 
 
 @dataclass
@@ -90,20 +97,20 @@ def build_stages(recipe: Recipe) -> list[Stage]:
     stages: list[Stage] = []
 
     def evaluation(row: str, needs: tuple[str, ...]) -> Stage:
-        return Stage(f"eval-{row}", ("evaluate", "--row", row), needs, _EVAL,
-                     f"results/{row}/{recipe.task.name}.json")
+        result = f"results/{row}/{recipe.task.name}.json"
+        return Stage(f"eval-{row}", ("evaluate", "--row", row), needs, _EVAL, result, result)
 
     if recipe.evaluation.zero_shot:
         stages += [evaluation(f"{role}_zero_shot", ()) for role in ("teacher", "student")]
     for role in ("teacher", "student"):
         own = ("sft.num_checkpoints", "sft.select_by") if role == "teacher" else ()
         stages.append(Stage(f"sft-{role}", ("sft", "--role", role), (), (*_TRAIN, *own, f"sft.{role}"),
-                            f"sft/{role}/manifest.json"))
+                            f"sft/{role}/manifest.json", f"sft/{role}"))
     stages += [evaluation(f"{role}_sft", (f"sft-{role}",)) for role in ("teacher", "student")]
     methods = [m for m in METHODS if m in recipe.distill.methods]  # paper order, whatever the recipe's
     if "scd_aw" in methods:
         stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student"),
-                            (*_BASE, "evaluation.batch_size"), "aw/aw_table.json"))
+                            (*_BASE, "evaluation.batch_size"), "aw/aw_table.json", "aw"))
     cached = recipe.distill.teacher_signal == "cached"
     if cached and methods:  # one teacher pass per checkpoint, shared by every method
         stages.append(Stage("signals", ("signals",), ("sft-teacher",),
@@ -114,7 +121,7 @@ def build_stages(recipe: Recipe) -> list[Stage]:
         needs += ("signals",) if cached else ()
         inputs = (*_TRAIN, *(f"distill.{k}" for k in (*_DISTILL_SHARED, *_DISTILL_OWN.get(method, ()))))
         stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, inputs,
-                            f"distill/{method}/manifest.json"))
+                            f"distill/{method}/manifest.json", f"distill/{method}"))
         stages.append(evaluation(method, (f"distill-{method}",)))
     evals = tuple(s.name for s in stages if s.name.startswith("eval-"))
     stages.append(Stage("report", ("report",), evals, ("name", "task.name"), "report/table1.md"))
@@ -323,6 +330,8 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
             res.reason = "forced (--only/--from)"
         elif not stamp:
             res.reason = "not run yet"
+        elif stamp.get("fingerprint") == prints[stage.name] and stamp.get("status") != "done":
+            res.reason = f"resuming an attempt that ended {stamp.get('status', 'early')}"
         elif not artifact_ok:
             res.reason = f"{stage.artifact} missing"
         else:
@@ -336,14 +345,24 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
             res.status = "would run"
             logger.info("%s would run (%s): %s", tag, res.reason, res.command)
             continue
+        # A stage whose last attempt (done or not) had other inputs, or that is forced, starts clean; an
+        # attempt with these inputs that was interrupted keeps its files, and the stage resumes from them.
+        if stage.output and (stage.name in forced or stamp.get("fingerprint") not in (None, prints[stage.name])):
+            _remove(out / stage.output, tag)
         logger.info("%s running (%s)", tag, res.reason)
         res.status = "running"
+        _atomic_json(out / "stages" / f"{stage.name}.json", {
+            "stage": stage.name, "fingerprint": prints[stage.name], "status": "running",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": res.command, "inputs": inputs})
         save_summary()
         began = time.time()
         code = runner(stage, cmd)
         res.seconds = round(time.time() - began, 2)
         if code != 0:
             res.status = "failed"
+            _atomic_json(out / "stages" / f"{stage.name}.json", {
+                "stage": stage.name, "fingerprint": prints[stage.name], "status": "failed", "exit_code": code,
+                "seconds": res.seconds, "command": res.command, "inputs": inputs})
             save_summary()
             raise StageFailed(
                 f"stage {stage.name} failed (exit code {code}) after {res.seconds:.0f} s; finished stages are "
@@ -360,6 +379,14 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         logger.info("%s done in %.1f s", tag, res.seconds)
     save_summary()
     return results
+
+
+def _remove(path: Path, tag: str) -> None:
+    if path.is_dir():
+        logger.info("%s removing %s (written with other inputs)", tag, path)
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _subprocess_runner(stage: Stage, cmd: list[str]) -> int:
