@@ -8,6 +8,7 @@ import random
 from collections import Counter
 
 import pytest
+from datasets import Dataset
 
 from distillkit_scd.tasks import TASKS, load_task, split_definition
 from distillkit_scd.tasks.common import group_split
@@ -277,3 +278,26 @@ def test_synthetic_rules_hold():
         load_task("synthetic", num_train=0)
     with pytest.raises(ValueError, match="source"):
         load_task("synthetic", "some/dataset")
+
+
+def test_hub_source_uses_load_dataset(shared_data, monkeypatch):
+    """A Hub id goes through `datasets.load_dataset` and then the same row checks and split as local files."""
+    import datasets
+
+    with (shared_data / "jmed_llm" / "rrtnm.csv").open(encoding="utf-8", newline="") as fh:
+        records = list(csv.DictReader(fh))
+    for rec in records:  # Hub CSV loaders give None for empty cells
+        for key, value in rec.items():
+            rec[key] = value or None
+    calls = []
+
+    def fake_load_dataset(name, split=None, **kwargs):
+        calls.append((name, split))
+        return Dataset.from_list(records)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub = load_task("rrtnm", "someone/jmed-rrtnm")
+    local = load_task("rrtnm", str(shared_data / "jmed_llm" / "rrtnm.csv"))
+    assert calls == [("someone/jmed-rrtnm", "train")]
+    for split in ("train", "validation", "test"):
+        assert list(hub[split]["messages"]) == list(local[split]["messages"])
