@@ -1,9 +1,15 @@
 """The Adaptive-Weighting table (paper section 6): per-sample L_S, L_T^(j) and AW^(j) = L_S/(L_S+L_T^(j)).
 
-One forward pass of the student SFT model and of every teacher checkpoint over the train split (the
-checkpoints are swapped into one teacher module in place). The table is cached on disk under a key made
-of the content hashes of the models and the tokenised data, reused by every run that needs it, and
-recomputed when any input changes.
+L(y) = −Σ_s log p(y_s | y_<s), summed over the response tokens (label positions) of a train sample, for the
+student SFT model q_SFT (L_S) and every teacher checkpoint j (L_T^(j)): one forward pass each over the
+train split (checkpoints swapped into one teacher module in place). AW near 1: the teacher is better on
+the sample (distil more); near 0: the student is (keep CE).
+
+Artifacts (`OUT/aw/`): `aw_table.safetensors` (student_loss (S,), teacher_loss (S, N), weights (S, N),
+float64) and `aw_table.json` (ids, cache key, metadata, sha256 of the tensors file). The JSON is written
+last, so its presence means a complete table. The key hashes the student's and every checkpoint's
+weights+config, the tokenised train split, max_length and dtype; `run_aw_table` reuses a table whose key
+matches and recomputes otherwise.
 """
 
 from __future__ import annotations
@@ -11,11 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from distillkit_scd import hashing
 from distillkit_scd.losses import adaptive_weight
@@ -24,105 +30,247 @@ from distillkit_scd.model_outputs import sequence_losses
 logger = logging.getLogger(__name__)
 
 TABLE_JSON = "aw_table.json"
+TABLE_TENSORS = "aw_table.safetensors"
+FORMAT_VERSION = 1
 
 
 @dataclass
 class AWTable:
-    """ids (S,), student_loss (S,), teacher_loss (S, N), weights (S, N) float64; `key` = cache key."""
+    """Per-sample sequence losses and adaptive weights over the train split.
+
+    ids (`list[str]`): sample ids, row order.  student_loss (S,) and teacher_loss (S, N): float64 sums of
+    CE over label positions.  weights (S, N): AW^(j) = L_S / (L_S + L_T^(j)) (`losses.adaptive_weight`;
+    0.5 when both are 0, e.g. a sample without label tokens).  key: cache key.  metadata: free-form JSON.
+    """
 
     ids: list[str]
     student_loss: torch.Tensor
     teacher_loss: torch.Tensor
     key: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.ids = [str(i) for i in self.ids]
+        self.student_loss = torch.as_tensor(self.student_loss, dtype=torch.float64)
+        self.teacher_loss = torch.as_tensor(self.teacher_loss, dtype=torch.float64)
+        s = len(self.ids)
+        if self.student_loss.shape != (s,) or self.teacher_loss.ndim != 2 or self.teacher_loss.shape[0] != s:
+            raise ValueError(f"AWTable: expected student_loss ({s},) and teacher_loss ({s}, N) for {s} ids, got "
+                             f"{tuple(self.student_loss.shape)} and {tuple(self.teacher_loss.shape)}")
+        if len(set(self.ids)) != s:
+            dup = next(i for i in self.ids if self.ids.count(i) > 1)
+            raise ValueError(f"AWTable: sample id {dup!r} appears more than once; ids must be unique")
+        self.weights = adaptive_weight(self.student_loss.unsqueeze(1), self.teacher_loss)  # (S, N)
+        self._row = {i: n for n, i in enumerate(self.ids)}
 
     @property
-    def weights(self) -> torch.Tensor:
-        return adaptive_weight(self.student_loss.unsqueeze(1), self.teacher_loss)
+    def num_checkpoints(self) -> int:
+        return self.teacher_loss.shape[1]
 
     def column(self, j: int) -> torch.Tensor:
+        """AW^(j) of every sample, (S,)."""
+        if not 0 <= j < self.num_checkpoints:
+            raise ValueError(f"AW table column: expected 0..{self.num_checkpoints - 1}, got {j}")
         return self.weights[:, j]
 
-    def weights_for(self, ids) -> torch.Tensor:
-        """Rows of `weights` for these sample ids; refuses ids the table was not computed on."""
-        index = {i: n for n, i in enumerate(self.ids)}
-        missing = [i for i in ids if i not in index]
-        if missing:
-            raise ValueError(f"AW table has no rows for ids {missing[:5]} (of {len(missing)}); it was computed on "
-                             "different data — delete the aw/ folder or re-run the aw-table stage")
-        return self.weights[[index[i] for i in ids]]
+    def weights_for(self, ids: Sequence) -> torch.Tensor:
+        """Rows of `weights` (len(ids), N) for these sample ids.
 
-    def save(self, folder: Path) -> Path:
+        Raises:
+            ValueError: ids the table was not computed on (a table from different data is refused).
+        """
+        missing = [str(i) for i in ids if str(i) not in self._row]
+        if missing:
+            raise ValueError(f"AW table has no rows for ids {missing[:5]} ({len(missing)} of {len(ids)} missing); "
+                             "it was computed on different data — re-run the aw-table stage")
+        return self.weights[[self._row[str(i)] for i in ids]]
+
+    # ---- persistence ------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Write `aw_table.safetensors` then `aw_table.json` (each atomically); returns the JSON path."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        data = {"key": self.key, "ids": self.ids, "student_loss": self.student_loss.tolist(),
-                "teacher_loss": self.teacher_loss.tolist(), "weights": self.weights.tolist()}
+        tensors = folder / TABLE_TENSORS
+        tmp = folder / f".{TABLE_TENSORS}.{os.getpid()}.tmp"
+        save_file({"student_loss": self.student_loss.contiguous(), "teacher_loss": self.teacher_loss.contiguous(),
+                   "weights": self.weights.contiguous()}, str(tmp))
+        os.replace(tmp, tensors)
+        meta = {"format_version": FORMAT_VERSION, "key": self.key, "num_samples": len(self.ids),
+                "num_checkpoints": self.num_checkpoints, "tensors": TABLE_TENSORS,
+                "tensors_sha256": hashing.sha256_file(tensors), "metadata": self.metadata, "ids": self.ids}
         path = folder / TABLE_JSON
-        tmp = folder / (TABLE_JSON + ".tmp")
-        tmp.write_text(json.dumps(data))
+        tmp = folder / f".{TABLE_JSON}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(meta))
         os.replace(tmp, path)
         return path
 
     @classmethod
-    def load(cls, path: Path) -> AWTable:
+    def load(cls, path: str | Path) -> AWTable:
+        """Read a table from its JSON path (or its folder).
+
+        Raises:
+            ValueError: missing/corrupt files, or a tensors file that is not the one the JSON was written with.
+        """
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / TABLE_JSON
         try:
-            data = json.loads(Path(path).read_text())
-            return cls(data["ids"], torch.tensor(data["student_loss"], dtype=torch.float64),
-                       torch.tensor(data["teacher_loss"], dtype=torch.float64), data.get("key", ""))
-        except (FileNotFoundError, json.JSONDecodeError, KeyError) as err:
-            raise ValueError(f"{path}: not a readable AW table ({err})") from None
+            meta = json.loads(path.read_text())
+            tensors = path.parent / meta["tensors"]
+            if hashing.sha256_file(tensors) != meta["tensors_sha256"]:
+                raise ValueError(f"{tensors}: does not match {path} (sha256 differs); re-run the aw-table stage")
+            data = load_file(str(tensors))
+            return cls(meta["ids"], data["student_loss"], data["teacher_loss"], meta.get("key", ""),
+                       meta.get("metadata", {}))
+        except ValueError:
+            raise
+        except Exception as err:  # OSError, JSON errors, missing keys, safetensors' own errors
+            raise ValueError(f"{path}: not a readable AW table ({type(err).__name__}: {err})") from None
 
 
-def _losses_over(model, batches, desc: str) -> torch.Tensor:
+# --------------------------------------------------------------------------------------------------
+# Computing the table.
+# --------------------------------------------------------------------------------------------------
+
+
+def _length_batches(dataset, batch_size: int, collator) -> list[tuple[list[int], dict]]:
+    """Batches of rows sorted by length (less padding); each with its row indices."""
+    lengths = [len(x) for x in dataset["input_ids"]]
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out = []
+    for s in range(0, len(order), batch_size):
+        rows = order[s:s + batch_size]
+        out.append((rows, collator([dataset[i] for i in rows])))
+    return out
+
+
+def _losses(model, batches, num_rows: int, chunk_size: int) -> torch.Tensor:
+    """Per-row sequence CE (num_rows,) float64 in dataset order."""
+    was_training = model.training
     model.eval()
-    return torch.cat([sequence_losses(model, b) for b in tqdm(batches, desc=desc, leave=False)])
+    out = torch.zeros(num_rows, dtype=torch.float64)
+    try:
+        for rows, batch in batches:
+            out[rows] = sequence_losses(model, batch, chunk_size)
+    finally:
+        model.train(was_training)
+    return out
 
 
-def compute_aw_table(student, teacher, pool, dataset, collator, batch_size: int = 16) -> AWTable:
-    """Per-sample sequence CE of the student and of each checkpoint (loaded into `teacher` in place)."""
-    batches = [collator([dataset[i] for i in range(s, min(s + batch_size, len(dataset)))])
-               for s in range(0, len(dataset), batch_size)]
-    student_loss = _losses_over(student, batches, "AW: student")
+def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teacher=None, collator=None,
+                     chunk_size: int = 1024) -> AWTable:
+    """L_S, L_T^(j) and AW^(j) for every row of a tokenised split (columns id, input_ids, labels).
+
+    Args:
+        student: the student SFT model.
+        teachers: a `teachers.CheckpointPool` (then `teacher` is the module checkpoints are swapped into;
+            its previously active checkpoint is restored afterwards), or a sequence of N models.
+        dataset: tokenised rows (a `datasets.Dataset` or anything with column access and `[i]` rows).
+        batch_size: rows per forward pass (rows are length-sorted; padding never changes a row's loss).
+        collator: defaults to `DistillationCollator(pad_token_id=0)` (pad ids are masked out).
+
+    Raises:
+        ValueError: empty dataset, or a pool without a `teacher` module.
+    """
+    from distillkit_scd.collate import DistillationCollator
+
+    if len(dataset) == 0:
+        raise ValueError("compute_aw_table: the dataset has no rows")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    collator = collator or DistillationCollator(pad_token_id=0)
+    batches = _length_batches(dataset, batch_size, collator)
+    n_rows = len(dataset)
+    student_loss = _losses(student, batches, n_rows, chunk_size)
     columns = []
-    for j in range(pool.num_checkpoints):
-        pool.load_into(teacher, j)
-        columns.append(_losses_over(teacher, batches, f"AW: teacher checkpoint {j}"))
+    if hasattr(teachers, "load_into"):
+        if teacher is None:
+            raise ValueError("compute_aw_table: pass teacher= (the module to swap checkpoints into) with a pool")
+        restore = teachers.active_index
+        try:
+            for j in range(teachers.num_checkpoints):
+                teachers.load_into(teacher, j)
+                columns.append(_losses(teacher, batches, n_rows, chunk_size))
+                logger.info("AW: teacher checkpoint %d done", j)
+        finally:
+            if restore is not None:
+                teachers.load_into(teacher, restore)
+    else:
+        columns = [_losses(m, batches, n_rows, chunk_size) for m in teachers]
+    no_labels = sum(1 for y in dataset["labels"] if all(v == -100 for v in list(y)[1:]))
+    if no_labels:
+        logger.warning("AW: %d rows have no label tokens (L_S = L_T = 0 → AW = 0.5)", no_labels)
     return AWTable(list(dataset["id"]), student_loss, torch.stack(columns, dim=1))
 
 
-def aw_cache_key(student_dir, checkpoint_dirs, dataset) -> str:
-    parts = [hashing.folder_hash(student_dir)] + [hashing.folder_hash(d) for d in checkpoint_dirs]
-    parts.append(hashing.data_hash(dataset["id"], dataset["input_ids"], dataset["labels"]))
+def aw_cache_key(student_dir, checkpoint_dirs, dataset, max_length: int, dtype: str = "float32") -> str:
+    """Content key: student and checkpoint weights+config, the tokenised rows, max_length and dtype."""
+    parts = [f"aw-v{FORMAT_VERSION}", f"max_length={max_length}", f"dtype={dtype}", hashing.folder_hash(student_dir)]
+    parts += [hashing.folder_hash(d) for d in checkpoint_dirs]
+    parts.append(hashing.dataset_hash(dataset))
     return hashing.combine(*parts)
 
 
+def student_sft_dir(sft_student_dir: Path) -> Path:
+    """q_SFT: the student manifest's selected checkpoint (what distillation starts from), else `final/`."""
+    from distillkit_scd.teachers import MANIFEST, read_manifest
+
+    if (sft_student_dir / MANIFEST).is_file():
+        entries, best, _ = read_manifest(sft_student_dir)
+        path = Path(entries[best].path)
+        for candidate in ([path] if path.is_absolute() else [sft_student_dir / path, path]):
+            if candidate.is_dir():
+                return candidate
+        raise ValueError(f"{sft_student_dir / MANIFEST}: selected checkpoint folder {str(path)!r} not found")
+    final = sft_student_dir / "final"
+    if not final.is_dir():
+        raise ValueError(f"{sft_student_dir}: no manifest.json and no final/ model; run the student SFT stage first")
+    return final
+
+
 def run_aw_table(recipe) -> Path:
-    """Stage: build (or reuse) the AW table for the recipe's train split → `OUT/aw/aw_table.json`."""
+    """Stage: build (or reuse) the AW table of the recipe's train split → `OUT/aw/aw_table.json`."""
     from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.logging_utils import is_main_process
     from distillkit_scd.models import load_model
-    from distillkit_scd.teachers import CheckpointPool, read_manifest
+    from distillkit_scd.teachers import CheckpointPool
     from distillkit_scd.workspace import Workspace
 
     ws = Workspace(recipe)
     tokenizer = ws.tokenizer()
     train, _ = ws.tokenized_splits(tokenizer)
     pool = CheckpointPool(ws.sft_dir("teacher"))
-    student_entries, student_best, _ = read_manifest(ws.sft_dir("student"))
-    student_dir = student_entries[student_best].path
-    key = aw_cache_key(student_dir, [pool.path(j) for j in range(pool.num_checkpoints)], train)
+    student_dir = student_sft_dir(ws.sft_dir("student"))
+    m = recipe.models
+    checkpoint_dirs = [pool.path(j) for j in range(pool.num_checkpoints)]
+    key = aw_cache_key(student_dir, checkpoint_dirs, train, recipe.task.max_length, m.dtype)
     path = ws.aw_dir() / TABLE_JSON
     if path.is_file():
-        cached = AWTable.load(path)
-        if cached.key == key:
-            logger.info("AW table: inputs unchanged, reusing %s", path)
-            return path
-        logger.info("AW table: inputs changed (models or data), recomputing")
-    m = recipe.models
-    student = load_model(student_dir, m.dtype, m.trust_remote_code)
-    teacher = load_model(str(pool.path(pool.best_index)), m.dtype, m.trust_remote_code)
+        try:
+            cached = AWTable.load(path)
+        except ValueError as err:
+            logger.warning("AW table: cached table unreadable (%s); recomputing", err)
+        else:
+            if cached.key == key:
+                logger.info("AW table: inputs unchanged, reusing %s", path)
+                return path
+            logger.info("AW table: inputs changed (models or data), recomputing")
+    student = load_model(str(student_dir), m.dtype, m.trust_remote_code, m.attn_implementation)
+    teacher = load_model(str(pool.path(pool.best_index)), m.dtype, m.trust_remote_code, m.attn_implementation)
     pool.active_index = pool.best_index
-    table = compute_aw_table(student, teacher, pool, train, DistillationCollator(tokenizer.pad_token_id),
-                             batch_size=recipe.evaluation.batch_size)
+    table = compute_aw_table(student, pool, train, batch_size=recipe.evaluation.batch_size, teacher=teacher,
+                             collator=DistillationCollator(tokenizer.pad_token_id), chunk_size=recipe.distill.chunk_size)
     table.key = key
+    table.metadata = {"student": str(student_dir), "checkpoints": [str(d) for d in checkpoint_dirs],
+                      "max_length": recipe.task.max_length, "dtype": m.dtype, "task": recipe.task.name}
     w = table.weights
     logger.info("AW table: %d samples × %d checkpoints; mean AW per checkpoint %s", w.shape[0], w.shape[1],
                 [round(x, 3) for x in w.mean(0).tolist()])
+    if not is_main_process():
+        return path
     return table.save(ws.aw_dir())
