@@ -188,6 +188,16 @@ def test_nrner_prompt_byte_exact(shared_data):
     ]
 
 
+def test_no_system_role_merges_prompts(shared_data):
+    """use_system_role=False: one user turn "{system}\n\n{user}" (JMED-LLM upstream), same assistant turn."""
+    raw = _raw(shared_data, "smdis.csv", 21)
+    row = _row_by_id(load_task("smdis", str(shared_data), pool="benchmark", use_system_role=False),
+                     "smdis-bench-21")
+    user = "質問: " + raw["question"] + "\n選択肢:\nA. " + raw["optionA"] + "\nB. " + raw["optionB"] + "\n"
+    assert row["messages"] == [{"role": "user", "content": MC_SYSTEM + "\n\n" + user},
+                               {"role": "assistant", "content": raw["answer"]}]
+
+
 # ---------------------------------------------------------------- bad input
 
 

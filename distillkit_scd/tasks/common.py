@@ -114,5 +114,13 @@ def pick_source(source: str | None, default_subdir: str, task: str) -> tuple[str
     return "hub", None
 
 
+def chat_messages(system: str, user: str, answer: str, use_system_role: bool = True) -> list[dict]:
+    """system + user + assistant turns; without a system role (e.g. Gemma) the system text leads the user
+    turn, separated by a blank line, as JMED-LLM's `use_system_role=False` does."""
+    prompt = ([{"role": "system", "content": system}, {"role": "user", "content": user}] if use_system_role
+              else [{"role": "user", "content": f"{system}\n\n{user}"}])
+    return [*prompt, {"role": "assistant", "content": answer}]
+
+
 def rng(seed: int) -> random.Random:
     return random.Random(seed)

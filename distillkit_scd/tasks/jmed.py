@@ -22,7 +22,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .common import carve_validation, group_split, limit_rows, pick_source, to_dataset_dict
+from .common import carve_validation, chat_messages, group_split, limit_rows, pick_source, to_dataset_dict
 
 MC_SYSTEM = (
     "与えられた医学に関する質問と選択肢から、最も適切な回答を選択してください。"
@@ -77,7 +77,7 @@ def _read_csv(path: Path) -> tuple[dict, ...]:
         raise ValueError(f"{path}: not a valid CSV file ({err})") from None
 
 
-def _row(task: str, index: int, rec: dict, where: str, pool: str = "all") -> dict:
+def _row(task: str, index: int, rec: dict, where: str, pool: str = "all", use_system_role: bool = True) -> dict:
     """One CSV record → a chat row. Row numbers in errors count data rows from 1 (header excluded)."""
     at = f"task {task}: {where}: data row {index + 1}"
     for key in ("tag", "question", "answer"):
@@ -106,11 +106,7 @@ def _row(task: str, index: int, rec: dict, where: str, pool: str = "all") -> dic
         "tag": rec["tag"],
         "answer": answer,
         "question": rec["question"],
-        "messages": [
-            {"role": "system", "content": system},
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": answer},
-        ],
+        "messages": chat_messages(system, user, answer, use_system_role),
     }
 
 
@@ -136,16 +132,17 @@ def _records(task: str, source: str | None, pool: str) -> tuple[list[dict], str]
 
 def build_task(task: str, source: str | None = None, pool: str = "all", test_fraction: float = 0.2,
                validation_fraction: float = 0.1, seed: int = 42, limit_train: int | None = None,
-               limit_test: int | None = None, **unknown) -> DatasetDict:
+               limit_test: int | None = None, use_system_role: bool = True, **unknown) -> DatasetDict:
+    """Load one JMED task; `use_system_role=False` merges the system prompt into the user turn (upstream)."""
     if unknown:
         raise ValueError(f"task {task}: unknown option(s) {sorted(unknown)}; allowed: pool, test_fraction, "
-                         "validation_fraction, seed, limit_train, limit_test")
+                         "validation_fraction, seed, limit_train, limit_test, use_system_role")
     if pool not in ("all", "benchmark"):
         raise ValueError(f"task {task}: option pool: expected 'all' or 'benchmark', got {pool!r}")
     records, where = _records(task, source, pool)
     if not records:
         raise ValueError(f"task {task}: {where} has no rows")
-    rows = [_row(task, i, rec, where, pool) for i, rec in enumerate(records)]
+    rows = [_row(task, i, rec, where, pool, use_system_role) for i, rec in enumerate(records)]
     group = lambda r: source_text(task, r["question"])  # noqa: E731
     train, test = group_split(rows, group, test_fraction, seed)
     train, val = carve_validation(train, validation_fraction, seed, group_of=group)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .common import carve_validation, limit_rows, pick_source, to_dataset_dict
+from .common import carve_validation, chat_messages, limit_rows, pick_source, to_dataset_dict
 
 SYSTEM = (
     "You are a biomedical research assistant. Read the abstract and answer the research question "
@@ -75,7 +75,7 @@ def _load_hub(source: str, test_ids_file: str | None) -> tuple[dict, list[str]]:
     return pqal, list(_read_json(Path(test_ids_file)))
 
 
-def _row(pmid: str, item: dict, where: str) -> dict:
+def _row(pmid: str, item: dict, where: str, use_system_role: bool = True) -> dict:
     for key in ("QUESTION", "CONTEXTS", "LABELS", "final_decision"):
         if key not in item:
             raise ValueError(f"task pubmedqa: {where}: PMID {pmid} has no field {key!r}")
@@ -92,26 +92,23 @@ def _row(pmid: str, item: dict, where: str) -> dict:
         "id": pmid,
         "answer": answer,
         "question": item["QUESTION"],
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": answer},
-        ],
+        "messages": chat_messages(SYSTEM, user, answer, use_system_role),
     }
 
 
 def build(source: str | None = None, validation_fraction: float = 0.1, seed: int = 42,
           limit_train: int | None = None, limit_test: int | None = None, test_ids_file: str | None = None,
-          **unknown) -> DatasetDict:
+          use_system_role: bool = True, **unknown) -> DatasetDict:
+    """Load PubMedQA PQA-L; a Hub source needs `test_ids_file` (the official test_ground_truth.json)."""
     if unknown:
         raise ValueError(f"task pubmedqa: unknown option(s) {sorted(unknown)}; allowed: validation_fraction, "
-                         "seed, limit_train, limit_test, test_ids_file")
+                         "seed, limit_train, limit_test, test_ids_file, use_system_role")
     kind, path = pick_source(source, "pubmedqa", "pubmedqa")
     pqal, test_ids = _load_local(path) if kind == "local" else _load_hub(source, test_ids_file)
     where = str(path or source)
     test_set = set(test_ids)
-    train = [_row(k, v, where) for k, v in pqal.items() if k not in test_set]
-    test = [_row(k, pqal[k], where) for k in test_ids]
+    train = [_row(k, v, where, use_system_role) for k, v in pqal.items() if k not in test_set]
+    test = [_row(k, pqal[k], where, use_system_role) for k in test_ids]
     train, val = carve_validation(train, validation_fraction, seed)
     train = limit_rows(train, limit_train, "limit_train")
     test = limit_rows(test, limit_test, "limit_test")
