@@ -172,11 +172,20 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError, ImportError) as err:  # no tokenizer files: the error type varies by version
         raise ValueError(f"{path}: cannot load a tokenizer ({err})") from None
     if not getattr(tok, "chat_template", None):
         raise ValueError(f"{path}: the tokenizer has no chat template; use an instruct/chat model or set "
                          "tokenizer.chat_template and save it")
+    probe = [{"role": "user", "content": "x"}]
+    try:
+        with_prompt = tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        without = tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=False)
+    except Exception as err:  # a template error is the template's, whatever its type
+        raise ValueError(f"{path}: the chat template fails to render a user turn ({err})") from None
+    if with_prompt == without:
+        raise ValueError(f"{path}: the chat template ignores add_generation_prompt; generation and "
+                         "assistant-only labels need a template that opens the assistant turn")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -204,7 +213,9 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
 
 def _special_tokens(tokenizer) -> dict[str, str | None]:
     named = {attr: getattr(tokenizer, attr, None) for attr in ("bos_token", "eos_token", "pad_token", "unk_token")}
-    named["additional"] = ",".join(sorted(map(str, getattr(tokenizer, "all_special_tokens", []))))
+    others = {str(v) for v in named.values() if v is not None}
+    named["additional"] = ",".join(sorted(str(t) for t in getattr(tokenizer, "all_special_tokens", [])
+                                          if str(t) not in others))
     return {k: (None if v is None else str(v)) for k, v in named.items()}
 
 
@@ -232,9 +243,14 @@ def check_vocab_compatible(teacher_tokenizer, student_tokenizer, teacher_config=
         )
     ts, ss = _special_tokens(teacher_tokenizer), _special_tokens(student_tokenizer)
     for key in ts:
-        if ts[key] != ss[key]:
-            raise ValueError(f"teacher {t_name} and student {s_name} tokenizers disagree on the special token "
-                             f"{key}: {ts[key]!r} vs {ss[key]!r}")
+        if ts[key] == ss[key]:
+            continue
+        if key == "pad_token":  # padding is masked out of every loss, so only the student's pad is used
+            logger.warning("teacher %s and student %s use different pad tokens (%r vs %r); the student's is used",
+                           t_name, s_name, ts[key], ss[key])
+            continue
+        raise ValueError(f"teacher {t_name} and student {s_name} tokenizers disagree on the special token "
+                         f"{key}: {ts[key]!r} vs {ss[key]!r}")
     for role, name, cfg in (("teacher", t_name, teacher_config), ("student", s_name, student_config)):
         size = getattr(cfg, "vocab_size", None) if cfg is not None else None
         if size is not None and size < len(teacher_tokenizer):

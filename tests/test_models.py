@@ -138,13 +138,19 @@ def test_vocab_mismatch_names_both_models(tiny_tokenizer, tmp_path):
     assert tiny_tokenizer.name_or_path in str(err.value) and str(tmp_path) in str(err.value)
 
 
-def test_special_token_and_model_size_mismatch(tiny_pair):
-    """Same vocabulary but another pad token, or a model smaller than the tokenizer, is refused."""
+def test_special_token_and_model_size_mismatch(tiny_pair, caplog):
+    """Same vocabulary but another eos token, or a model smaller than the tokenizer, is refused;
+    a different pad token only warns (padding never reaches a loss)."""
     t = load_tokenizer(str(tiny_pair[0]))
     s = load_tokenizer(str(tiny_pair[1]))
-    s.pad_token = s.eos_token
-    with pytest.raises(ValueError, match="pad_token"):
+    s.eos_token = "<|end_header_id|>"
+    with pytest.raises(ValueError, match="eos_token") as err:
         check_vocab_compatible(t, s)
+    assert str(tiny_pair[0]) in str(err.value) and str(tiny_pair[1]) in str(err.value)
+    s = load_tokenizer(str(tiny_pair[1]))
+    s.pad_token = s.eos_token
+    check_vocab_compatible(t, s)
+    assert "different pad tokens" in caplog.text
     s = load_tokenizer(str(tiny_pair[1]))
     small = load_model(str(tiny_pair[1])).config
     small.vocab_size = len(s) - 1
