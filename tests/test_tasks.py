@@ -60,6 +60,9 @@ def test_pubmedqa_default_source_from_env(shared_data, monkeypatch):
     assert len(load_task("pubmedqa")["test"]) == 500
     with pytest.raises(ValueError, match="ori_pqal.json and test_ground_truth.json"):
         load_task("pubmedqa", str(shared_data / "jmed_llm"))
+    monkeypatch.setenv("DISTILLKIT_SCD_DATA", str(shared_data / "missing"))
+    with pytest.raises(ValueError, match="expected crade.csv and all/CRADE.csv"):
+        load_task("crade")
 
 
 # ---------------------------------------------------------------- JMED splits

@@ -96,14 +96,15 @@ def limit_rows(rows: list[dict], limit: int | None, name: str) -> list[dict]:
     return rows[:limit]
 
 
-def pick_source(source: str | None, default_subdir: str, task: str) -> tuple[str, Path | None]:
-    """Return ("local", path) or ("hub", None) for a recipe's `task.source`."""
+def pick_source(source: str | None, default_subdir: str, task: str, expected: str = "") -> tuple[str, Path | None]:
+    """Return ("local", path) or ("hub", None) for a recipe's `task.source`; `expected` names the files."""
     if source is None:
         path = default_data_root() / default_subdir
         if not path.exists():
             raise ValueError(
-                f"task {task}: no data at {path}; set task.source to a local copy or a Hub dataset id, "
-                f"or set ${DATA_ENV} to the folder holding pubmedqa/ and jmed_llm/"
+                f"task {task}: no data at {path} (expected {expected or 'the task files'} there); set "
+                f"task.source to a local copy or a Hub dataset id, or set ${DATA_ENV} to the folder holding "
+                "pubmedqa/ and jmed_llm/"
             )
         return "local", path
     path = Path(source).expanduser()

@@ -9,8 +9,11 @@ questions (T/N/M) per radiology report (108 reports), SMDIS 8 (one per disease) 
 one per entity of a case report (147 reports), NRNER up to 3 (d, m-key, m-val) per nursing record (934).
 JMMLU-Med questions stand alone and are grouped by their full text (identical questions stay together).
 
-Sizes with the defaults (seed 42; test ≤ n − ⌊0.8·n⌋ rows, filled group by group):
-see `tests/test_tasks.py::JMED_SIZES`.
+Sizes (train / validation / test) with the defaults (seed 42; test ≤ n − ⌊0.8·n⌋ rows, filled group by
+group; validation 10% of train, also by source text), checked in `tests/test_tasks.py::JMED_SIZES`:
+
+    pool all:  jmmlu 489/55/137  crade 1174/130/326  rrtnm 234/27/63  smdis 11064/1224/3072  nrner 1107/124/308
+    benchmark: every task 72/8/20
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def _row(task: str, index: int, rec: dict, where: str, pool: str = "all", use_sy
 
 def _records(task: str, source: str | None, pool: str) -> tuple[list[dict], str]:
     """Records of the task's CSV from a data root, a `jmed_llm/` folder, a CSV file, or a Hub dataset."""
-    kind, path = pick_source(source, "jmed_llm", task)
+    kind, path = pick_source(source, "jmed_llm", task, expected=f"{FILES[task][0]} and {FILES[task][1]}")
     if kind == "hub":
         from datasets import load_dataset
 

@@ -103,7 +103,7 @@ def build(source: str | None = None, validation_fraction: float = 0.1, seed: int
     if unknown:
         raise ValueError(f"task pubmedqa: unknown option(s) {sorted(unknown)}; allowed: validation_fraction, "
                          "seed, limit_train, limit_test, test_ids_file, use_system_role")
-    kind, path = pick_source(source, "pubmedqa", "pubmedqa")
+    kind, path = pick_source(source, "pubmedqa", "pubmedqa", expected="ori_pqal.json and test_ground_truth.json")
     pqal, test_ids = _load_local(path) if kind == "local" else _load_hub(source, test_ids_file)
     where = str(path or source)
     test_set = set(test_ids)
