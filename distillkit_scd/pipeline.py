@@ -115,7 +115,7 @@ def build_stages(recipe: Recipe) -> list[Stage]:
     if cached and methods:  # one teacher pass per checkpoint, shared by every method
         stages.append(Stage("signals", ("signals",), ("sft-teacher",),
                             (*_BASE, "evaluation.batch_size", "distill.cache_top_k", "distill.chunk_size"),
-                            "signals/signals.json"))
+                            "signals/signals.json", "signals"))
     for method in methods:
         needs = ("sft-teacher", "sft-student") + (("aw-table",) if method == "scd_aw" else ())
         needs += ("signals",) if cached else ()

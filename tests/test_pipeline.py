@@ -63,6 +63,9 @@ def test_stage_order_and_dependencies(recipe_path):
     assert [s.name for s in no_aw][:2] == ["sft-teacher", "sft-student"]
     assert "aw-table" not in [s.name for s in no_aw]
     assert [s.name for s in no_aw if s.name.startswith("distill")] == ["distill-td", "distill-scd"]
+    cached = {s.name: s for s in build_stages(load_recipe(recipe_path, ["distill.teacher_signal=cached"]))}
+    assert cached["signals"].needs == ("sft-teacher",) and cached["signals"].output == "signals"
+    assert all("signals" in cached[f"distill-{m}"].needs for m in METHODS)
 
 
 def test_second_run_skips_everything(recipe_path, tmp_path):
