@@ -4,7 +4,8 @@
   checkpoints, the stage ends of a distillation run.
 - `StageCallback`: at each stage start, clear the optimizer state (fresh AdamW) and ask the teacher
   schedule which checkpoint to use, swapping it in place; keeps the schedule log (the paper's Fig. 3).
-- `TAIDCallback`: advances TAID's t once per optimizer step with the step's loss (same on every process).
+- `StepLossCallback`: once per optimizer step, stops on a non-finite loss and advances TAID's t with the
+  step's loss (the same on every process).
 - `ExtraStateCallback`: writes `distill_state.json` into each trainer checkpoint, so a resumed run
   restores the stage, the active checkpoint, the optimizer-reset phase, TAID's state and the log.
 """
@@ -102,15 +103,38 @@ class StageCallback(TrainerCallback):
         self.log = state.get("log", [])
 
 
-class TAIDCallback(TrainerCallback):
-    """t ← TAID rule once per optimizer step (never per micro-batch, never on eval batches)."""
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the message names the step, the batch and the last good checkpoint."""
+
+
+class StepLossCallback(TrainerCallback):
+    """Once per optimizer step (never per micro-batch, never on eval batches): read the step's loss
+    (mean over processes, one host sync), stop on a non-finite loss, and advance TAID's t.
+
+    A NaN/inf loss stops the run naming the step, the sample ids of its last micro-batch and the newest
+    checkpoint on disk (re-running resumes from it). The weights in memory are not saved: the optimizer
+    already stepped on the bad gradients.
+    """
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
+        import math
+
         loss = self.trainer.pop_step_loss()
-        self.trainer.taid_state.update(loss, state.global_step, state.max_steps)
+        if not math.isfinite(loss):
+            from distillkit_scd.sft import last_checkpoint
+
+            ids = self.trainer.last_batch_ids
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+            raise NonFiniteLossError(
+                f"non-finite loss {loss} at optimizer step {state.global_step}; last micro-batch rows "
+                f"(sample_index) {ids}; last good checkpoint: {last_checkpoint(Path(args.output_dir)) or 'none'}. "
+                "Lower the learning rate or check the data, then re-run the same command to resume."
+            )
+        if self.trainer.taid_state is not None:
+            self.trainer.taid_state.update(loss, state.global_step, state.max_steps)
 
 
 class ExtraStateCallback(TrainerCallback):

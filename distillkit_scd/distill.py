@@ -26,7 +26,7 @@ from distillkit_scd.callbacks import (
     ExtraStateCallback,
     SaveAtStepsCallback,
     StageCallback,
-    TAIDCallback,
+    StepLossCallback,
     atomic_write_json,
 )
 from distillkit_scd.collate import DistillationCollator
@@ -140,8 +140,7 @@ def run_distill(recipe: Recipe, method: str) -> Path:
     extra = ExtraStateCallback(trainer, stages)
     trainer.add_callback(stages)
     trainer.add_callback(extra)
-    if taid is not None:
-        trainer.add_callback(TAIDCallback(trainer))
+    trainer.add_callback(StepLossCallback(trainer))
 
     resume = last_checkpoint(out)
     if resume:

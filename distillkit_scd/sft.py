@@ -13,7 +13,7 @@ import logging
 import math
 from pathlib import Path
 
-from distillkit_scd.callbacks import SaveAtStepsCallback
+from distillkit_scd.callbacks import SaveAtStepsCallback, StepLossCallback
 from distillkit_scd.collate import DistillationCollator
 from distillkit_scd.config import Recipe
 from distillkit_scd.teachers import CheckpointEntry, write_manifest
@@ -75,6 +75,7 @@ def run_sft(recipe: Recipe, role: str) -> Path:
     trainer = DistillationTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                                   processing_class=tokenizer, data_collator=DistillationCollator(tokenizer.pad_token_id),
                                   callbacks=[saver])
+    trainer.add_callback(StepLossCallback(trainer))
     resume = last_checkpoint(out)
     if resume:
         logger.info("SFT %s: resuming from %s", role, resume)

@@ -91,6 +91,7 @@ class DistillationTrainer(SFTTrainer):
         # teacher in the loss when given; `teacher_forward_rows` counts the rows the online teacher ran on.
         self.teacher_signals = teacher_signals
         self.teacher_forward_rows = 0
+        self.last_batch_ids: list[int] = []  # sample_index of the last micro-batch, for error messages
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
         self._hidden: dict[str, torch.Tensor] = {}
@@ -140,6 +141,8 @@ class DistillationTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         batch = {k: inputs[k] for k in _BATCH_KEYS if k in inputs}
+        if "sample_index" in inputs:
+            self.last_batch_ids = inputs["sample_index"]  # kept as a tensor; listed only on error
         batch_size, length = labels.shape
         flat_idx, targets = label_positions(labels)
 
