@@ -1,8 +1,11 @@
 """Batched greedy generation with left padding and the model's chat template.
 
-Prompts are sorted by length so each batch pads little, then results are put back in input order.
-Greedy decoding makes the outputs deterministic; they stop at the tokenizer's eos (for Llama 3 chat
-models also `<|eot_id|>`). vLLM is used when installed and asked for (GPU users), same output format.
+Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch) to pad
+little, then the outputs are put back in input order. Greedy decoding (`do_sample=False`, one beam) is
+forced whatever the model's own generation_config says (Llama-3-Instruct ships sampling defaults), so
+outputs are deterministic. Generation stops at the tokenizer's eos, `<|eot_id|>` when the vocabulary has
+it, and any eos ids of the model's generation_config. Works with transformers 4.57 and 5.x (only keyword
+arguments both accept are passed). `generate_vllm` is an optional fast path for GPU users with vLLM.
 """
 
 from __future__ import annotations
@@ -17,47 +20,96 @@ from distillkit_scd.formatting import prompt_ids
 
 logger = logging.getLogger(__name__)
 
+EOT_TOKEN = "<|eot_id|>"
 
-def stop_token_ids(tokenizer) -> list[int]:
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end a completion: tokenizer eos, `<|eot_id|>`, and the model's generation eos ids."""
     ids = {tokenizer.eos_token_id}
-    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
-    ids.add(eot)
+    if EOT_TOKEN in tokenizer.get_vocab():
+        ids.add(tokenizer.convert_tokens_to_ids(EOT_TOKEN))
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
     return sorted(i for i in ids if i is not None)
 
 
+def _check_prompts(messages_list: Sequence[Sequence[dict]]) -> None:
+    for i, messages in enumerate(messages_list):
+        if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") == "assistant":
+            raise ValueError(f"generate: prompt {i} must be a non-empty list of chat turns that does not end "
+                             "with the assistant's answer (pass messages[:-1] of a task row)")
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int = 16,
-             max_prompt_length: int | None = None, progress: bool = True) -> list[str]:
-    """Greedy completions for chat prompts (lists of messages without the answer).
+def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int = 16,
+             progress: bool = True, max_prompt_length: int | None = None) -> list[str]:
+    """Greedy completions for chat prompts.
 
     Args:
-        prompts: one message list per example (system/user turns).
+        messages_list: one list of chat turns (system/user) per example, without the answer; rendered
+            with the tokenizer's chat template and `add_generation_prompt=True`.
         max_new_tokens: generation budget per example.
+        batch_size: prompts per `model.generate` call (left padded).
+        progress: show a tqdm bar over batches.
         max_prompt_length: prompts longer than this are cut in the middle (as in training).
-    Returns: decoded completions without special tokens, in input order.
+    Returns:
+        The completions decoded without special tokens, in input order.
+    Raises:
+        ValueError: batch_size or max_new_tokens below 1, or a prompt that ends with an assistant turn.
     """
     if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("generate: batch_size and max_new_tokens must be >= 1")
-    encoded = [prompt_ids(p, tokenizer, max_prompt_length) for p in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        raise ValueError(f"generate: batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be >= 1")
+    _check_prompts(messages_list)
+    encoded = [prompt_ids(m, tokenizer, max_prompt_length) for m in messages_list]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: ties keep input order
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stops = stop_token_ids(tokenizer)
+    stops = stop_token_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     was_training = model.training
     model.eval()
     outputs: list[str] = [""] * len(encoded)
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):  # left padding: generation continues right after each prompt
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad,
-                             num_beams=1, temperature=None, top_p=None, top_k=None)
-        for row, i in enumerate(batch):
-            outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
-    model.train(was_training)
+    try:
+        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, width)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):  # left padding: every prompt ends at the last column
+                ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]):] = 1
+            # Sampling knobs set to None so a model's sampling defaults neither apply nor warn.
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                                 pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+            for row, i in enumerate(batch):  # (B, width + new); tokens after a stop are pad → skipped
+                outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
     return outputs
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def generate_vllm(model_path: str, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_tokens: int,
+                  max_prompt_length: int | None = None) -> list[str]:
+    """The same greedy completions through vLLM (GPU; only when `vllm` is installed).
+
+    Raises:
+        ValueError: vLLM is not installed, or a prompt ends with an assistant turn.
+    """
+    if not vllm_available():
+        raise ValueError("generate_vllm: the vllm package is not installed; use generate() instead")
+    from vllm import LLM, SamplingParams
+
+    _check_prompts(messages_list)
+    prompts = [{"prompt_token_ids": prompt_ids(m, tokenizer, max_prompt_length)} for m in messages_list]
+    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer),
+                            skip_special_tokens=True)
+    llm = LLM(model=str(model_path), tokenizer=str(model_path))
+    return [r.outputs[0].text for r in llm.generate(prompts, params)]
