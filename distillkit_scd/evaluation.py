@@ -41,19 +41,25 @@ def parse_yes_no_maybe(text: str) -> str:
     return match.group(1).lower() if match else INVALID
 
 
-def parse_ner(text: str) -> list:
-    """The whole text as a Python list literal (safely), else []. Never evaluates code.
-
-    Items are kept as parsed (a predicted 3 never equals the gold "3", as upstream); unhashable items
-    (nested lists, dicts) are dropped, since upstream compares sets.
-    """
+def _parse_ner_checked(text: str) -> tuple[list, bool]:
+    """(items, parsed): `parsed` is False when the text is not a list literal (then items is [])."""
     try:
         value = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return []
+        return [], False
     if not isinstance(value, list):
-        return []
-    return [v for v in value if isinstance(v, (str, int, float, bool, tuple))]
+        return [], False
+    return [v for v in value if isinstance(v, (str, int, float, bool, tuple))], True
+
+
+def parse_ner(text: str) -> list:
+    """The whole text as a Python list literal (safely, `ast.literal_eval`), else []. Never runs code.
+
+    Items are kept as parsed (a predicted 3 never equals the gold "3", but still counts in |P| and so
+    lowers precision, as upstream's `eval` does); unhashable items (nested lists, dicts) are dropped,
+    since upstream compares sets.
+    """
+    return _parse_ner_checked(text)[0]
 
 
 def ner_f1(gold: Sequence[str], pred: Sequence[str], mode: str) -> float:
@@ -143,6 +149,23 @@ def macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
     return sum(scores) / len(scores)
 
 
+NER_MODES = ("exact", "partial", "substring")
+
+
+def ner_scores(golds: Sequence[Sequence[str]], preds: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Task-level NER scores: for each mode, the unweighted mean of the per-item F1 (macro, as upstream).
+
+    Returns ``{"exact_f1", "partial_f1", "substring_f1"}``. Raises ValueError on unequal or empty lists.
+    """
+    if len(golds) != len(preds) or not golds:
+        raise ValueError(f"ner_scores: expected equal-length non-empty lists, got {len(golds)} and {len(preds)}")
+    return {f"{m}_f1": sum(ner_f1(g, p, m) for g, p in zip(golds, preds)) / len(golds) for m in NER_MODES}
+
+
+CHOICE_TASKS = ("jmmlu", "crade", "rrtnm", "smdis")
+KAPPA_WEIGHTS = {"jmmlu": None, "crade": "linear", "rrtnm": None, "smdis": None}
+"""JMED-LLM's kappa per task: linear weights for the ordinal CRADE labels, unweighted otherwise."""
+
 PRIMARY_METRICS = {
     "synthetic": ("accuracy",),
     "pubmedqa": ("accuracy",),
@@ -152,34 +175,74 @@ PRIMARY_METRICS = {
     "smdis": ("accuracy",),
     "nrner": ("exact_f1", "partial_f1"),
 }
-"""What Table 1 reports per task (the paper reports accuracy for every classification task)."""
+"""What Table 1 reports per task (the paper reports accuracy for every classification task; kappa and
+macro-F1 are recorded as extras). Every primary metric is the mean of a per-sample score of the same
+name, so a table cell can be recomputed from the samples of a results file."""
+
+PRIMARY_METRIC = {task: keys[0] if len(keys) == 1 else keys for task, keys in PRIMARY_METRICS.items()}
+"""The same as a name per task (a tuple for NRNER, which has two Table 1 columns)."""
 
 
-def score_task(task: str, golds: Sequence[str], generations: Sequence[str]) -> tuple[dict, list[dict]]:
-    """Metrics for a task and per-sample records (prediction, score) from gold answers and generations."""
-    if len(golds) != len(generations):
-        raise ValueError(f"score_task: {len(golds)} gold answers but {len(generations)} generations")
+def _gold_list(gold, where: str) -> list:
+    """An NRNER gold answer: a list, or the list literal of the data's `answer` cell."""
+    value = gold
+    if isinstance(gold, str):
+        try:
+            value = ast.literal_eval(gold.strip())
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"score_task nrner: {where}: gold {gold[:60]!r} is not a list literal ({err})") from None
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"score_task nrner: {where}: gold {gold!r}: expected a non-empty list of strings")
+    return value
+
+
+def score_task(task: str, golds: Sequence, generations: Sequence[str]) -> tuple[dict, list[dict]]:
+    """Parse generations and score them with the task's official metrics.
+
+    Args:
+        task: one of `PRIMARY_METRICS` (synthetic, pubmedqa, jmmlu, crade, rrtnm, smdis, nrner).
+        golds: gold answers as in the data's `answer` field (a letter, yes/no/maybe, a list literal or
+            list for NRNER, a short string for synthetic).
+        generations: decoded model outputs, same order.
+    Returns:
+        (metrics, samples): metrics maps names to numbers (primary ones, extras such as `kappa`,
+        `macro_f1`, and `unparsed`, the number of outputs the parse rule found no answer in); samples has
+        one record per item: `prediction` (the label or list compared with gold; "None"/"invalid" when
+        unparsable), `parsed` (bool) and `scores` (per-sample values whose means are the primary metrics).
+    Raises:
+        ValueError: unknown task, unequal lengths, no items, or an unreadable NRNER gold.
+    """
+    if task not in PRIMARY_METRICS:
+        raise ValueError(f"score_task: unknown task {task!r}; expected one of {', '.join(PRIMARY_METRICS)}")
+    if len(golds) != len(generations) or not golds:
+        raise ValueError(f"score_task {task}: {len(golds)} gold answers but {len(generations)} generations "
+                         "(expected equal, non-zero counts)")
     if task == "nrner":
-        gold_lists = [ast.literal_eval(g) for g in golds]
-        preds = [parse_ner(t) for t in generations]
-        per = {m: [ner_f1(g, p, m) for g, p in zip(gold_lists, preds)] for m in ("exact", "partial", "substring")}
-        metrics = {f"{m}_f1": sum(v) / len(v) for m, v in per.items()}
-        samples = [{"prediction": p, "scores": {f"{m}_f1": per[m][i] for m in per}} for i, p in enumerate(preds)]
+        gold_lists = [_gold_list(g, f"item {i}") for i, g in enumerate(golds)]
+        checked = [_parse_ner_checked(t) for t in generations]
+        preds = [items for items, _ in checked]
+        samples = [{"prediction": p, "parsed": ok,
+                    "scores": {f"{m}_f1": ner_f1(g, p, m) for m in NER_MODES}}
+                   for g, (p, ok) in zip(gold_lists, checked)]
+        metrics = ner_scores(gold_lists, preds)
+        metrics["unparsed"] = sum(not ok for _, ok in checked)
         return metrics, samples
+    golds = [str(g) for g in golds]
     if task == "pubmedqa":
         preds = [parse_yes_no_maybe(t) for t in generations]
-        metrics = {"accuracy": accuracy(golds, preds), "macro_f1": macro_f1(list(golds), preds),
-                   "invalid": sum(p == INVALID for p in preds)}
+        parsed = [p != INVALID for p in preds]
+        metrics = {"accuracy": accuracy(golds, preds), "macro_f1": macro_f1(golds, preds),
+                   "invalid": sum(not ok for ok in parsed)}
     elif task == "synthetic":
         preds = [t.strip() for t in generations]
+        parsed = [True] * len(preds)
         metrics = {"accuracy": accuracy(golds, preds)}
-    elif task in ("jmmlu", "crade", "rrtnm", "smdis"):
-        preds = [parse_choice(t) for t in generations]
-        labels = [NONE_LABEL if p is None else p for p in preds]
-        metrics = {"accuracy": accuracy(golds, labels),
-                   "kappa": cohen_kappa(golds, labels, "linear" if task == "crade" else None)}
-        preds = labels
-    else:
-        raise ValueError(f"score_task: unknown task {task!r}")
-    samples = [{"prediction": p, "scores": {"accuracy": float(p == g)}} for p, g in zip(preds, golds)]
+    else:  # multiple choice: the JMED letter rule, "None" when no letter (always wrong, its own kappa label)
+        letters = [parse_choice(t) for t in generations]
+        parsed = [x is not None for x in letters]
+        preds = [NONE_LABEL if x is None else x for x in letters]
+        metrics = {"accuracy": accuracy(golds, preds), "kappa": cohen_kappa(golds, preds, KAPPA_WEIGHTS[task])}
+    metrics["unparsed"] = sum(not ok for ok in parsed)
+    samples = [{"prediction": p, "parsed": ok, "scores": {"accuracy": float(p == g)}}
+               for p, ok, g in zip(preds, parsed, golds)]
     return metrics, samples

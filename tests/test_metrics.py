@@ -5,10 +5,13 @@ import math
 import pytest
 
 from distillkit_scd.evaluation import (
+    PRIMARY_METRIC,
+    PRIMARY_METRICS,
     accuracy,
     cohen_kappa,
     macro_f1,
     ner_f1,
+    ner_scores,
     parse_choice,
     parse_ner,
     parse_yes_no_maybe,
@@ -94,9 +97,11 @@ def test_score_task_records_recompute_metrics():
     metrics, samples = score_task("jmmlu", ["A", "B", "C"], ["A", "Answer: B", "xyz"])
     assert [s["prediction"] for s in samples] == ["A", "A", "None"]
     assert metrics["accuracy"] == pytest.approx(sum(s["scores"]["accuracy"] for s in samples) / 3)
+    assert [s["parsed"] for s in samples] == [True, True, False] and metrics["unparsed"] == 1
     metrics, samples = score_task("nrner", ["['a', 'b', 'c']", "['d']"], ["['a', 'x']", "oops"])
     assert metrics["partial_f1"] == pytest.approx((1.2 + 0) / 2)
     assert metrics["exact_f1"] == pytest.approx(sum(s["scores"]["exact_f1"] for s in samples) / 2)
+    assert [s["parsed"] for s in samples] == [True, False] and metrics["unparsed"] == 1
 
 
 def test_kappa_and_macro_f1_match_scikit_learn_when_installed():
@@ -111,3 +116,72 @@ def test_kappa_and_macro_f1_match_scikit_learn_when_installed():
         for w in (None, "linear"):
             assert cohen_kappa(gold, pred, w) == pytest.approx(sk.cohen_kappa_score(gold, pred, weights=w))
         assert macro_f1(gold, pred) == pytest.approx(sk.f1_score(gold, pred, average="macro"))
+
+
+def test_ner_scores_mean_of_items():
+    """Task-level NER score per mode = unweighted mean of per-item F1 (macro over items, not micro)."""
+    golds = [["a", "b", "c"], ["d"], ["発熱"]]
+    preds = [["a", "x"], [], ["発熱あり"]]
+    got = ner_scores(golds, preds)
+    exact0 = 2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2)
+    assert got["exact_f1"] == pytest.approx(exact0 / 3)
+    assert got["partial_f1"] == pytest.approx(1.2 / 3)
+    # substring: item 0 recall 1/3 precision 1/2 (as exact), item 2 = 1
+    assert got["substring_f1"] == pytest.approx((exact0 + 0 + 1) / 3)
+    # micro-F1 over entities would differ: 1 match / (5 gold, 3 predicted)
+    assert got["exact_f1"] != pytest.approx(2 * 1 / (5 + 3))
+    with pytest.raises(ValueError):
+        ner_scores([["a"]], [])
+
+
+@pytest.mark.parametrize("task,golds,gens,want", [
+    ("pubmedqa", ["yes", "no", "maybe"], ["Yes.", "I think not", "maybe"],
+     {"accuracy": 2 / 3, "invalid": 1, "unparsed": 1}),
+    ("synthetic", ["K12", "4"], [" K12\n", "four"], {"accuracy": 0.5, "unparsed": 0}),
+    ("smdis", ["A", "B", "B", "A"], ["A", "B", "none", "B"], {"accuracy": 0.5, "unparsed": 1}),
+])
+def test_score_task_per_task_rules(task, golds, gens, want):
+    """Each task uses its parse rule; 'unparsed' counts outputs without an answer (always wrong)."""
+    metrics, samples = score_task(task, golds, gens)
+    for key, value in want.items():
+        assert metrics[key] == pytest.approx(value), key
+    for key in PRIMARY_METRICS[task]:
+        assert metrics[key] == pytest.approx(sum(s["scores"][key] for s in samples) / len(samples))
+
+
+def test_score_task_kappa_weights_per_task():
+    """CRADE's kappa is linearly weighted (ordinal labels), the other choice tasks' unweighted."""
+    golds, gens = ["A", "B", "C", "D", "A", "D"], ["B", "B", "D", "D", "A", "A"]
+    assert score_task("crade", golds, gens)[0]["kappa"] == pytest.approx(cohen_kappa(golds, gens, "linear"))
+    assert score_task("rrtnm", golds, gens)[0]["kappa"] == pytest.approx(cohen_kappa(golds, gens))
+    assert cohen_kappa(golds, gens) != pytest.approx(cohen_kappa(golds, gens, "linear"))
+
+
+def test_score_task_rejects_bad_input():
+    """Unknown task, length mismatch, empty input and unreadable NER gold are ValueErrors naming the problem."""
+    with pytest.raises(ValueError, match="unknown task"):
+        score_task("mmlu", ["A"], ["A"])
+    with pytest.raises(ValueError, match="1 gold answers but 2"):
+        score_task("jmmlu", ["A"], ["A", "B"])
+    with pytest.raises(ValueError, match="item 0"):
+        score_task("nrner", ["not a list"], ["[]"])
+    assert score_task("nrner", [["a"]], ["['a']"])[0]["exact_f1"] == 1.0  # gold may already be a list
+
+
+def test_primary_metric_names():
+    """One metric name per task, the NRNER pair as a tuple (the two Table 1 columns)."""
+    assert PRIMARY_METRIC["jmmlu"] == "accuracy"
+    assert PRIMARY_METRIC["nrner"] == ("exact_f1", "partial_f1")
+    assert set(PRIMARY_METRIC) == {"synthetic", "pubmedqa", "jmmlu", "crade", "rrtnm", "smdis", "nrner"}
+
+
+def test_kappa_none_label_sorts_after_f():
+    """'None' is its own label sorted after the letters: linear weights put it furthest from A.
+
+    gold [A, B], pred [None, B]; labels A, B, None at positions 0, 1, 2. Confusion (A,None)=1, (B,B)=1;
+    expected counts row⊗col/n: (A,B)=.5, (A,None)=.5, (B,B)=.5, (B,None)=.5.
+    linear: 1 − (2·1)/(1·.5 + 2·.5 + 1·.5) = 0  (had None sorted first, positions None0 A1 B2: 0.5).
+    unweighted: 1 − 1/(.5 + .5 + .5) = 1/3.
+    """
+    assert cohen_kappa(["A", "B"], [None, "B"], "linear") == pytest.approx(0.0)
+    assert cohen_kappa(["A", "B"], [None, "B"]) == pytest.approx(1 / 3)
