@@ -166,3 +166,65 @@ def test_manifest_errors(tmp_path, pool_dir):
         pool.path(3)
     entries, best, selected_by = read_manifest(pool_dir)
     assert [e.step for e in entries] == [1, 2, 3] and best == 1 and selected_by == "lowest validation loss"
+
+
+_ZERO3_WORKER = r'''
+import os, sys
+import deepspeed, torch, torch.distributed as dist
+sys.path.insert(0, os.environ["REPO"])
+from distillkit_scd.teachers import load_weights_in_place
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+good, bad, out = sys.argv[1:4]
+import torch._dynamo  # noqa: F401  (first imported inside zero.Init, it clashes with its Tensor.__new__ patch)
+deepspeed.init_distributed(dist_backend="gloo")
+with deepspeed.zero.Init(config_dict_or_path={"train_micro_batch_size_per_gpu": 1,
+                                              "zero_optimization": {"stage": 3}}, dtype=torch.float32):
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(good))
+params = list(model.parameters())
+result = []
+if not all(hasattr(p, "ds_id") for p in params):
+    result.append("not-partitioned")
+ptrs = [p.data_ptr() for p in params]
+load_weights_in_place(model, good)
+want = load_file(os.path.join(good, "model.safetensors"))
+with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+    result += [n for n, p in model.named_parameters() if not torch.equal(p.data, want[n].to(p.dtype))]
+try:
+    load_weights_in_place(model, bad)
+    result.append("nan-accepted")
+except ValueError as err:
+    if "NaN/inf" not in str(err):
+        result.append("wrong-error")
+if [p.data_ptr() for p in params] != ptrs:
+    result.append("storage-changed")
+with open(os.path.join(out, f"rank{dist.get_rank()}.txt"), "w") as fh:
+    fh.write(" ".join(result) or "ok")
+'''
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_zero3_swap_two_cpu_processes(tmp_path):
+    """ZeRO-3, 2 CPU processes (gloo): after a swap every rank gathers exactly the checkpoint's weights;
+    a NaN checkpoint raises on BOTH ranks (validation runs everywhere, so nobody waits in a collective)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("deepspeed")
+    good = _save(_llama(seed=3), tmp_path / "good")
+    bad = _save(_llama(seed=4), tmp_path / "bad")
+    state = load_file(str(bad / "model.safetensors"))
+    state["model.norm.weight"][0] = float("nan")
+    save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    worker = tmp_path / "worker.py"
+    worker.write_text(_ZERO3_WORKER)
+    env = {**os.environ, "REPO": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29541", str(worker), str(good), str(bad), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["ok", "ok"]
