@@ -3,7 +3,7 @@
 Four families of rules (the row's `tag`) of different difficulty, so a wider teacher can learn some
 sub-domains better while a small student is not hopeless — the situation AW is designed for:
 
-- ``lookup``  memorise a fixed 50-entry table: "Which code is assigned to <term>?" → ``K17`` (capacity-bound)
+- ``lookup``  memorise a fixed 20-entry table: "Which code is assigned to <term>?" → ``K17`` (memorisation)
 - ``choice``  pick the member of a category among three options → ``B``            (knowledge + format)
 - ``sum``     (a + b) mod 10 for two digits → ``7``                                (arithmetic rule)
 - ``reverse`` reverse three letters → ``C A F``                                    (sequence rule; easy)
@@ -14,12 +14,17 @@ Rows are a pure function of the seed; train and test draw from independent strea
 repeat train rows (the table and the rules are the "domain knowledge" to learn, not held-out facts).
 
 Measured with the tiny pair (`models.make_tiny_pair`, seed 0; plain AdamW, batch 16, num_train 800,
-160 test rows, teacher lr 1e-3, student lr 3e-3; test accuracy per family):
-  12 epochs (teacher 43 s, student 10 s on one CPU thread):
-    teacher lookup 0.82 choice 0.35 sum 0.07 reverse 1.00 | student 0.80 0.23 0.23 1.00
-  30 epochs: teacher lookup 1.00 choice 0.50 sum 0.17 reverse 1.00 | student 0.95 0.40 0.57 1.00
-So the gap is small and family-dependent at these budgets (40 test rows per family: ±0.15 noise);
-``reverse`` shows the student is not hopeless, ``choice``/``sum`` need more steps than the quickstart gives.
+160 test rows = 40 per family, teacher lr 1e-3, student lr 3e-3; greedy test accuracy per family):
+
+    epochs  model    lookup  choice  sum   reverse   train time (1 CPU thread)
+    12      teacher  1.00    0.25    0.20  1.00      61 s
+    12      student  1.00    0.35    0.07  1.00      11 s
+    30      teacher  1.00    0.55    0.50  1.00      161 s
+    30      student  1.00    0.45    0.33  1.00      31 s
+
+So ``lookup``/``reverse`` show the student is not hopeless, and with enough steps the teacher pulls ahead
+on ``choice`` and ``sum``; at quickstart budgets the gap is within noise (±0.15 on 40 rows).
+(A 50-entry lookup table was tried: 0.82 vs 0.80 at 12 epochs, no clearer gap, so the table stays at 20.)
 """
 
 from __future__ import annotations
@@ -35,10 +40,6 @@ SYSTEM = "You are a clinical coding assistant. Reply with the answer only."
 TERMS = [
     "fever", "cough", "nausea", "rash", "headache", "fatigue", "dizziness", "edema", "anemia", "asthma",
     "insomnia", "tremor", "angina", "sepsis", "gout", "vertigo", "otitis", "eczema", "colitis", "myalgia",
-    "jaundice", "syncope", "dyspnea", "pruritus", "ataxia", "apnea", "cystitis", "gastritis", "hepatitis",
-    "neuritis", "sinusitis", "bronchitis", "arthritis", "migraine", "psoriasis", "scoliosis", "glaucoma",
-    "cataract", "tinnitus", "dysphagia", "hematuria", "hypoxia", "obesity", "rickets", "scurvy", "tetanus",
-    "malaria", "measles", "mumps", "rubella",
 ]
 CATEGORIES = {
     "drug": ["aspirin", "insulin", "heparin", "morphine", "warfarin", "codeine"],
