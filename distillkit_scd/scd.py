@@ -58,13 +58,15 @@ class TopKTail:
     def dense(self, device=None) -> torch.Tensor:
         """Log-probs (c, V) of p̃: the top-k values, the tail mass spread uniformly over the other V − k."""
         c, k = self.logprobs.shape
+        values, indices, tail = (t.to(device) if device is not None else t
+                                 for t in (self.logprobs, self.indices, self.tail_logmass))
         if k >= self.vocab_size:
-            fill = torch.full((c,), float("-inf"))
+            fill = torch.full((c,), float("-inf"), device=values.device)
         else:
-            fill = self.tail_logmass - math.log(self.vocab_size - k)
+            fill = tail - math.log(self.vocab_size - k)
         out = fill.unsqueeze(-1).expand(c, self.vocab_size).clone()
-        out.scatter_(1, self.indices.long(), self.logprobs)
-        return out if device is None else out.to(device)
+        out.scatter_(1, indices.long(), values)
+        return out  # (c, V)
 
 
 def kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -136,27 +138,34 @@ class SCDSelector:
         return item if device is None else item.to(device)
 
     @torch.no_grad()
-    def model_probe_logprobs(self, model) -> list[torch.Tensor]:
-        """Log-probs at every probe label position, chunk by chunk: list of (c, V) float32 on CPU."""
+    def iter_probe_logprobs(self, model):
+        """Yield the model's log-probs (c, V) float32 at the probe label positions, chunk by chunk, on the
+        model's device (eval mode inside; the previous mode is restored)."""
         was_training = model.training
         model.eval()
-        out = []
         try:
             for batch in self.probe_batches:
                 hidden, _, targets = label_hidden(model, batch)
-                out.extend(lp.cpu() for _, lp, _ in iter_label_logprobs(model, hidden, targets, self.chunk_size))
+                for _, logprobs, _ in iter_label_logprobs(model, hidden, targets, self.chunk_size):
+                    yield logprobs
         finally:
             model.train(was_training)
-        return out
+
+    def model_probe_logprobs(self, model) -> list[torch.Tensor]:
+        """All probe log-probs of a model as CPU chunks (P × V floats: for tests and small probes)."""
+        return [lp.cpu() for lp in self.iter_probe_logprobs(model)]
 
     def precompute(self) -> None:
-        """One teacher pass per checkpoint over the probe set (cached on CPU); then term 1 for every j."""
+        """One teacher pass per checkpoint over the probe set (cached on CPU); then term 1 for every j.
+
+        Streams: only one (c, V) chunk of full log-probs exists at a time in top-k mode.
+        """
         restore = self.pool.active_index
         cache = []
         try:
             for j in range(self.pool.num_checkpoints):
                 self.pool.load_into(self.teacher, j)
-                cache.append([self._store(lp) for lp in self.model_probe_logprobs(self.teacher)])
+                cache.append([self._store(lp) for lp in self.iter_probe_logprobs(self.teacher)])
                 self.teacher_passes += 1
         finally:
             if restore is not None:
@@ -207,19 +216,34 @@ class SCDSelector:
         """(j*, terms) from the student's probe log-probs (chunks as `model_probe_logprobs` returns)."""
         if self.cache is None:
             raise ValueError("SCDSelector: no cache yet; call precompute() first")
-        kl_student = [self._mean_kl(student_logprobs, j) for j in range(len(self.cache))]
-        chosen = select_checkpoint(self.kl_best, kl_student)
-        terms = [{"checkpoint": j, "kl_best": self.kl_best[j], "kl_student": kl_student[j],
-                  "total": self.kl_best[j] + kl_student[j]} for j in range(len(self.cache))]
-        return chosen, terms
+        return self._decide([self._mean_kl(student_logprobs, j) for j in range(len(self.cache))])
 
     def select(self, student) -> tuple[int, list[dict]]:
         """One student pass over the probe set → (j*, per-checkpoint terms for the schedule log).
 
-        Precomputes the teacher cache on first use (N teacher passes, once per run).
+        Precomputes the teacher cache on first use (N teacher passes, once per run). The student's
+        log-probs are streamed chunk by chunk against every cached checkpoint (on the student's device), so
+        only one (c, V) student chunk is alive at a time.
         """
         if self.cache is None:
             self.precompute()
-        log_q = self.model_probe_logprobs(student)
+        n = len(self.cache)
+        sums = [0.0] * n
+        chunks = 0
+        for c, log_q in enumerate(self.iter_probe_logprobs(student)):
+            if c >= len(self.cache[0]):
+                raise ValueError("SCD: the student produced more probe chunks than the cache holds")
+            for j in range(n):
+                sums[j] += kl_rows(log_q, self._dense(self.cache[j][c], log_q.device)).sum().item()
+            chunks += 1
+        if chunks != len(self.cache[0]):
+            raise ValueError(f"SCD: the student produced {chunks} probe chunks, the cache holds {len(self.cache[0])}")
         self.student_passes += 1
-        return self.select_from_logprobs(log_q)
+        kl_student = [x / self.num_positions for x in sums]
+        return self._decide(kl_student)
+
+    def _decide(self, kl_student: list[float]) -> tuple[int, list[dict]]:
+        chosen = select_checkpoint(self.kl_best, kl_student)
+        terms = [{"checkpoint": j, "kl_best": self.kl_best[j], "kl_student": kl_student[j],
+                  "total": self.kl_best[j] + kl_student[j]} for j in range(len(self.cache))]
+        return chosen, terms

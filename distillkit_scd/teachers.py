@@ -227,12 +227,15 @@ def plan_swap(model: torch.nn.Module, folder: str | Path) -> _Plan:
     first_values: dict[str, torch.Tensor] = {}
     from safetensors import safe_open
 
-    for name in names:  # shapes from headers only: cheap, and catches most wrong checkpoints early
-        with safe_open(str(files[name]), framework="pt") as fh:
-            got = tuple(fh.get_slice(name).get_shape())
-        want = shapes[name]
-        if got != want:
-            raise ValueError(f"{files[name]}: tensor {name!r} has shape {got}, the model expects {want}")
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    for file, file_names in by_file.items():  # shapes from headers only: cheap, catches wrong checkpoints early
+        with safe_open(str(file), framework="pt") as fh:
+            for name in file_names:
+                got = tuple(fh.get_slice(name).get_shape())
+                if got != shapes[name]:
+                    raise ValueError(f"{file}: tensor {name!r} has shape {got}, the model expects {shapes[name]}")
     if not validated or tied_pairs:
         for name, file, tensor in _iter_tensors(files, names):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
