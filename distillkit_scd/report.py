@@ -1,10 +1,14 @@
 """Table 1 (Markdown + CSV, ours beside the paper's) and the figures (3: SCD decisions, 4: AW histograms,
 5: per-sample teacher − student score difference).
 
-Average, as the paper computes it: the unweighted mean of the seven numbers of a row — JMMLU, PubMedQA,
-NRNER exact, NRNER partial, CRADE, RRTNM, SMDIS (NRNER counts twice). Checked against the paper:
-teacher SFT (0.547+0.792+0.667+0.932+0.813+0.677+0.985)/7 = 0.773. Our average runs over the columns
-present in the run (one task per run directory; `write_report` accepts several run directories).
+Reads `RUN_DIR/results/<row>/<task>.json` (schema in `results.py`). Every cell is recomputed as the mean
+of the per-sample scores of the results file, so the table is checkable against the samples.
+
+Avg, as the paper computes it: the unweighted mean of the row's cells, NRNER exact and NRNER partial
+counting as two separate numbers (paper: teacher SFT (0.547+0.792+0.667+0.932+0.813+0.677+0.985)/7 =
+0.773; 8 of the paper's 9 rows fit this, the SCD row's printed 0.742 fits no rule — see
+`paper_reference.py`). Our Avg runs over the paper's columns present in the table (all
+columns when none of them is, e.g. a synthetic-only run); a row missing one of those cells gets no Avg.
 """
 
 from __future__ import annotations
@@ -14,203 +18,270 @@ import io
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from distillkit_scd.evaluate import ROWS, load_results
 from distillkit_scd.evaluation import PRIMARY_METRICS
+from distillkit_scd.paper_reference import PAPER_COLUMNS, PAPER_TABLE
+from distillkit_scd.results import load_results
 
 logger = logging.getLogger(__name__)
 
-ROW_NAMES = {
-    "teacher_zero_shot": "Teacher zero-shot", "teacher_sft": "Teacher SFT",
-    "student_zero_shot": "Student zero-shot", "student_sft": "Student SFT",
-    "td": "TD", "taid": "TAID", "cd": "CD", "scd": "SCD", "scd_aw": "SCD w/ AW",
+ROWS = {  # results folder name → Table 1 row name, in the paper's order
+    "teacher_zero_shot": "Teacher zero-shot",
+    "teacher_sft": "Teacher SFT",
+    "student_zero_shot": "Student zero-shot",
+    "student_sft": "Student SFT",
+    "td": "TD",
+    "taid": "TAID",
+    "cd": "CD",
+    "scd": "SCD",
+    "scd_aw": "SCD w/ AW",
 }
-ROW_ORDER = ("teacher_zero_shot", "teacher_sft", "student_zero_shot", "student_sft", "td", "taid", "cd", "scd",
-             "scd_aw")
-TASK_COLUMNS = {  # task → [(column name, metric key)]
-    "jmmlu": [("JMMLU", "accuracy")], "pubmedqa": [("PubmedQA", "accuracy")],
+ROW_ORDER = tuple(ROWS)
+ROW_NAMES = ROWS
+
+TASK_COLUMNS = {  # task → [(column name, per-sample score key)], in the paper's column order
+    "jmmlu": [("JMMLU", "accuracy")],
+    "pubmedqa": [("PubmedQA", "accuracy")],
     "nrner": [("NRNER exact", "exact_f1"), ("NRNER partial", "partial_f1")],
-    "crade": [("CRADE", "accuracy")], "rrtnm": [("RRTNM", "accuracy")], "smdis": [("SMDIS", "accuracy")],
+    "crade": [("CRADE", "accuracy")],
+    "rrtnm": [("RRTNM", "accuracy")],
+    "smdis": [("SMDIS", "accuracy")],
     "synthetic": [("synthetic", "accuracy")],
 }
+COLUMN_ORDER = [c for cols in TASK_COLUMNS.values() for c, _ in cols]
 
-# The paper's Table 1 (arXiv 2601.10114), columns as TASK_COLUMNS.
-PAPER_TABLE = {
-    "teacher_zero_shot": {"JMMLU": 0.453, "PubmedQA": 0.752, "NRNER exact": 0.251, "NRNER partial": 0.443,
-                          "CRADE": 0.144, "RRTNM": 0.554, "SMDIS": 0.637, "Avg": 0.462},
-    "teacher_sft": {"JMMLU": 0.547, "PubmedQA": 0.792, "NRNER exact": 0.667, "NRNER partial": 0.932,
-                    "CRADE": 0.813, "RRTNM": 0.677, "SMDIS": 0.985, "Avg": 0.773},
-    "student_zero_shot": {"JMMLU": 0.358, "PubmedQA": 0.702, "NRNER exact": 0.247, "NRNER partial": 0.476,
-                          "CRADE": 0.092, "RRTNM": 0.200, "SMDIS": 0.255, "Avg": 0.333},
-    "student_sft": {"JMMLU": 0.394, "PubmedQA": 0.738, "NRNER exact": 0.533, "NRNER partial": 0.806,
-                    "CRADE": 0.629, "RRTNM": 0.508, "SMDIS": 0.976, "Avg": 0.655},
-    "td": {"JMMLU": 0.453, "PubmedQA": 0.750, "NRNER exact": 0.676, "NRNER partial": 0.894, "CRADE": 0.804,
-           "RRTNM": 0.523, "SMDIS": 0.986, "Avg": 0.727},
-    "taid": {"JMMLU": 0.504, "PubmedQA": 0.762, "NRNER exact": 0.659, "NRNER partial": 0.866, "CRADE": 0.804,
-             "RRTNM": 0.523, "SMDIS": 0.988, "Avg": 0.729},
-    "cd": {"JMMLU": 0.482, "PubmedQA": 0.754, "NRNER exact": 0.684, "NRNER partial": 0.883, "CRADE": 0.801,
-           "RRTNM": 0.585, "SMDIS": 0.986, "Avg": 0.739},
-    "scd": {"JMMLU": 0.474, "PubmedQA": 0.756, "NRNER exact": 0.686, "NRNER partial": 0.909, "CRADE": 0.819,
-            "RRTNM": 0.538, "SMDIS": 0.986, "Avg": 0.742},
-    "scd_aw": {"JMMLU": 0.523, "PubmedQA": 0.766, "NRNER exact": 0.711, "NRNER partial": 0.944, "CRADE": 0.807,
-               "RRTNM": 0.600, "SMDIS": 0.986, "Avg": 0.763},
-}
-PAPER_COLUMNS = ["JMMLU", "PubmedQA", "NRNER exact", "NRNER partial", "CRADE", "RRTNM", "SMDIS"]
+FOOTNOTE = (
+    "Avg: unweighted mean of the row's numbers with NRNER exact and NRNER partial counted as two columns, as "
+    "in the paper's Table 1 (teacher SFT: (0.547+0.792+0.667+0.932+0.813+0.677+0.985)/7 = 0.773; this fits "
+    "every paper row but SCD, whose printed 0.742 is not the mean of its numbers, 0.738); over the "
+    "paper's columns present here (all columns if none is), '—' when a row lacks one. NRNER partial is the "
+    "JMED-LLM upstream definition (set membership; can exceed 1 per item). Classification columns are "
+    "accuracy. Scores are on the test split at the checkpoint selected on validation unless a results file "
+    "says otherwise; each results JSON also records the paper's protocol (best test checkpoint)."
+)
 
 
-def row_average(values: dict[str, float]) -> float | None:
-    """Mean of the row's numbers (NRNER exact and partial count as two), as the paper's Avg."""
-    nums = [v for v in values.values() if v is not None]
-    return sum(nums) / len(nums) if nums else None
+@dataclass
+class Table:
+    """Cells `cells[row][column]`, columns in the paper's order, and the results they came from."""
+
+    columns: list[str] = field(default_factory=list)
+    cells: dict[str, dict[str, float]] = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)  # "row/task" → results dict
+    sources: dict[str, Path] = field(default_factory=dict)  # "row/task" → file
+
+    def avg_columns(self) -> list[str]:
+        paper = [c for c in self.columns if c in PAPER_COLUMNS]
+        return paper or list(self.columns)
+
+    def average(self, row: str) -> float | None:
+        """The paper's Avg over `avg_columns()`; None if the row lacks one of them."""
+        values = [self.cells.get(row, {}).get(c) for c in self.avg_columns()]
+        if not values or any(v is None for v in values):
+            return None
+        return sum(values) / len(values)
+
+
+def _results_files(source) -> list[Path]:
+    """A run directory (its results/<row>/<task>.json) or an explicit iterable of results files."""
+    if isinstance(source, (str, Path)):
+        root = Path(source)
+        if not root.is_dir():
+            raise ValueError(f"report: run directory {root} does not exist")
+        return [p for row in ROWS for p in sorted((root / "results" / row).glob("*.json"))]
+    return [Path(p) for p in source]
+
+
+def build_table(source) -> Table:
+    """Table 1 from a run directory or a list of results files (several run dirs: concatenate lists).
+
+    Raises:
+        ValueError: a file is malformed, names a row outside `ROWS`, or two files give the same cell.
+    """
+    table = Table()
+    for path in _results_files(source):
+        data = load_results(path)
+        row, task = data["row"], data["task"]
+        if row not in ROWS:
+            raise ValueError(f"{path}: row {row!r} is not one of {', '.join(ROWS)}")
+        key = f"{row}/{task}"
+        if key in table.results:
+            raise ValueError(f"report: {path} and {table.sources[key]} both give row {row!r}, task {task!r}")
+        table.results[key], table.sources[key] = data, path
+        for column, metric in TASK_COLUMNS[task]:
+            scores = [s["scores"][metric] for s in data["samples"]]
+            table.cells.setdefault(row, {})[column] = sum(scores) / len(scores)
+            if column not in table.columns:
+                table.columns.append(column)
+    table.columns.sort(key=COLUMN_ORDER.index)
+    return table
 
 
 def collect(run_dirs) -> tuple[list[str], dict[str, dict[str, float]], dict[str, dict]]:
-    """Read `results/<row>/<task>.json` from each run dir → (columns, table[row][column], raw results)."""
-    columns: list[str] = []
-    table: dict[str, dict[str, float]] = {}
-    raw: dict[str, dict] = {}
-    for run_dir in map(Path, run_dirs):
-        for row in ROWS:
-            for path in sorted((run_dir / "results" / row).glob("*.json")):
-                data = load_results(path)
-                raw[f"{row}/{data['task']}"] = data
-                for column, key in TASK_COLUMNS[data["task"]]:
-                    if column not in columns:
-                        columns.append(column)
-                    # Recomputed from per-sample records, so the table is checkable against them.
-                    scores = [s["scores"][key] for s in data["samples"]]
-                    table.setdefault(row, {})[column] = sum(scores) / len(scores)
-    order = [c for cols in TASK_COLUMNS.values() for c, _ in cols]
-    columns.sort(key=order.index)
-    return columns, table, raw
+    """(columns, cells[row][column], results by "row/task") from one or more run directories."""
+    files = [p for d in run_dirs for p in _results_files(Path(d))]
+    table = build_table(files)
+    return table.columns, table.cells, table.results
 
 
 def _fmt(v) -> str:
     return "—" if v is None else f"{v:.3f}"
 
 
-def render_markdown(columns, table, with_paper: bool = True) -> str:
-    lines = ["| Method | " + " | ".join(columns) + " | Avg |", "|---" * (len(columns) + 2) + "|"]
-    for row in ROW_ORDER:
-        if row not in table:
-            continue
-        values = {c: table[row].get(c) for c in columns}
-        lines.append(f"| {ROW_NAMES[row]} | " + " | ".join(_fmt(values[c]) for c in columns)
-                     + f" | {_fmt(row_average(values))} |")
-    text = "\n".join(lines)
-    text += ("\n\nAvg: unweighted mean of the row's columns, NRNER exact and partial counted separately (as the "
-             "paper's Table 1). Scores are on the test split at the checkpoint selected on validation; each results "
-             "JSON also records the paper's protocol (best test checkpoint).\n")
+def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(x) + " |" for x in lines]
+
+
+def render_markdown(table: Table, with_paper: bool = True) -> str:
+    """Our table, its footnote, and the paper's Table 1 for comparison."""
+    ours = [[ROWS[row]] + [_fmt(table.cells[row].get(c)) for c in table.columns] + [_fmt(table.average(row))]
+            for row in ROWS if row in table.cells]
+    lines = ["## Table 1 (this run)", "", *_md_table(["Method", *table.columns, "Avg"], ours), "", FOOTNOTE]
     if with_paper:
-        paper = ["| Method (paper) | " + " | ".join(PAPER_COLUMNS) + " | Avg |", "|---" * (len(PAPER_COLUMNS) + 2) + "|"]
-        for row in ROW_ORDER:
-            p = PAPER_TABLE[row]
-            paper.append(f"| {ROW_NAMES[row]} | " + " | ".join(_fmt(p[c]) for c in PAPER_COLUMNS) + f" | {_fmt(p['Avg'])} |")
-        text += "\n### The paper's Table 1 (Llama-3.1-8B → Llama-3.2-3B)\n\n" + "\n".join(paper) + "\n"
-    return text
+        paper = [[ROWS[row]] + [_fmt(PAPER_TABLE[row][c]) for c in PAPER_COLUMNS] + [_fmt(PAPER_TABLE[row]["Avg"])]
+                 for row in ROWS]
+        lines += ["", "## The paper's Table 1 (Llama-3.1-8B-Instruct → Llama-3.2-3B-Instruct)", "",
+                  *_md_table(["Method", *PAPER_COLUMNS, "Avg"], paper)]
+    return "\n".join(lines) + "\n"
 
 
-def render_csv(columns, table) -> str:
+def render_csv(table: Table) -> str:
+    """One line per row: `row, <our columns>, avg, paper_<column>..., paper_avg` (6 decimals; empty = none)."""
     buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["row", *columns, "avg"])
-    for row in ROW_ORDER:
-        if row in table:
-            values = [table[row].get(c) for c in columns]
-            writer.writerow([row, *("" if v is None else f"{v:.6f}" for v in values),
-                             _fmt(row_average(dict(zip(columns, values))))])
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["row", "name", *table.columns, "avg", *(f"paper {c}" for c in PAPER_COLUMNS), "paper avg"])
+    for row in ROWS:
+        if row not in table.cells:
+            continue
+        ours = [table.cells[row].get(c) for c in table.columns] + [table.average(row)]
+        paper = [PAPER_TABLE[row][c] for c in PAPER_COLUMNS] + [PAPER_TABLE[row]["Avg"]]
+        writer.writerow([row, ROWS[row], *("" if v is None else f"{v:.6f}" for v in ours), *paper])
     return buf.getvalue()
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = Path(str(path) + ".tmp")
+def _atomic_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+    return path
 
 
-def _plot_backend():
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     os.replace(tmp, path)
+    return path
 
 
-def plot_scd_decisions(schedule_log: dict, path: Path) -> Path:
-    """Fig. 3: per stage, both SCD terms per checkpoint (stacked bars) and the chosen one marked."""
-    plt = _plot_backend()
-    stages = [s for s in schedule_log["stages"] if s.get("terms")]
+def plot_scd_decisions(schedule_log, path) -> Path:
+    """Fig. 3: per SCD stage, the two terms KL(p_best‖p_j) and KL(q‖p_j) per checkpoint j as stacked bars
+    (their sum is what SCD minimises) and a marker on the chosen checkpoint.
+
+    `schedule_log`: the list of stages `{"stage": i (0-based), "terms": [{"checkpoint": j, "kl_best",
+    "kl_student"}], "chosen": j}`, or the schedule_log.json dict holding it under "stages".
+    """
+    stages = schedule_log["stages"] if isinstance(schedule_log, dict) else schedule_log
+    stages = [s for s in stages if s.get("terms")]
     if not stages:
-        raise ValueError("schedule log has no SCD terms to plot")
+        raise ValueError(f"{path}: the schedule log has no stage with SCD terms to plot")
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False, sharey=True)
     for ax, stage in zip(axes[0], stages):
-        js = [t["checkpoint"] for t in stage["terms"]]
+        js = [t["checkpoint"] + 1 for t in stage["terms"]]  # paper numbers checkpoints from 1
         a = [t["kl_best"] for t in stage["terms"]]
         b = [t["kl_student"] for t in stage["terms"]]
-        ax.bar([j + 1 for j in js], a, label="KL(p_best‖p_j)", color="#4c72b0")
-        ax.bar([j + 1 for j in js], b, bottom=a, label="KL(q‖p_j)", color="#dd8452")
-        chosen = stage["chosen"]
-        ax.annotate("chosen", xy=(chosen + 1, a[chosen] + b[chosen]), xytext=(chosen + 1, (a[chosen] + b[chosen]) * 1.25 + 1e-3),
-                    ha="center", arrowprops={"arrowstyle": "->"})
+        ax.bar(js, a, color="#4c72b0", label="KL(p_best‖p_j)")
+        ax.bar(js, b, bottom=a, color="#dd8452", label="KL(q‖p_j)")
+        k = [t["checkpoint"] for t in stage["terms"]].index(stage["chosen"])
+        top = a[k] + b[k]
+        ax.annotate("chosen", xy=(js[k], top), xytext=(js[k], top * 1.3 + 1e-3), ha="center",
+                    arrowprops={"arrowstyle": "->"})
         ax.set_title(f"stage {stage['stage'] + 1}")
         ax.set_xlabel("teacher checkpoint j")
+        ax.set_xticks(js)
     axes[0][0].set_ylabel("probe-set KL")
     axes[0][0].legend(fontsize=7)
     _save(fig, path)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
-def plot_aw_histogram(aw_weights, path: Path, title: str = "") -> Path:
-    """Fig. 4: histogram of AW over the train set, one curve per teacher checkpoint."""
-    plt = _plot_backend()
+def plot_aw_histogram(aw_values: dict, path, title: str = "") -> Path:
+    """Fig. 4: histogram of AW over the train set, one outline per key (task or teacher checkpoint)."""
+    if not aw_values:
+        raise ValueError(f"{path}: no AW values to plot")
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
-    for j in range(aw_weights.shape[1]):
-        ax.hist(aw_weights[:, j].tolist(), bins=30, range=(0, 1), histtype="step", label=f"p({j + 1})")
+    for label, values in aw_values.items():
+        vals = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+        ax.hist(vals, bins=30, range=(0, 1), histtype="step", label=str(label))
     ax.set_xlabel("AW = L_S / (L_S + L_T)")
     ax.set_ylabel("train samples")
     ax.set_title(title or "Adaptive weights")
     ax.legend(fontsize=7)
     _save(fig, path)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
-def plot_score_difference(teacher: dict, student: dict, path: Path, metric: str) -> Path:
-    """Fig. 5: per-sample teacher − student score, sorted; TFS (>0) and SFS (<0) coloured."""
-    plt = _plot_backend()
+def score_differences(teacher: dict, student: dict, metric: str | None = None) -> list[float]:
+    """Per-sample teacher − student score on the ids both results share, sorted descending (as Fig. 5)."""
+    metric = metric or PRIMARY_METRICS[teacher["task"]][0]
     s_by_id = {s["id"]: s["scores"][metric] for s in student["samples"]}
-    diffs = sorted(s["scores"][metric] - s_by_id[s["id"]] for s in teacher["samples"] if s["id"] in s_by_id)
+    diffs = sorted((s["scores"][metric] - s_by_id[s["id"]] for s in teacher["samples"] if s["id"] in s_by_id),
+                   reverse=True)
+    if not diffs:
+        raise ValueError(f"score difference: the teacher and student results share no sample id (task "
+                         f"{teacher['task']!r})")
+    return diffs
+
+
+def plot_score_difference(teacher_results: dict, student_results: dict, path, metric: str | None = None) -> Path:
+    """Fig. 5: per-sample teacher − student score, sorted; teacher-favoured (TFS, > 0) and
+    student-favoured (SFS, < 0) samples coloured, ties grey."""
+    metric = metric or PRIMARY_METRICS[teacher_results["task"]][0]
+    diffs = score_differences(teacher_results, student_results, metric)
+    plt = _pyplot()
     colors = ["#c44e52" if d < 0 else ("#55a868" if d > 0 else "#999999") for d in diffs]
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(range(len(diffs)), diffs, color=colors, width=1.0)
     tfs, sfs = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-    ax.set_title(f"teacher − student ({metric}): TFS {tfs}, SFS {sfs}, ties {len(diffs) - tfs - sfs}")
+    ax.set_title(f"{teacher_results['task']}: teacher − student ({metric}); TFS {tfs}, SFS {sfs}, "
+                 f"ties {len(diffs) - tfs - sfs}", fontsize=9)
     ax.set_xlabel("test samples (sorted)")
     _save(fig, path)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def write_report(run_dir, out_dir=None, extra_run_dirs=()) -> dict[str, Path]:
-    """Write table1.md, table1.csv and the figures available from the run's artifacts."""
+    """Write table1.md, table1.csv and the figures the run's artifacts allow; returns name → path.
+
+    Figures: fig3_<method>.png from distill/<method>/schedule_log.json (SCD rows), fig4_aw.png from
+    aw/aw_table.json, fig5_<task>.png when both teacher_sft and student_sft results exist.
+    """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    columns, table, raw = collect([run_dir, *extra_run_dirs])
-    if not table:
-        raise ValueError(f"{run_dir}: no results/<row>/<task>.json files to report")
-    written = {"markdown": out / "table1.md", "csv": out / "table1.csv"}
-    _atomic_text(written["markdown"], "## Table 1 (this run)\n\n" + render_markdown(columns, table))
-    _atomic_text(written["csv"], render_csv(columns, table))
+    files = [p for d in (run_dir, *map(Path, extra_run_dirs)) for p in _results_files(d)]
+    table = build_table(files)
+    if not table.cells:
+        raise ValueError(f"{run_dir}: no results/<row>/<task>.json files to report (rows: {', '.join(ROWS)})")
+    written = {"markdown": _atomic_text(out / "table1.md", render_markdown(table)),
+               "csv": _atomic_text(out / "table1.csv", render_csv(table))}
     for method in ("scd", "scd_aw"):
         log = run_dir / "distill" / method / "schedule_log.json"
         if log.is_file():
@@ -219,12 +290,13 @@ def write_report(run_dir, out_dir=None, extra_run_dirs=()) -> dict[str, Path]:
     if aw.is_file():
         from distillkit_scd.weighting import AWTable
 
-        written["fig4"] = plot_aw_histogram(AWTable.load(aw).weights, out / "fig4_aw.png", run_dir.name)
-    for key in raw:
+        weights = AWTable.load(aw).weights  # (S, N)
+        per_ckpt = {f"p({j + 1})": weights[:, j] for j in range(weights.shape[1])}
+        written["fig4"] = plot_aw_histogram(per_ckpt, out / "fig4_aw.png", f"AW over train ({run_dir.name})")
+    for key, data in table.results.items():
         row, task = key.split("/")
-        if row == "teacher_sft" and f"student_sft/{task}" in raw:
-            metric = PRIMARY_METRICS[task][0]
-            written[f"fig5_{task}"] = plot_score_difference(raw[key], raw[f"student_sft/{task}"],
-                                                            out / f"fig5_{task}.png", metric)
+        if row == "teacher_sft" and f"student_sft/{task}" in table.results:
+            written[f"fig5_{task}"] = plot_score_difference(data, table.results[f"student_sft/{task}"],
+                                                            out / f"fig5_{task}.png")
     logger.info("report: %s", ", ".join(str(p) for p in written.values()))
     return written

@@ -1,0 +1,121 @@
+"""The results JSON of one (row, task) evaluation: schema, atomic write, validated read.
+
+One file per Table 1 cell group, `RUN_DIR/results/<row>/<task>.json`:
+
+```
+{"task": "crade", "row": "scd_aw",
+ "split": {"definition": "...", "sizes": {"train": .., "validation": .., "test": ..}},
+ "model": {"path": "...", "checkpoint": "step-120"},
+ "metrics": {"accuracy": .., "kappa": .., "unparsed": ..},          # on the test split
+ "samples": [{"id", "gold", "generation", "prediction", "parsed", "scores": {"accuracy": 1.0}}, ...],
+ "generation": {"max_new_tokens": .., "batch_size": .., "decoding": "greedy"},
+ "versions": {"python", "torch", "transformers", "trl", "distillkit_scd"},
+ "selection": {"by": "validation", "paper_protocol": {...}, "candidates": [...]}}   # optional
+```
+
+Every primary metric (`evaluation.PRIMARY_METRICS`) is the mean of the per-sample score of the same
+name; `load_results` checks that, so a Table 1 cell can always be recomputed from the samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+from distillkit_scd.evaluation import PRIMARY_METRICS
+
+REQUIRED = {"task": str, "row": str, "split": dict, "model": dict, "metrics": dict, "samples": list,
+            "generation": dict, "versions": dict}
+SAMPLE_KEYS = ("id", "gold", "generation", "prediction", "scores")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the stack that produced a result (recorded in every results file)."""
+    import torch
+    import transformers
+    import trl
+
+    from distillkit_scd import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__, "distillkit_scd": __version__}
+
+
+def build_results(task: str, row: str, split: dict, model: dict, metrics: dict, samples: list[dict],
+                  generation: dict, selection: dict | None = None) -> dict:
+    """Assemble a results dict in the schema above (versions filled in) and validate it."""
+    result = {"task": task, "row": row, "split": split, "model": model, "metrics": metrics, "samples": samples,
+              "generation": generation, "versions": versions()}
+    if selection is not None:
+        result["selection"] = selection
+    validate_results(result, "<build_results>")
+    return result
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def validate_results(data: dict, where: str) -> None:
+    """Raise ValueError naming `where`, the field and the bad value if `data` breaks the schema."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    for key, kind in REQUIRED.items():
+        if key not in data:
+            raise ValueError(f"{where}: results file lacks field {key!r} (required: {', '.join(REQUIRED)})")
+        if not isinstance(data[key], kind):
+            raise ValueError(f"{where}: field {key!r} is {type(data[key]).__name__}, expected {kind.__name__}")
+    task = data["task"]
+    if task not in PRIMARY_METRICS:
+        raise ValueError(f"{where}: task {task!r} is not one of {', '.join(PRIMARY_METRICS)}")
+    if "path" not in data["model"]:
+        raise ValueError(f"{where}: field 'model' lacks 'path'")
+    if "selection" in data and not isinstance(data["selection"], dict):
+        raise ValueError(f"{where}: field 'selection' is {type(data['selection']).__name__}, expected dict")
+    for name, value in data["metrics"].items():
+        if not _is_number(value):
+            raise ValueError(f"{where}: metrics.{name} = {value!r}, expected a number")
+    samples = data["samples"]
+    if not samples:
+        raise ValueError(f"{where}: 'samples' is empty (expected one record per test item)")
+    for i, s in enumerate(samples):
+        missing = [k for k in SAMPLE_KEYS if not isinstance(s, dict) or k not in s]
+        if missing:
+            raise ValueError(f"{where}: samples[{i}] lacks {missing} (required: {', '.join(SAMPLE_KEYS)})")
+        for key in PRIMARY_METRICS[task]:
+            if not _is_number(s["scores"].get(key)):
+                raise ValueError(f"{where}: samples[{i}].scores.{key} = {s['scores'].get(key)!r}, expected a number")
+    ids = [s["id"] for s in samples]
+    if len(set(map(str, ids))) != len(ids):
+        raise ValueError(f"{where}: sample ids are not unique")
+    for key in PRIMARY_METRICS[task]:
+        if key not in data["metrics"]:
+            raise ValueError(f"{where}: metrics lacks the primary metric {key!r} of task {task!r}")
+        mean = sum(s["scores"][key] for s in samples) / len(samples)
+        if not math.isclose(mean, data["metrics"][key], rel_tol=1e-9, abs_tol=1e-9):
+            raise ValueError(f"{where}: metrics.{key} = {data['metrics'][key]!r} but the samples average to {mean!r}")
+
+
+def write_results(path: str | Path, result: dict) -> Path:
+    """Validate and write atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    validate_results(result, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a results file and validate it; ValueError naming the file if unreadable or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable results JSON file ({err})") from None
+    validate_results(data, str(path))
+    return data
