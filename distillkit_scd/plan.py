@@ -46,7 +46,7 @@ for _name in list(KNOWN_CONFIGS):  # base models share the instruct models' arch
 
 # Rows of each task's train split (after the validation carve-out) as the task loaders build them
 # with their defaults (seed 42, full JMED pools); used when the data is not on this machine.
-DOCUMENTED_TRAIN_ROWS = {"pubmedqa": 450, "jmmlu": 489, "crade": 1160, "rrtnm": 231, "smdis": 11056,
+DOCUMENTED_TRAIN_ROWS = {"pubmedqa": 450, "jmmlu": 489, "crade": 1174, "rrtnm": 234, "smdis": 11064,
                          "nrner": 1107, "synthetic": 540}
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
