@@ -185,3 +185,34 @@ def test_kappa_none_label_sorts_after_f():
     """
     assert cohen_kappa(["A", "B"], [None, "B"], "linear") == pytest.approx(0.0)
     assert cohen_kappa(["A", "B"], [None, "B"]) == pytest.approx(1 / 3)
+
+
+def test_majority_baseline_hand_computed():
+    """The majority baseline predicts the most frequent train answer (ties → smallest) and scores it with
+    the task's own metrics: accuracy = test frequency of that answer; NRNER uses the list literal."""
+    from distillkit_scd.baselines import majority_answer, majority_baseline, table_row
+
+    assert majority_answer(list("ABBCC")) == "B"
+    with pytest.raises(ValueError):
+        majority_answer([])
+    metrics, samples, answer = majority_baseline("crade", list("AAAB"), list("ABDA"))
+    assert answer == "A" and metrics["accuracy"] == 0.5
+    assert metrics["kappa"] == pytest.approx(0.0)  # a constant prediction agrees only by chance
+    metrics, _, answer = majority_baseline("nrner", ["['a']", "['a']", "['b', 'c']"], ["['a', 'd']", "['c']"])
+    assert answer == "['a']"
+    assert metrics["exact_f1"] == pytest.approx((2 * 0.5 * 1 / 1.5 + 0) / 2)
+    assert metrics["partial_f1"] == pytest.approx((2 * 2 / 3 + 0) / 2)
+    row = table_row({"jmmlu": {"accuracy": 0.25}, "nrner": {"exact_f1": 0.1, "partial_f1": 0.3}})
+    assert row == {"JMMLU": 0.25, "NRNER exact": 0.1, "NRNER partial": 0.3, "Avg": pytest.approx(0.65 / 3)}
+
+
+def test_majority_baseline_on_real_data(shared_data):
+    """On the real splits every task loads and scores; the baseline's accuracy equals the test share of
+    the majority train answer (a sanity anchor for Table 1)."""
+    from distillkit_scd.baselines import run_majority_baselines
+    from distillkit_scd.tasks import load_task
+
+    got = run_majority_baselines(["pubmedqa", "crade"])  # default data root; the fixture skips if absent
+    for task, entry in got.items():
+        test = list(load_task(task)["test"]["answer"])
+        assert entry["metrics"]["accuracy"] == pytest.approx(test.count(entry["answer"]) / len(test))
