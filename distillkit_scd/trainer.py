@@ -60,9 +60,7 @@ def staged_lr_lambda(steps_per_stage: int, warmup_ratio: float, kind: str = "cos
 def reset_optimizer_state(optimizer) -> None:
     """Forget AdamW moments and step counts: identical to a freshly built optimizer over the same params."""
     inner = optimizer
-    while hasattr(inner, "optimizer") and not isinstance(inner, torch.optim.Optimizer):
-        inner = inner.optimizer  # accelerate's AcceleratedOptimizer, DeepSpeed wrappers
-    if hasattr(inner, "optimizer") and isinstance(getattr(inner, "optimizer"), torch.optim.Optimizer):
+    while hasattr(inner, "optimizer"):  # accelerate's AcceleratedOptimizer, DeepSpeed's ZeRO wrappers
         inner = inner.optimizer
     inner.state.clear()
 
