@@ -76,6 +76,11 @@ class Table:
         paper = [c for c in self.columns if c in PAPER_COLUMNS]
         return paper or list(self.columns)
 
+    def avg_label(self) -> str:
+        """"Avg" when it spans the paper's seven columns, else "Avg (k cols)" (not comparable to the paper's)."""
+        cols = self.avg_columns()
+        return "Avg" if set(cols) == set(PAPER_COLUMNS) else f"Avg ({len(cols)} cols)"
+
     def average(self, row: str) -> float | None:
         """The paper's Avg over `avg_columns()`; None if the row lacks one of them."""
         values = [self.cells.get(row, {}).get(c) for c in self.avg_columns()]
@@ -138,7 +143,7 @@ def render_markdown(table: Table, with_paper: bool = True) -> str:
     """Our table, its footnote, and the paper's Table 1 for comparison."""
     ours = [[ROWS[row]] + [_fmt(table.cells[row].get(c)) for c in table.columns] + [_fmt(table.average(row))]
             for row in ROWS if row in table.cells]
-    lines = ["## Table 1 (this run)", "", *_md_table(["Method", *table.columns, "Avg"], ours), "", FOOTNOTE]
+    lines = ["## Table 1 (this run)", "", *_md_table(["Method", *table.columns, table.avg_label()], ours), "", FOOTNOTE]
     if with_paper:
         paper = [[ROWS[row]] + [_fmt(PAPER_TABLE[row][c]) for c in PAPER_COLUMNS] + [_fmt(PAPER_TABLE[row]["Avg"])]
                  for row in ROWS]
@@ -198,22 +203,25 @@ def plot_scd_decisions(schedule_log, path) -> Path:
     if not stages:
         raise ValueError(f"{path}: the schedule log has no stage with SCD terms to plot")
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False, sharey=True)
+    ymax = max(t["kl_best"] + t["kl_student"] for s in stages for t in s["terms"]) or 1.0
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3.2), squeeze=False, sharey=True)
     for ax, stage in zip(axes[0], stages):
         js = [t["checkpoint"] + 1 for t in stage["terms"]]  # paper numbers checkpoints from 1
         a = [t["kl_best"] for t in stage["terms"]]
         b = [t["kl_student"] for t in stage["terms"]]
-        ax.bar(js, a, color="#4c72b0", label="KL(p_best‖p_j)")
-        ax.bar(js, b, bottom=a, color="#dd8452", label="KL(q‖p_j)")
+        ax.bar(js, a, color="#4c72b0", label="metric 1: KL(p_best‖p_j)")
+        ax.bar(js, b, bottom=a, color="#dd8452", label="metric 2: KL(q‖p_j)")
         k = [t["checkpoint"] for t in stage["terms"]].index(stage["chosen"])
         top = a[k] + b[k]
-        ax.annotate("chosen", xy=(js[k], top), xytext=(js[k], top * 1.3 + 1e-3), ha="center",
-                    arrowprops={"arrowstyle": "->"})
-        ax.set_title(f"stage {stage['stage'] + 1}")
+        ax.annotate("", xy=(js[k], top), xytext=(js[k], top + 0.2 * ymax),  # red arrow on j*, as the paper
+                    arrowprops={"arrowstyle": "->", "color": "#c44e52", "lw": 2})
+        ax.set_ylim(0, 1.3 * ymax)
+        ax.set_title(f"stage {stage['stage'] + 1}: j* = {stage['chosen'] + 1}", fontsize=9)
         ax.set_xlabel("teacher checkpoint j")
         ax.set_xticks(js)
-    axes[0][0].set_ylabel("probe-set KL")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].set_ylabel("probe-set KL (sum of both)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 1.0))
     _save(fig, path)
     plt.close(fig)
     return Path(path)

@@ -99,7 +99,7 @@ def test_markdown_and_csv_structure(run_dir, tmp_path):
     md = written["markdown"].read_text()
     ours, paper = md.split("## The paper's Table 1")
     lines = [x for x in ours.splitlines() if x.startswith("|")]
-    assert lines[0] == "| Method | JMMLU | PubmedQA | NRNER exact | NRNER partial | CRADE | Avg |"
+    assert lines[0] == "| Method | JMMLU | PubmedQA | NRNER exact | NRNER partial | CRADE | Avg (5 cols) |"
     assert lines[1] == "|---|---|---|---|---|---|---|"
     assert [x.split("|")[1].strip() for x in lines[2:]] == list(ROWS.values())
     assert all(x.count("|") == 8 for x in lines)
