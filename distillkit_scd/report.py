@@ -211,7 +211,11 @@ def plot_scd_decisions(schedule_log, path) -> Path:
         b = [t["kl_student"] for t in stage["terms"]]
         ax.bar(js, a, color="#4c72b0", label="metric 1: KL(p_best‖p_j)")
         ax.bar(js, b, bottom=a, color="#dd8452", label="metric 2: KL(q‖p_j)")
-        k = [t["checkpoint"] for t in stage["terms"]].index(stage["chosen"])
+        ckpts = [t["checkpoint"] for t in stage["terms"]]
+        if stage["chosen"] not in ckpts:
+            raise ValueError(f"{path}: stage {stage['stage']}: chosen checkpoint {stage['chosen']!r} is not "
+                             f"among its terms' checkpoints {ckpts}")
+        k = ckpts.index(stage["chosen"])
         top = a[k] + b[k]
         ax.annotate("", xy=(js[k], top), xytext=(js[k], top + 0.2 * ymax),  # red arrow on j*, as the paper
                     arrowprops={"arrowstyle": "->", "color": "#c44e52", "lw": 2})
