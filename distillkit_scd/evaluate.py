@@ -9,14 +9,12 @@ recorded beside it, labelled, because selecting on test inflates results.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
 from pathlib import Path
 
 from distillkit_scd.config import METHODS, Recipe
 from distillkit_scd.evaluation import PRIMARY_METRICS, score_task
+from distillkit_scd.results import build_results, write_results
 from distillkit_scd.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -41,17 +39,6 @@ def candidates(ws: Workspace, row: str) -> list[tuple[str, str]]:
         raise ValueError(f"--row: expected one of {', '.join(ROWS)}, got {row!r}")
     entries, _, _ = read_manifest(folder)
     return [(f"step-{e.step}", e.path) for e in entries]
-
-
-def versions() -> dict[str, str]:
-    import torch
-    import transformers
-    import trl
-
-    from distillkit_scd import __version__
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "distillkit_scd": __version__}
 
 
 def primary_score(task: str, metrics: dict) -> float:
@@ -108,22 +95,17 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     by_test = max(range(len(scored)), key=lambda i: (primary_score(task, scored[i]["test"]), i))
     chosen = scored[by_val]
     info = getattr(splits, "split_info", {})
-    result = {
-        "task": task,
-        "row": row,
-        "split": {"definition": info.get("definition", ""), "sizes": info.get("sizes", {})},
-        "model": {"path": chosen["path"], "checkpoint": chosen["checkpoint"]},
-        "metrics": chosen["test"],
-        "selection": {
-            "by": "validation" if "validation" in chosen else "only checkpoint",
-            "paper_protocol": {"checkpoint": scored[by_test]["checkpoint"], "metrics": scored[by_test]["test"],
-                               "note": "best test score over checkpoints (the paper's protocol; optimistic)"},
-            "candidates": [{k: v for k, v in e.items() if k != "samples"} for e in scored],
-        },
-        "samples": chosen["samples"],
-        "generation": {"max_new_tokens": max_new, "batch_size": recipe.evaluation.batch_size, "decoding": "greedy"},
-        "versions": versions(),
+    selection = {
+        "by": "validation" if "validation" in chosen else "only checkpoint",
+        "paper_protocol": {"checkpoint": scored[by_test]["checkpoint"], "metrics": scored[by_test]["test"],
+                           "note": "best test score over checkpoints (the paper's protocol; optimistic)"},
+        "candidates": [{k: v for k, v in e.items() if k != "samples"} for e in scored],
     }
+    result = build_results(
+        task, row, {"definition": info.get("definition", ""), "sizes": info.get("sizes", {})},
+        {"path": chosen["path"], "checkpoint": chosen["checkpoint"]}, chosen["test"], chosen["samples"],
+        {"max_new_tokens": max_new, "batch_size": recipe.evaluation.batch_size, "decoding": "greedy"}, selection,
+    )
     path = ws.results_path(row)
     write_results(path, result)
     return path
@@ -133,25 +115,3 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def write_results(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-REQUIRED_KEYS = ("task", "row", "metrics", "samples")
-
-
-def load_results(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable results file ({err})") from None
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"{path}: results file lacks {missing}")
-    return data
