@@ -4,22 +4,28 @@ Per label token the compound loss is ``w·D(p‖q) + (1−w)·CE`` (paper eq. fo
 sample), summed over label tokens and divided by ``num_items`` — the label-token count of the whole
 accumulated (and, where enabled, all-process) batch — so gradient accumulation does not change results.
 
-Vocabularies are large (Llama 3: 128,256): full fp32 logits for 4,096 tokens are 2.1 GB per model. The
-chunked path takes the *hidden states* at label positions and the lm_head weights and computes logits,
-loss and gradients one chunk of positions at a time inside a custom autograd function (the approach of
-Liger-Kernel's fused linear losses), so peak memory is O(chunk_size·V), not O(N·V).
+Vocabularies are large (Llama 3: 128,256): full fp32 logits for 4,096 tokens are 2.1 GB per model, and an
+autograd graph over them keeps several such tensors. The chunked path takes the *hidden states* at label
+positions and the lm_head weights, and computes logits, loss and the closed-form gradients one chunk of
+positions at a time inside a custom autograd function (the approach of Liger-Kernel's fused linear
+losses), so peak memory is O(chunk_size·V), not O(N·V). `compound_loss_from_logits` is the plain autograd
+path on materialised logits: the reference the chunked path is tested against, and fine for small models.
+
+Temperature: every divergence is computed between the distributions at temperature T and multiplied by T²
+(Hinton et al. 2015), so its gradient keeps the same scale as at T = 1. CE always uses T = 1.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 DIVERGENCES = ("forward_kl", "reverse_kl", "taid")
+_TAIL_FLOOR = -1e4  # log-prob floor of cached tail tokens: exp() is 0 but 0·log stays finite (no NaN)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -27,9 +33,13 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "taid")
 # --------------------------------------------------------------------------------------------------
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """At least float32 for softmax and sums (bf16 logits lose the tail); float64 stays float64."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x.to(_acc_dtype(x.dtype))
 
 
 def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -37,11 +47,11 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Forward KL(p_teacher ‖ q_student) per position, times T² (Hinton et al.) so gradients keep scale.
+    """Forward KL(p_teacher ‖ q_student) per position, times T² (Hinton) so gradients keep their scale.
 
     Args:
-        student_logits: (..., V), gradients flow. teacher_logits: (..., V), treated as constant.
-    Returns: (...,) float32.
+        student_logits: (..., V), gradients flow. teacher_logits: (..., V) logits or log-probs, detached.
+    Returns: (...,) in float32 (float64 for float64 input). Logits must be finite.
     """
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits.detach(), temperature)
@@ -50,31 +60,32 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
 
 def token_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                      temperature: float = 1.0) -> torch.Tensor:
-    """Reverse KL(q_student ‖ p_teacher) per position, times T². Shapes as `token_kl`."""
+    """Reverse KL(q_student ‖ p_teacher) per position, times T². Shapes and dtype as `token_kl`."""
     log_q = _log_probs(student_logits, temperature)
     log_p = _log_probs(teacher_logits.detach(), temperature)
     return (log_q.exp() * (log_q - log_p)).sum(-1) * temperature**2
 
 
 def taid_target(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
-    """Log-probs of TAID's intermediate p_t = softmax((1−t)·stopgrad(z_s) + t·z_t) (Shing et al. 2025).
+    """Log-probs (..., V) of TAID's p_t = softmax((1−t)·stopgrad(z_s) + t·z_t) (Shing et al. 2025, eq. 5).
 
     Teacher log-probs may stand in for logits: a per-row constant shift does not change the softmax.
     """
+    _check_t(t)
     mixed = (1.0 - t) * _upcast(student_logits.detach()) + t * _upcast(teacher_logits.detach())
     return F.log_softmax(mixed, dim=-1)
 
 
 def token_taid_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float,
                   temperature: float = 1.0) -> torch.Tensor:
-    """KL(p_t ‖ q_student) per position, with p_t from `taid_target` at the given temperature, times T²."""
+    """TAID loss KL(p_t ‖ q_student) per position; p_t mixes the logits divided by T; times T²."""
     log_q = _log_probs(student_logits, temperature)
     log_pt = taid_target(student_logits / temperature, teacher_logits / temperature, t)
     return (log_pt.exp() * (log_pt - log_q)).sum(-1) * temperature**2
 
 
 def token_divergence(kind: str, student_logits, teacher_logits, temperature: float = 1.0, taid_t: float = 1.0):
-    """Dispatch on `kind` ∈ {forward_kl, reverse_kl, taid}."""
+    """Dispatch on `kind` ∈ {forward_kl, reverse_kl, taid}; (..., V) → (...,)."""
     if kind == "forward_kl":
         return token_kl(student_logits, teacher_logits, temperature)
     if kind == "reverse_kl":
@@ -84,36 +95,53 @@ def token_divergence(kind: str, student_logits, teacher_logits, temperature: flo
     raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {kind!r}")
 
 
+def _check_t(t) -> None:
+    if not isinstance(t, torch.Tensor) and not 0.0 <= float(t) <= 1.0:
+        raise ValueError(f"taid t: expected a number in [0, 1], got {t!r}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Adaptive Weighting (paper section 6) and TAID's adaptive t.
 # --------------------------------------------------------------------------------------------------
 
 
 def adaptive_weight(student_seq_loss, teacher_seq_loss):
-    """AW = σ(log(L_S / L_T)) = L_S / (L_S + L_T), elementwise.
+    """AW = σ(log(L_S / L_T)) = L_S / (L_S + L_T), elementwise (broadcasting), in float64.
 
-    Computed as a sigmoid of a log-ratio, which is stable for tiny and huge losses. Both zero (both
-    models perfect on the sample) gives 0.5; only L_S zero gives 0 (keep CE); only L_T zero gives 1.
+    Computed as the sigmoid of a log-ratio: no overflow or cancellation for tiny or huge losses.
+    Zeros: both 0 (both models perfect, or a sample without label tokens) gives 0.5; only L_S = 0 gives 0
+    (keep CE); only L_T = 0 gives 1 (distill). Floats in → float out; tensors in → tensor out.
 
     Raises:
         ValueError: on negative or non-finite losses (sequence CE is never negative).
     """
+    scalar = not isinstance(student_seq_loss, torch.Tensor) and not isinstance(teacher_seq_loss, torch.Tensor)
     ls = torch.as_tensor(student_seq_loss, dtype=torch.float64)
     lt = torch.as_tensor(teacher_seq_loss, dtype=torch.float64)
-    if bool((ls < 0).any() | (lt < 0).any() | ~torch.isfinite(ls).all() | ~torch.isfinite(lt).all()):
-        raise ValueError("adaptive_weight: sequence losses must be finite and >= 0")
-    ratio = torch.log(ls) - torch.log(lt)  # ±inf when one side is 0; sigmoid handles it
-    weight = torch.sigmoid(ratio)
-    return torch.where((ls == 0) & (lt == 0), torch.full_like(weight, 0.5), weight)
+    for name, x in (("student_seq_loss", ls), ("teacher_seq_loss", lt)):
+        bad = ~torch.isfinite(x) | (x < 0)
+        if bool(bad.any()):
+            raise ValueError(f"adaptive_weight: {name} must be finite and >= 0, got {x[bad].flatten()[0].item()!r}"
+                             f" at flat index {int(bad.flatten().nonzero()[0])}")
+    weight = torch.sigmoid(torch.log(ls) - torch.log(lt))  # ±inf when one side is 0: sigmoid gives 0 or 1
+    weight = torch.where((ls == 0) & (lt == 0), torch.full_like(weight, 0.5), weight)
+    return float(weight) if scalar and weight.dim() == 0 else weight
 
 
 @dataclass
 class TAIDState:
-    """TAID's adaptive interpolation t, updated once per optimizer step (official rule, SakanaAI/TAID).
+    """TAID's adaptive interpolation t, updated once per optimizer step (official rule, SakanaAI/TAID
+    `src/distil_losses/taid.py`, `TAID.update_t`).
 
     After a step with loss L: rel = (L_prev − L)/(L_prev + 1e−15); m ← β·m + (1−β)·rel;
     t ← min(t_end, max(t_start + (t_end − t_start)·step/total_steps, t + α·σ(m)·(1−t))).
-    The first update only records L_prev. The state (t, m, L_prev) is saved with trainer checkpoints.
+    The first update only records L_prev (t stays t_start, m stays 0). t, m and L_prev are the state that
+    must be saved with trainer checkpoints (`state_dict`). Floats in float64 (the official code: float32).
+
+    t_start (`float`, defaults to 0.4): t at the first step, in [0, 1).
+    t_end (`float`, defaults to 1.0): the cap of t, in (t_start, 1].
+    alpha (`float`, defaults to 5e-4): adaptive step size in [0, 1]; 0 leaves only the linear floor.
+    beta (`float`, defaults to 0.99): momentum of the relative loss change, in [0, 1).
     """
 
     t_start: float = 0.4
@@ -125,25 +153,43 @@ class TAIDState:
     prev_loss: float | None = None
 
     def __post_init__(self):
-        if not 0 <= self.t_start <= self.t_end <= 1:
-            raise ValueError(f"TAIDState: need 0 <= t_start <= t_end <= 1, got t_start={self.t_start}, "
-                             f"t_end={self.t_end}")
-        if self.alpha <= 0 or not 0 <= self.beta < 1:
-            raise ValueError(f"TAIDState: need alpha > 0 and 0 <= beta < 1, got alpha={self.alpha}, "
-                             f"beta={self.beta}")
+        if not 0 <= self.t_start < 1:
+            raise ValueError(f"TAIDState.t_start: expected a number in [0, 1), got {self.t_start!r}")
+        if not self.t_start < self.t_end <= 1:
+            raise ValueError(f"TAIDState.t_end: expected t_start < t_end <= 1 (t_start={self.t_start}), "
+                             f"got {self.t_end!r}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"TAIDState.alpha: expected a number in [0, 1], got {self.alpha!r}")
+        if not 0 <= self.beta < 1:
+            raise ValueError(f"TAIDState.beta: expected a number in [0, 1), got {self.beta!r}")
         if self.t is None:
             self.t = self.t_start
 
     def update(self, loss: float, step: int, total_steps: int) -> float:
-        """Advance t after optimizer step `step` (1-based count of finished steps) of `total_steps`."""
+        """Advance t from the loss of one optimizer step; returns the new t.
+
+        `step / total_steps` is the progress of the linear floor. The official code passes Lightning's
+        `global_step` read during the step's forward, i.e. the number of steps finished *before* the step
+        whose loss this is (0 for the first). Passing the count including it (HF `state.global_step` in
+        `on_step_end`) puts the floor one step ahead.
+
+        Raises:
+            ValueError: on a non-finite loss (it would poison the momentum for the rest of the run), a
+            negative step or total_steps < 1.
+        """
         loss = float(loss)
+        if not math.isfinite(loss):
+            raise ValueError(f"TAIDState.update: loss must be finite, got {loss!r} at step {step}")
+        if step < 0 or total_steps < 1:
+            raise ValueError(f"TAIDState.update: need step >= 0 and total_steps >= 1, got step={step}, "
+                             f"total_steps={total_steps}")
         if self.prev_loss is None:
             self.prev_loss = loss
             return self.t
         rel = (self.prev_loss - loss) / (self.prev_loss + 1e-15)
         self.momentum = self.beta * self.momentum + (1 - self.beta) * rel
         delta = self.alpha * (1 / (1 + math.exp(-self.momentum))) * (1 - self.t)
-        floor = self.t_start + (self.t_end - self.t_start) * step / max(total_steps, 1)
+        floor = self.t_start + (self.t_end - self.t_start) * step / total_steps
         self.t = min(self.t_end, max(floor, self.t + delta))
         self.prev_loss = loss
         return self.t
@@ -152,12 +198,18 @@ class TAIDState:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore every field; unknown keys are an error (a state from another class or version)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(state) - known)
+        if unknown:
+            raise ValueError(f"TAIDState.load_state_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
         for key, value in state.items():
             setattr(self, key, value)
+        self.__post_init__()
 
 
 # --------------------------------------------------------------------------------------------------
-# Label positions and teacher signals.
+# Label positions, per-token weights and teacher signals.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -165,42 +217,61 @@ def label_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices of positions that predict a label, and their targets.
 
     Position s predicts token s+1, so targets are ``labels[:, 1:]`` and the predicting positions are
-    ``[:, :-1]``; returns (flat indices into the (B·T) hidden-state rows, targets), both (N,) long.
+    ``[:, :-1]``. Args: labels (B, T) long, IGNORE_INDEX (-100) where no loss. Returns (flat indices into
+    the (B·T) hidden-state rows, targets), both (N,) long, in row-major position order.
     """
-    batch, length = labels.shape
+    if labels.dim() != 2:
+        raise ValueError(f"label_positions: labels must be (batch, length), got shape {tuple(labels.shape)}")
+    length = labels.shape[1]
     shifted = labels[:, 1:]
-    rows, cols = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
+    rows, cols = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)  # CPU-GPU sync point (data-dependent N)
     return rows * length + cols, shifted[rows, cols]
+
+
+def per_token_weights(sample_weights: torch.Tensor, flat_idx: torch.Tensor, length: int) -> torch.Tensor:
+    """AW for each label token = the AW of its sample. sample_weights (B,), flat_idx (N,) → (N,)."""
+    return sample_weights[torch.div(flat_idx, length, rounding_mode="floor")]
 
 
 @dataclass
 class TopKSignal:
-    """A cached teacher distribution: top-k log-probs (N, k) and their token ids (N, k).
+    """A cached teacher distribution at T = 1: top-k log-probs (N, k), their token ids (N, k), and
+    optionally the exact log of the mass outside the top k (N,).
 
-    Approximation: the mass outside the top k, m = 1 − Σ exp(top-k log-probs), is spread uniformly over
-    the other V − k tokens. KL terms are then exact for that distribution; the error against the full
-    teacher is the KL between the full and the bucketed distribution (measured in benchmarks/).
+    Approximation p̃: the top-k entries exact, the tail mass m spread uniformly over the other V − k tokens
+    (when `tail_logmass` is None, m = 1 − Σ top-k probs). The loss applies its temperature to log p̃ as to
+    logits. Error of the forward KL against the full teacher p, per position (tested):
+    |KL(p‖q) − KL(p̃‖q)| ≤ m·log(V − k) + 2m·max_{v∉top-k} |log q_v|; it vanishes at k = V.
     """
 
     logprobs: torch.Tensor
     indices: torch.Tensor
+    tail_logmass: torch.Tensor | None = None
 
     def dense_logprobs(self, rows: slice, vocab_size: int) -> torch.Tensor:
+        """(n, V) float32 log p̃ for the given rows."""
         lp = self.logprobs[rows].float()
         idx = self.indices[rows].long()
         k = lp.shape[-1]
-        tail = (1.0 - lp.exp().sum(-1)).clamp_min(1e-12)  # (n,)
-        fill = torch.log(tail / max(vocab_size - k, 1))
+        if self.tail_logmass is not None:
+            tail = self.tail_logmass[rows].float()
+        else:
+            tail = torch.log1p(-lp.exp().sum(-1).clamp(max=1.0))  # −inf when the top k hold all the mass
+        fill = (tail - math.log(max(vocab_size - k, 1))).clamp_min(_TAIL_FLOOR)  # (n,)
         out = fill.unsqueeze(-1).expand(lp.shape[0], vocab_size).clone()
         out.scatter_(1, idx, lp)
         return out
 
 
-def topk_signal(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopKSignal:
-    """Compress teacher logits (N, V) into a `TopKSignal` at the given temperature."""
-    lp = _log_probs(teacher_logits, temperature)
-    values, indices = lp.topk(min(k, lp.shape[-1]), dim=-1)
-    return TopKSignal(values, indices.to(torch.int32))
+def topk_signal(teacher_logits: torch.Tensor, k: int) -> TopKSignal:
+    """Compress teacher logits (N, V) into a `TopKSignal` (T = 1) with the exact tail log-mass."""
+    if not 1 <= k:
+        raise ValueError(f"topk_signal: k must be >= 1, got {k!r}")
+    lp = _log_probs(teacher_logits, 1.0)
+    k = min(k, lp.shape[-1])
+    values, indices = lp.topk(k, dim=-1)
+    tail = torch.logsumexp(lp.scatter(1, indices, float("-inf")), dim=-1)  # (N,), −inf at k = V
+    return TopKSignal(values, indices.to(torch.int32), tail)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,9 +283,10 @@ def topk_signal(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) 
 class LossSpec:
     """How the compound loss mixes terms.
 
-    divergence (`str`): forward_kl, reverse_kl or taid.  temperature (`float`): softmax temperature.
-    alpha (`float`): weight of the distillation term when no per-token weights are given.
-    chunk_size (`int`): label positions per chunk in the chunked path.
+    divergence (`str`, defaults to `forward_kl`): forward_kl, reverse_kl or taid.
+    temperature (`float`, defaults to 1.0): softmax temperature of the divergence (T² scaled); CE uses 1.
+    alpha (`float`, defaults to 0.5): weight of the distillation term when no per-token weights are given.
+    chunk_size (`int`, defaults to 1024): label positions per chunk; peak memory ≈ 5·chunk_size·V floats.
     """
 
     divergence: str = "forward_kl"
@@ -227,130 +299,228 @@ class LossSpec:
             raise ValueError(f"LossSpec.divergence: expected one of {DIVERGENCES}, got {self.divergence!r}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"LossSpec.alpha: expected a number in [0, 1], got {self.alpha!r}")
-        if self.temperature <= 0 or self.chunk_size < 1:
-            raise ValueError("LossSpec: temperature must be > 0 and chunk_size >= 1")
+        if not self.temperature > 0:
+            raise ValueError(f"LossSpec.temperature: expected a number > 0, got {self.temperature!r}")
+        if not (isinstance(self.chunk_size, int) and self.chunk_size >= 1):
+            raise ValueError(f"LossSpec.chunk_size: expected an integer >= 1, got {self.chunk_size!r}")
 
 
 def _token_weights(weights, n: int, alpha: float, device) -> torch.Tensor:
     if weights is None:
         return torch.full((n,), float(alpha), device=device)
     weights = torch.as_tensor(weights, device=device)
-    weights = weights.to(torch.promote_types(weights.dtype, torch.float32))
+    weights = weights.to(_acc_dtype(weights.dtype))
     if weights.shape != (n,):
-        raise ValueError(f"token weights: expected shape ({n},), got {tuple(weights.shape)}")
+        raise ValueError(f"weights: expected one distillation weight per label token, shape ({n},), "
+                         f"got {tuple(weights.shape)}")
     return weights
 
 
-def _parts(distill_sum, ce_sum, weight_sum, count) -> dict[str, torch.Tensor]:
-    return {"distill_sum": distill_sum.detach(), "ce_sum": ce_sum.detach(),
-            "weight_sum": weight_sum.detach(), "tokens": count}
+def _denominator(num_items, n: int, dtype, device) -> torch.Tensor:
+    """num_items (int or 0-d tensor, possibly on GPU: no sync) or n; at least 1 so 0 tokens give 0."""
+    denom = num_items if num_items is not None else n
+    return torch.as_tensor(denom, device=device).to(dtype).clamp_min(1)
+
+
+def _parts(distill_sum, ce_sum, weight_sum, count: int) -> dict:
+    """Detached sums for logging; no `.item()` here (that would sync the GPU every micro-batch)."""
+    return {"distill_sum": distill_sum.detach(), "ce_sum": ce_sum.detach(), "weight_sum": weight_sum.detach(),
+            "weight_mean": weight_sum.detach() / max(count, 1), "tokens": count}
 
 
 def compound_loss_from_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                               targets: torch.Tensor, spec: LossSpec, weights=None, taid_t: float = 1.0,
                               num_items: int | torch.Tensor | None = None):
-    """Reference path on materialised logits at label positions.
+    """Reference path on materialised logits at label positions (plain autograd).
 
     Args:
-        student_logits: (N, V). teacher_logits: (N, V) (logits or log-probs), or None for plain CE.
+        student_logits: (N, V). teacher_logits: (N, V) logits or log-probs, or None for plain CE.
         targets: (N,) next-token ids. weights: (N,) per-token distillation weight, or None for `spec.alpha`.
+        taid_t: TAID's t (used when spec.divergence == "taid").
         num_items: normaliser (label tokens of the accumulated batch); defaults to N.
-    Returns: (loss scalar, parts dict of detached sums for logging).
+    Returns: (loss scalar, parts dict of detached sums: distill_sum, ce_sum, weight_sum, weight_mean, tokens).
     """
     n = targets.shape[0]
     device = student_logits.device
     w = _token_weights(weights, n, spec.alpha, device)
-    ce = F.cross_entropy(_upcast(student_logits), targets, reduction="none")
+    ce = F.cross_entropy(_upcast(student_logits), targets, reduction="none")  # (N,)
     if teacher_logits is None:
         div = torch.zeros_like(ce)
     else:
         div = token_divergence(spec.divergence, student_logits, teacher_logits, spec.temperature, taid_t)
     total = (w * div + (1 - w) * ce).sum()
-    denom = num_items if num_items is not None else n
-    denom = torch.as_tensor(denom, dtype=total.dtype, device=device).clamp_min(1)
-    return total / denom, _parts(div.sum(), ce.sum(), w.sum(), n)
+    return total / _denominator(num_items, n, total.dtype, device), _parts(div.sum(), ce.sum(), w.sum(), n)
+
+
+def _chunk_terms(z: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor, w: torch.Tensor,
+                 spec: LossSpec, t: float, need_grad: bool):
+    """Per-position divergence and CE of one chunk, and d(Σ w·D + (1−w)·CE)/dz in closed form.
+
+    z: (c, V) student logits in the accumulation dtype (modified in place). teacher: (c, V) fresh teacher
+    logits or log-probs in the same dtype (modified in place), or None. Gradients with respect to z:
+      CE: softmax(z) − onehot(y);  forward KL and TAID (p_t is stop-grad): T·(q_T − p);
+      reverse KL: T·q_T ⊙ (log q_T − log p − KL/T²).
+    In-place arithmetic keeps about four (c, V) buffers alive at once.
+    """
+    temp = spec.temperature
+    lse = torch.logsumexp(z, dim=-1)  # (c,)
+    ce = lse - z.gather(1, targets.unsqueeze(1)).squeeze(1)  # (c,)
+    div = torch.zeros_like(ce)
+    g_div = None
+    if teacher is not None:
+        log_q = F.log_softmax(z / temp if temp != 1.0 else z, dim=-1)  # (c, V)
+        if spec.divergence == "taid":
+            teacher = teacher.mul_(t).add_(z, alpha=1.0 - t)  # (1−t)·stopgrad(z_s) + t·z_t
+        log_p = F.log_softmax(teacher.div_(temp) if temp != 1.0 else teacher, dim=-1)
+        del teacher
+        if spec.divergence == "reverse_kl":
+            d = log_p.neg_().add_(log_q)  # log q − log p
+            q = log_q.exp_()
+            raw = (q * d).sum(-1)  # (c,) KL(q‖p) at temperature T
+            div = raw * temp**2
+            if need_grad:
+                g_div = d.sub_(raw.unsqueeze(1)).mul_(q).mul_(temp)
+        else:
+            p = log_p.exp()
+            raw = log_p.sub_(log_q).mul_(p).sum(-1)  # Σ p (log p − log q)
+            div = raw * temp**2
+            if need_grad:
+                g_div = log_q.exp_().sub_(p).mul_(temp)
+            del p
+        del log_q, log_p
+    if not need_grad:
+        return div, ce, None
+    grad = z.sub_(lse.unsqueeze(1)).exp_()  # softmax(z), reusing z's buffer
+    grad.scatter_add_(1, targets.unsqueeze(1), -torch.ones_like(grad[:, :1]))  # − onehot(y)
+    grad.mul_((1 - w).unsqueeze(1))
+    if g_div is not None:
+        grad.add_(g_div.mul_(w.unsqueeze(1)))
+    return div, ce, grad
 
 
 class _ChunkedCompoundLoss(torch.autograd.Function):
-    """Forward computes loss and gradients chunk by chunk; backward only scales the stored gradients."""
+    """Forward computes loss and gradients chunk by chunk; backward only scales the stored gradients.
+
+    Gradient accumulators have the parameters' dtypes (as Liger-Kernel): exact for float32/64 models.
+    Backward scales them in place, so it can run once (no `retain_graph` re-use).
+    """
 
     @staticmethod
-    def forward(ctx, student_hidden, student_weight, teacher_hidden, teacher_weight, teacher_signal, targets,
-                token_weights, spec: LossSpec, taid_t: float, denom):
-        n = targets.shape[0]
-        vocab = student_weight.shape[0]
-        acc = torch.promote_types(student_hidden.dtype, torch.float32)  # accumulate in >= fp32
-        grad_hidden = torch.zeros_like(student_hidden, dtype=acc)
-        grad_weight = torch.zeros_like(student_weight, dtype=acc)
+    def forward(ctx, student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
+                teacher_signal, targets, token_weights, spec: LossSpec, taid_t: float, denom, needs):
+        need_h, need_w, need_b = needs
+        need_grad = need_h or need_w or need_b
+        n, vocab = targets.shape[0], student_weight.shape[0]
+        acc = _acc_dtype(student_hidden.dtype)
+        grad_hidden = torch.zeros_like(student_hidden) if need_h else None  # (N, H)
+        grad_weight = torch.zeros_like(student_weight) if need_w else None  # (V, H)
+        grad_bias = torch.zeros_like(student_bias) if need_b else None  # (V,)
         total = torch.zeros((), dtype=acc, device=student_hidden.device)
-        distill_sum = torch.zeros_like(total)
-        ce_sum = torch.zeros_like(total)
-        weight_leaf = student_weight.detach().requires_grad_(True)
+        distill_sum, ce_sum = torch.zeros_like(total), torch.zeros_like(total)
         for start in range(0, n, spec.chunk_size):
             rows = slice(start, min(start + spec.chunk_size, n))
-            with torch.no_grad():
-                if teacher_signal is not None:
-                    teacher_logits = teacher_signal.dense_logprobs(rows, vocab).to(student_hidden.device)
-                elif teacher_hidden is not None:
-                    teacher_logits = teacher_hidden[rows] @ teacher_weight.t()  # (c, V)
-                else:
-                    teacher_logits = None
-            with torch.enable_grad():
-                h = student_hidden[rows].detach().requires_grad_(True)
-                logits = h @ weight_leaf.t()  # (c, V)
-                w = token_weights[rows]
-                ce = F.cross_entropy(_upcast(logits), targets[rows], reduction="none")
-                if teacher_logits is None:
-                    div = torch.zeros_like(ce)
-                else:
-                    div = token_divergence(spec.divergence, logits, teacher_logits, spec.temperature, taid_t)
-                chunk_loss = (w * div + (1 - w) * ce).sum()
-                g_h, g_w = torch.autograd.grad(chunk_loss, (h, weight_leaf))
-            grad_hidden[rows] = g_h.to(acc)
-            grad_weight += g_w.to(acc)
-            total += chunk_loss.detach()
-            distill_sum += div.detach().sum()
-            ce_sum += ce.detach().sum()
-        ctx.save_for_backward(grad_hidden / denom, grad_weight / denom)
-        ctx.dtypes = (student_hidden.dtype, student_weight.dtype)
+            h = student_hidden[rows]  # (c, H)
+            z = F.linear(h, student_weight, student_bias).to(acc)  # (c, V)
+            if teacher_signal is not None:
+                teacher = teacher_signal.dense_logprobs(rows, vocab).to(device=z.device, dtype=acc)
+            elif teacher_hidden is not None:
+                teacher = F.linear(teacher_hidden[rows], teacher_weight, teacher_bias).to(acc)  # (c, V)
+            else:
+                teacher = None
+            w = token_weights[rows].to(acc)
+            div, ce, grad_z = _chunk_terms(z, teacher, targets[rows], w, spec, taid_t, need_grad)
+            total += (w * div + (1 - w) * ce).sum()
+            distill_sum += div.sum()
+            ce_sum += ce.sum()
+            if grad_z is not None:
+                grad_z = grad_z.to(student_weight.dtype)  # (c, V)
+                if need_h:
+                    grad_hidden[rows] = grad_z @ student_weight  # (c, H)
+                if need_w:
+                    grad_weight.addmm_(grad_z.t(), h)
+                if need_b:
+                    grad_bias.add_(grad_z.sum(0))
+            del z, teacher, grad_z
+        scale = 1.0 / denom
+        saved = []
+        for g in (grad_hidden, grad_weight, grad_bias):
+            saved.append(g.mul_(scale.to(g.dtype)) if g is not None else None)
+        ctx.grads = saved
         ctx.mark_non_differentiable(distill_sum, ce_sum)
         return total / denom, distill_sum, ce_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_distill, _grad_ce):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        hidden_dtype, weight_dtype = ctx.dtypes
-        return ((grad_hidden * grad_loss).to(hidden_dtype), (grad_weight * grad_loss).to(weight_dtype),
-                None, None, None, None, None, None, None, None)
+        if ctx.grads is None:
+            raise RuntimeError("chunked_compound_loss: backward ran twice (retain_graph is not supported)")
+        out = [g.mul_(grad_loss.to(g.dtype)) if g is not None else None for g in ctx.grads]
+        ctx.grads = None
+        return (out[0], out[1], out[2]) + (None,) * 10
 
 
 def chunked_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.Tensor, targets: torch.Tensor,
                           spec: LossSpec, teacher_hidden: torch.Tensor | None = None,
                           teacher_lm_head: torch.Tensor | None = None, teacher_signal: TopKSignal | None = None,
-                          weights=None, taid_t: float = 1.0, num_items: int | torch.Tensor | None = None):
+                          weights=None, taid_t: float = 1.0, num_items: int | torch.Tensor | None = None,
+                          student_bias: torch.Tensor | None = None, teacher_bias: torch.Tensor | None = None):
     """The compound loss without materialising (N, V) logits.
 
     Args:
         student_hidden: (N, H) final hidden states at label positions (after the final norm), with grad.
-        student_lm_head: (V, H) lm_head weight (gets a gradient; no bias: Llama has none).
-        targets: (N,) next-token ids.
+        student_lm_head: (V, H) lm_head weight (gets a gradient when it requires one).
+        targets: (N,) next-token ids (`label_positions`).
         teacher_hidden / teacher_lm_head: (N, H_t), (V, H_t) for an online teacher; or
-        teacher_signal: a cached `TopKSignal`; or neither for plain CE.
-        weights: (N,) per-token distillation weights (AW), or None for `spec.alpha`.
+        teacher_signal: a cached `TopKSignal` (N rows); or neither for plain CE.
+        weights: (N,) per-token distillation weights (AW, `per_token_weights`), or None for `spec.alpha`.
+        taid_t: TAID's t (used when spec.divergence == "taid").
         num_items: normaliser (label tokens of the accumulated batch); defaults to N.
-    Returns: (loss scalar, parts dict of detached sums). Values and gradients equal
-    `compound_loss_from_logits` on the full logits.
+        student_bias / teacher_bias: (V,) optional lm_head biases.
+    Returns: (loss scalar, parts dict of detached sums, as `compound_loss_from_logits`). Values and
+    gradients equal `compound_loss_from_logits` on the full logits. N = 0 gives a zero loss still
+    connected to the graph (DDP expects every parameter to get a gradient), with zero gradients.
+    Raises: ValueError on inconsistent shapes or teacher arguments.
     """
     n = targets.shape[0]
+    _check_chunked_args(student_hidden, student_lm_head, targets, teacher_hidden, teacher_lm_head, teacher_signal,
+                        student_bias, spec, taid_t)
     device = student_hidden.device
     w = _token_weights(weights, n, spec.alpha, device)
-    denom = num_items if num_items is not None else n
-    denom = torch.as_tensor(denom, dtype=_upcast(student_hidden[:0]).dtype, device=device).clamp_min(1)
-    if n == 0:  # an all-ignored micro-batch: zero loss that still connects to the graph (DDP needs it)
+    if n == 0:  # an all-ignored micro-batch
         zero = (student_hidden.sum() + student_lm_head.sum()) * 0.0
+        if student_bias is not None:
+            zero = zero + student_bias.sum() * 0.0
         return zero, _parts(zero, zero, zero, 0)
+    denom = _denominator(num_items, n, _acc_dtype(student_hidden.dtype), device)
+    grad_on = torch.is_grad_enabled()
+    needs = (grad_on and student_hidden.requires_grad, grad_on and student_lm_head.requires_grad,
+             grad_on and student_bias is not None and student_bias.requires_grad)
     loss, distill_sum, ce_sum = _ChunkedCompoundLoss.apply(
-        student_hidden, student_lm_head, teacher_hidden, teacher_lm_head, teacher_signal, targets, w, spec,
-        float(taid_t), denom,
+        student_hidden, student_lm_head, student_bias, teacher_hidden, teacher_lm_head, teacher_bias,
+        teacher_signal, targets, w, spec, float(taid_t), denom, needs,
     )
     return loss, _parts(distill_sum, ce_sum, w.sum(), n)
+
+
+def _check_chunked_args(student_hidden, student_lm_head, targets, teacher_hidden, teacher_lm_head, teacher_signal,
+                        student_bias, spec, taid_t) -> None:
+    n = targets.shape[0]
+    if student_hidden.dim() != 2 or student_hidden.shape[0] != n:
+        raise ValueError(f"student_hidden: expected shape (N={n}, H), got {tuple(student_hidden.shape)}")
+    if student_lm_head.dim() != 2 or student_lm_head.shape[1] != student_hidden.shape[1]:
+        raise ValueError(f"student_lm_head: expected shape (V, H={student_hidden.shape[1]}), "
+                         f"got {tuple(student_lm_head.shape)}")
+    vocab = student_lm_head.shape[0]
+    if student_bias is not None and student_bias.shape != (vocab,):
+        raise ValueError(f"student_bias: expected shape ({vocab},), got {tuple(student_bias.shape)}")
+    if (teacher_hidden is None) != (teacher_lm_head is None):
+        raise ValueError("teacher_hidden and teacher_lm_head: pass both (online teacher) or neither")
+    if teacher_hidden is not None and teacher_signal is not None:
+        raise ValueError("teacher: pass teacher_hidden/teacher_lm_head or teacher_signal, not both")
+    if teacher_hidden is not None:
+        if teacher_hidden.shape[0] != n or teacher_lm_head.shape != (vocab, teacher_hidden.shape[-1]):
+            raise ValueError(f"teacher_hidden/teacher_lm_head: expected (N={n}, H_t) and (V={vocab}, H_t), got "
+                             f"{tuple(teacher_hidden.shape)} and {tuple(teacher_lm_head.shape)}")
+    if teacher_signal is not None and teacher_signal.logprobs.shape[0] != n:
+        raise ValueError(f"teacher_signal: expected {n} rows, got {teacher_signal.logprobs.shape[0]}")
+    if spec.divergence == "taid":
+        _check_t(taid_t)
