@@ -1,4 +1,7 @@
-"""TAIDState follows the official adaptive rule step by step, and survives a save/restore."""
+"""TAIDState follows the official adaptive rule step by step, and survives a save/restore.
+
+Reference: a hand-rolled loop of SakanaAI/TAID `src/distil_losses/taid.py` `TAID.update_t` in plain floats.
+"""
 
 import math
 
@@ -7,63 +10,104 @@ import pytest
 from distillkit_scd.losses import TAIDState
 
 
-def official_trajectory(losses, total, t_start=0.4, t_end=1.0, alpha=5e-4, beta=0.99):
-    """Hand-rolled loop of SakanaAI/TAID's update_t (plain floats)."""
+def official_trajectory(losses, steps, total, t_start=0.4, t_end=1.0, alpha=5e-4, beta=0.99):
+    """t after each update, as the official code: prev_loss starts at +inf, the first call only records."""
     t, m, prev, out = t_start, 0.0, math.inf, []
-    for step, loss in enumerate(losses, start=1):
+    for step, loss in zip(steps, losses):
         if math.isinf(prev):
             prev = loss
             out.append(t)
             continue
         rel = (prev - loss) / (prev + 1e-15)
         m = beta * m + (1 - beta) * rel
-        target = t_start + (t_end - t_start) * step / total
+        target = t_start + (t_end - t_start) * (step / total)
         t = min(t_end, max(target, t + alpha * (1 / (1 + math.exp(-m))) * (1 - t)))
         prev = loss
         out.append(t)
     return out
 
 
-@pytest.mark.parametrize("alpha", [5e-4, 0.05])
-def test_trajectory_matches_official_rule(alpha):
-    """t after every optimizer step equals the official loop (decreasing, flat and rising losses)."""
-    losses = [3.0 / (1 + 0.1 * i) for i in range(40)] + [1.0] * 10 + [1.0 + 0.05 * i for i in range(10)]
+LOSSES = [3.0 / (1 + 0.1 * i) for i in range(40)] + [1.0] * 10 + [1.0 + 0.05 * i for i in range(10)]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 5e-4, 0.05, 1.0])
+@pytest.mark.parametrize("first_step", [0, 1])
+def test_trajectory_matches_official_rule(alpha, first_step):
+    """t after every optimizer step equals the official loop (falling, flat and rising losses), for
+    0-based (official global_step) and 1-based step counting."""
+    steps = list(range(first_step, first_step + len(LOSSES)))
     state = TAIDState(alpha=alpha)
-    got = [state.update(loss, step, len(losses)) for step, loss in enumerate(losses, start=1)]
-    want = official_trajectory(losses, len(losses), alpha=alpha)
+    got = [state.update(loss, step, len(LOSSES)) for step, loss in zip(steps, LOSSES)]
+    want = official_trajectory(LOSSES, steps, len(LOSSES), alpha=alpha)
     assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert all(b >= a for a, b in zip(got, got[1:]))  # t never decreases
 
 
 def test_first_update_only_records_and_t_is_clamped():
-    """The first update leaves t at t_start; t never exceeds t_end and reaches it at the last step."""
+    """The first update leaves t at t_start and m at 0; t never exceeds t_end and reaches it at the end."""
     state = TAIDState(t_start=0.4, t_end=0.9)
-    assert state.update(5.0, 1, 10) == 0.4 and state.prev_loss == 5.0
+    assert state.update(5.0, 1, 10) == 0.4 and state.prev_loss == 5.0 and state.momentum == 0.0
     for step in range(2, 11):
-        t = state.update(5.0 - step * 0.1, step, 10)
-        assert t <= 0.9
+        assert state.update(5.0 - step * 0.1, step, 10) <= 0.9
     assert state.t == pytest.approx(0.9)
+    big = TAIDState(alpha=1.0)
+    big.update(2.0, 0, 1000)
+    for step in range(1, 200):
+        assert big.update(2.0 / (step + 1), step, 1000) <= 1.0
+    assert big.t == pytest.approx(1.0, abs=1e-12)
 
 
-def test_linear_floor_when_loss_rises():
-    """With rising loss the momentum term is small and t follows the linear floor t_start + Δ·step/total."""
-    state = TAIDState(alpha=1e-9)
-    state.update(1.0, 1, 100)
-    assert state.update(2.0, 50, 100) == pytest.approx(0.4 + 0.6 * 0.5)
+def test_linear_floor_when_adaptive_step_is_small():
+    """With a tiny α, t follows the linear floor t_start + (t_end − t_start)·step/total exactly."""
+    state = TAIDState(alpha=1e-12)
+    state.update(1.0, 0, 100)
+    assert state.update(2.0, 50, 100) == pytest.approx(0.4 + 0.6 * 0.5, abs=1e-10)
+    zero = TAIDState(t_start=0.2, t_end=0.8, alpha=0.0)
+    zero.update(1.0, 0, 8)
+    assert [zero.update(1.0 / s, s, 8) for s in range(1, 9)] == pytest.approx([0.2 + 0.6 * s / 8 for s in range(1, 9)])
 
 
-def test_state_round_trip():
-    """state_dict/load_state_dict restore t, momentum and previous loss exactly."""
-    a = TAIDState()
+def test_adaptive_step_by_hand():
+    """One update by hand: L 2 → 1 gives rel 0.5, m = 0.005, Δt = α·σ(0.005)·(1 − 0.4)."""
+    state = TAIDState(alpha=0.1)
+    state.update(2.0, 0, 10**9)
+    t = state.update(1.0, 1, 10**9)
+    assert state.momentum == pytest.approx(0.01 * 0.5)
+    assert t == pytest.approx(0.4 + 0.1 * (1 / (1 + math.exp(-0.005))) * 0.6)
+
+
+def test_state_round_trip_mid_run():
+    """state_dict/load_state_dict restore t, momentum and previous loss: a restored run continues identically."""
+    a = TAIDState(alpha=0.05)
     for step, loss in enumerate([3.0, 2.5, 2.0], start=1):
         a.update(loss, step, 10)
-    b = TAIDState()
+    b = TAIDState(alpha=0.05)
     b.load_state_dict(a.state_dict())
-    assert b.update(1.5, 4, 10) == a.update(1.5, 4, 10)
+    assert b.state_dict() == a.state_dict()
+    for step, loss in enumerate([1.5, 1.7, 1.2], start=4):
+        assert b.update(loss, step, 10) == a.update(loss, step, 10)
+    with pytest.raises(ValueError, match="unknown keys.*'tt'"):
+        b.load_state_dict({"tt": 0.5})
 
 
-def test_invalid_parameters_raise():
-    """Out-of-range settings fail with the parameter named."""
-    with pytest.raises(ValueError, match="t_start"):
-        TAIDState(t_start=0.9, t_end=0.5)
-    with pytest.raises(ValueError, match="beta"):
-        TAIDState(beta=1.0)
+@pytest.mark.parametrize("kwargs, field", [
+    ({"t_start": 0.9, "t_end": 0.5}, "t_end"), ({"t_start": 1.0}, "t_start"), ({"t_start": -0.1}, "t_start"),
+    ({"t_end": 1.1}, "t_end"), ({"alpha": -1e-3}, "alpha"), ({"alpha": 2.0}, "alpha"),
+    ({"beta": 1.0}, "beta"), ({"beta": -0.5}, "beta"),
+])
+def test_invalid_parameters_raise(kwargs, field):
+    """Out-of-range settings fail with the parameter named (ranges of the official code)."""
+    with pytest.raises(ValueError, match=f"TAIDState.{field}"):
+        TAIDState(**kwargs)
+
+
+def test_invalid_updates_raise():
+    """A non-finite loss, a negative step or total_steps < 1 raise instead of corrupting the state."""
+    state = TAIDState()
+    with pytest.raises(ValueError, match="finite"):
+        state.update(float("nan"), 1, 10)
+    with pytest.raises(ValueError, match="total_steps"):
+        state.update(1.0, 1, 0)
+    with pytest.raises(ValueError, match="step=-1"):
+        state.update(1.0, -1, 10)
+    assert state.prev_loss is None and state.t == 0.4
