@@ -84,7 +84,7 @@ def worker(cfg: dict) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     seconds = time.perf_counter() - start
-    return {"peak_extra_mib": peak - before, "before_mib": before, "seconds": seconds, "loss": float(loss)}
+    return {"peak_extra_mib": peak - before, "before_mib": before, "seconds": seconds, "loss": float(loss.detach())}
 
 
 def _measure(cfg: dict) -> dict | None:

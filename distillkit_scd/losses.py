@@ -286,7 +286,7 @@ class LossSpec:
     divergence (`str`, defaults to `forward_kl`): forward_kl, reverse_kl or taid.
     temperature (`float`, defaults to 1.0): softmax temperature of the divergence (T² scaled); CE uses 1.
     alpha (`float`, defaults to 0.5): weight of the distillation term when no per-token weights are given.
-    chunk_size (`int`, defaults to 1024): label positions per chunk; peak memory ≈ 5·chunk_size·V floats.
+    chunk_size (`int`, defaults to 1024): label positions per chunk; peak extra memory ≈ 4–5·chunk_size·V floats
     """
 
     divergence: str = "forward_kl"
@@ -352,12 +352,14 @@ def compound_loss_from_logits(student_logits: torch.Tensor, teacher_logits: torc
     return total / _denominator(num_items, n, total.dtype, device), _parts(div.sum(), ce.sum(), w.sum(), n)
 
 
-def _chunk_terms(z: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor, w: torch.Tensor,
+def _chunk_terms(z: torch.Tensor, teacher_box: list, targets: torch.Tensor, w: torch.Tensor,
                  spec: LossSpec, t: float, need_grad: bool):
     """Per-position divergence and CE of one chunk, and d(Σ w·D + (1−w)·CE)/dz in closed form.
 
-    z: (c, V) student logits in the accumulation dtype (modified in place). teacher: (c, V) fresh teacher
-    logits or log-probs in the same dtype (modified in place), or None. Gradients with respect to z:
+    z: (c, V) student logits in the accumulation dtype (modified in place). teacher_box: a one-element list
+    holding (c, V) fresh teacher logits or log-probs in the same dtype, or None; the box is emptied so the
+    buffer is freed as soon as it is used (an argument would stay referenced by the caller's frame).
+    Gradients with respect to z:
       CE: softmax(z) − onehot(y);  forward KL and TAID (p_t is stop-grad): T·(q_T − p);
       reverse KL: T·q_T ⊙ (log q_T − log p − KL/T²).
     In-place arithmetic keeps about four (c, V) buffers alive at once.
@@ -367,6 +369,7 @@ def _chunk_terms(z: torch.Tensor, teacher: torch.Tensor | None, targets: torch.T
     ce = lse - z.gather(1, targets.unsqueeze(1)).squeeze(1)  # (c,)
     div = torch.zeros_like(ce)
     g_div = None
+    teacher = teacher_box.pop()
     if teacher is not None:
         log_q = F.log_softmax(z / temp if temp != 1.0 else z, dim=-1)  # (c, V)
         if spec.divergence == "taid":
@@ -428,7 +431,9 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
             else:
                 teacher = None
             w = token_weights[rows].to(acc)
-            div, ce, grad_z = _chunk_terms(z, teacher, targets[rows], w, spec, taid_t, need_grad)
+            box = [teacher]
+            del teacher
+            div, ce, grad_z = _chunk_terms(z, box, targets[rows], w, spec, taid_t, need_grad)
             total += (w * div + (1 - w) * ce).sum()
             distill_sum += div.sum()
             ce_sum += ce.sum()
@@ -440,7 +445,7 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
                     grad_weight.addmm_(grad_z.t(), h)
                 if need_b:
                     grad_bias.add_(grad_z.sum(0))
-            del z, teacher, grad_z
+            del z, grad_z
         scale = 1.0 / denom
         saved = []
         for g in (grad_hidden, grad_weight, grad_bias):
