@@ -1,0 +1,73 @@
+"""Training-stage invariants: N evenly spaced teacher checkpoints with a manifest, the staged LR
+schedule as a pure function of the step, and the optimizer reset being a fresh AdamW."""
+
+import json
+
+import pytest
+import torch
+
+from distillkit_scd.sft import evenly_spaced_steps
+from distillkit_scd.trainer import reset_optimizer_state, staged_lr_lambda
+
+
+def test_evenly_spaced_steps_hand_worked():
+    """round(j·S/N), j = 1..N: the last checkpoint is the final step."""
+    assert evenly_spaced_steps(12, 3) == [4, 8, 12]
+    assert evenly_spaced_steps(10, 4) == [2, 5, 8, 10]
+    assert evenly_spaced_steps(5, 5) == [1, 2, 3, 4, 5]
+
+
+def test_staged_lr_restarts_every_stage():
+    """Warm-up then cosine within a stage, identical in every stage (T = 10, warm-up ratio 0.2)."""
+    fn = staged_lr_lambda(10, 0.2)
+    first = [fn(s) for s in range(10)]
+    assert [fn(s) for s in range(10, 20)] == first
+    assert first[0] == pytest.approx(1 / 3) and first[1] == pytest.approx(2 / 3)  # (s+1)/(warmup+1)
+    assert first[2] == pytest.approx(1.0)  # cosine starts at its peak after the 2 warm-up steps
+    assert first[9] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 7 / 8)).item()))
+
+
+def test_reset_optimizer_state_equals_fresh_adamw():
+    """After a reset, the next AdamW step equals the first step of a newly built AdamW."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5))
+    opt = torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.95))
+    for _ in range(3):
+        opt.zero_grad()
+        (w**2).sum().backward()
+        opt.step()
+    start = w.detach().clone()
+    reset_optimizer_state(opt)
+    opt.zero_grad()
+    (w**2).sum().backward()
+    opt.step()
+    w2 = torch.nn.Parameter(start.clone())
+    fresh = torch.optim.AdamW([w2], lr=0.1, betas=(0.9, 0.95))
+    (w2**2).sum().backward()
+    fresh.step()
+    torch.testing.assert_close(w.detach(), w2.detach())
+
+
+@pytest.mark.slow
+def test_teacher_sft_saves_n_checkpoints_with_manifest(tmp_path):
+    """The teacher SFT stage saves N checkpoints at round(j·S/N) with validation losses and p(best)."""
+    from distillkit_scd.config import recipe_from_dict
+    from distillkit_scd.sft import run_sft
+
+    recipe = recipe_from_dict({
+        "name": "n", "output_dir": str(tmp_path / "run"), "seed": 3,
+        "models": {"teacher": "tiny:teacher", "student": "tiny:student"},
+        "task": {"name": "synthetic", "max_length": 64, "options": {"num_train": 80, "num_test": 8}},
+        "optim": {"per_device_train_batch_size": 8, "learning_rate": 1e-3},
+        "sft": {"num_checkpoints": 3, "teacher": {"num_train_epochs": 1}},
+    })
+    out = run_sft(recipe, "teacher")
+    manifest = json.loads((out / "manifest.json").read_text())
+    steps = [c["step"] for c in manifest["checkpoints"]]
+    total = -(-72 // 8)  # 72 train rows after the 10 % validation carve, batch 8
+    assert steps == evenly_spaced_steps(total, 3)
+    assert all(c["val_loss"] is not None for c in manifest["checkpoints"])
+    losses = [c["val_loss"] for c in manifest["checkpoints"]]
+    assert manifest["best_index"] == min(range(3), key=lambda j: (losses[j], -j))
+    for c in manifest["checkpoints"]:
+        assert (out / c["path"] / "model.safetensors").is_file()  # absolute paths stay absolute under `/`
