@@ -1,0 +1,288 @@
+"""Run arcee-ai DistillKit with our losses, our teacher schedule and fixes for four of its defects.
+
+    python -m distillkit_scd.integrations.distillkit CONFIG.yaml
+    accelerate launch -m distillkit_scd.integrations.distillkit CONFIG.yaml
+
+CONFIG is a DistillKit YAML plus an optional top-level `distillkit_scd:` section (our settings, strictly
+validated: unknown keys are errors naming the field path). In its `loss_functions:` list DistillKit then
+also accepts `scd_aw_kl`, `taid` and `reverse_kl`. Everything is wired at runtime in this entry point only:
+DistillKit's enum of loss names and its loss-class list are extended, and `distillkit.main` is given our
+trainer subclass for this call; DistillKit's files are never edited and `distillkit CONFIG` is unchanged.
+See docs/distillkit.md. This module imports without DistillKit installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from distillkit_scd.config import RecipeError, TAIDConfig, _build
+
+logger = logging.getLogger(__name__)
+
+SECTION = "distillkit_scd"
+TESTED_VERSIONS = ("1.0.0",)
+"""DistillKit versions whose trainer, loss interface and config our patches were written against."""
+
+LOSS_NAMES = {"scd_aw_kl": "SCD_AW_KL", "taid": "TAID", "reverse_kl": "REVERSE_KL"}
+"""Loss names we add to DistillKit's `LossFunction` enum → member names."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The `distillkit_scd:` section.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScheduleSettings:
+    """Teacher checkpoint schedule: in-place swaps of DistillKit's online teacher every T steps.
+
+    method (`str`, defaults to `"none"`): none (DistillKit's teacher throughout), fixed (p(best) of the
+        manifest: TD), cd (p(1), …, p(N), one per stage) or scd (SCD's argmin at each stage start).
+    manifest (`str`, *optional*): the teacher SFT's `manifest.json` (or its folder); required unless none.
+    steps_per_stage (`int`, *optional*): T in optimizer steps; required unless none.
+    reset_optimizer (`bool`, defaults to `True`): fresh AdamW moments and LR schedule every stage (paper).
+    probe_size (`int`, defaults to `64`): SCD: train rows in the fixed probe set.
+    probe_seed (`int`, defaults to `42`): SCD: which rows.
+    top_k (`int`, defaults to `0`): SCD: cache probe log-probs as top-k + tail; 0 caches them in full.
+    chunk_size (`int`, defaults to `1024`): SCD: label positions per logits chunk.
+    """
+
+    method: Literal["none", "fixed", "cd", "scd"] = "none"
+    manifest: str | None = None
+    steps_per_stage: int | None = None
+    reset_optimizer: bool = True
+    probe_size: int = 64
+    probe_seed: int = 42
+    top_k: int = 0
+    chunk_size: int = 1024
+
+
+@dataclass
+class IntegrationSettings:
+    """The `distillkit_scd:` section of a DistillKit YAML.
+
+    taid (`TAIDConfig`): t_start, t_end, alpha, beta of the `taid` loss (official defaults).
+    schedule (`ScheduleSettings`): the teacher checkpoint schedule (CD / SCD).
+    """
+
+    taid: TAIDConfig = field(default_factory=TAIDConfig)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+
+
+def _fail(source: str, path: str, value: Any, expected: str) -> None:
+    raise RecipeError(f"{source}: {path}: expected {expected}, got {value!r}")
+
+
+def parse_settings(section: Any, source: str = "<config>") -> IntegrationSettings:
+    """Validate the `distillkit_scd:` section (None → defaults).
+
+    Raises:
+        RecipeError: unknown keys, wrong types or bad values, naming the file and field path.
+    """
+    settings = _build(IntegrationSettings, {} if section is None else section, path=SECTION, source=source)
+    t = settings.taid
+    if not 0 <= t.t_start < t.t_end <= 1:
+        _fail(source, f"{SECTION}.taid.t_start", (t.t_start, t.t_end), "0 <= t_start < t_end <= 1")
+    if not 0 <= t.alpha <= 1:
+        _fail(source, f"{SECTION}.taid.alpha", t.alpha, "a number in [0, 1]")
+    if not 0 <= t.beta < 1:
+        _fail(source, f"{SECTION}.taid.beta", t.beta, "a number in [0, 1)")
+    s = settings.schedule
+    where = f"{SECTION}.schedule"
+    if s.method != "none":
+        if s.manifest is None:
+            _fail(source, f"{where}.manifest", None, f"the teacher's manifest.json for method {s.method}")
+        if not Path(s.manifest).exists():
+            _fail(source, f"{where}.manifest", s.manifest, "an existing manifest.json or its folder")
+        if s.steps_per_stage is None or s.steps_per_stage < 1:
+            _fail(source, f"{where}.steps_per_stage", s.steps_per_stage, f"an integer >= 1 for method {s.method}")
+    for name, minimum in (("probe_size", 1), ("top_k", 0), ("chunk_size", 1)):
+        if getattr(s, name) < minimum:
+            _fail(source, f"{where}.{name}", getattr(s, name), f"an integer >= {minimum}")
+    return settings
+
+
+# --------------------------------------------------------------------------------------------------
+# Version guard and registration.
+# --------------------------------------------------------------------------------------------------
+
+
+class DistillKitUnavailable(RuntimeError):
+    """DistillKit is missing or of a version our integration does not support."""
+
+
+def distillkit_version() -> str:
+    """Installed DistillKit version (package metadata; DistillKit 1.0.0 has no `__version__`).
+
+    Raises:
+        DistillKitUnavailable: when DistillKit is not installed.
+    """
+    try:
+        import distillkit
+    except ImportError as err:
+        raise DistillKitUnavailable("DistillKit is not installed: pip install distillkit "
+                           "(or from https://github.com/arcee-ai/DistillKit)") from err
+    version = getattr(distillkit, "__version__", None)
+    return version or importlib.metadata.version("distillkit")
+
+
+def check_distillkit_version(version: str | None = None) -> str:
+    """Refuse DistillKit versions our patches were not written against.
+
+    Raises:
+        DistillKitUnavailable: naming the installed and the supported versions.
+    """
+    version = version or distillkit_version()
+    if version not in TESTED_VERSIONS:
+        raise DistillKitUnavailable(
+            f"distillkit {version} is installed; distillkit_scd's DistillKit integration supports "
+            f"{', '.join(TESTED_VERSIONS)} (it subclasses DistillKit's trainer and extends its loss enum, "
+            "which may differ in other versions). Install a supported version, or use our own pipeline "
+            "(`distillkit-scd run RECIPE`)."
+        )
+    return version
+
+
+def _add_enum_member(enum_cls, member_name: str, value: str) -> None:
+    """Add a member to a `str` Enum at runtime (Python has no public API for it); idempotent."""
+    if value in enum_cls._value2member_map_:
+        return
+    member = str.__new__(enum_cls, value)
+    member._name_, member._value_ = member_name, value
+    type.__setattr__(enum_cls, member_name, member)  # attribute access (bypasses EnumType's guard)
+    enum_cls._member_map_[member_name] = member
+    enum_cls._value2member_map_[value] = member
+    enum_cls._member_names_.append(member_name)
+
+
+def register() -> None:
+    """Make our loss names usable in DistillKit's `loss_functions:` (this process only; idempotent).
+
+    Raises:
+        DistillKitUnavailable: DistillKit missing or of an unsupported version.
+    """
+    check_distillkit_version()
+    from distillkit import configuration
+
+    from distillkit_scd.integrations.distillkit_fixes import register_loss_classes
+
+    for value, member in LOSS_NAMES.items():
+        _add_enum_member(configuration.LossFunction, member, value)
+    # pydantic compiled the enum's validator when the models were defined: rebuild them with the new members.
+    configuration.LossFunctionConfig.model_rebuild(force=True)
+    configuration.DistillationRunConfig.model_rebuild(force=True)
+    register_loss_classes()
+
+
+def check_compatible(run_config, settings: IntegrationSettings, raw_section: dict | None,
+                     source: str = "<config>") -> None:
+    """Cross-checks between DistillKit's config and ours (done before any model is loaded)."""
+    from distillkit.configuration import TeacherModelConfig
+
+    names = [lf.function.value for lf in run_config.loss_functions]
+    online_dense = isinstance(run_config.teacher, TeacherModelConfig) and run_config.teacher.top_k is None
+    for i, name in enumerate(names):
+        if name in LOSS_NAMES and not online_dense:
+            _fail(source, f"loss_functions[{i}].function", name,
+                  "a DistillKit loss, or an online teacher without top_k (teacher: {kind: hf, path: ...}) "
+                  "since this loss needs the teacher's full logits")
+    if "scd_aw_kl" in names and len(names) > 1:
+        _fail(source, "loss_functions", names, "scd_aw_kl alone (it already mixes KL and CE per sample)")
+    if raw_section and "taid" in raw_section and "taid" not in names:
+        _fail(source, f"{SECTION}.taid", raw_section["taid"], "no taid settings unless loss_functions uses taid")
+    if settings.schedule.method != "none" and not isinstance(run_config.teacher, TeacherModelConfig):
+        _fail(source, f"{SECTION}.schedule.method", settings.schedule.method,
+              "none unless the teacher is online (teacher.kind: hf): checkpoints swap into the live teacher")
+
+
+@contextlib.contextmanager
+def patched_trainer(settings: IntegrationSettings):
+    """`distillkit.main` builds our trainer subclass (with `settings`) inside this block; restored after."""
+    import distillkit.main as dk_main
+
+    from distillkit_scd.integrations.distillkit_fixes import SCDDistillationTrainer
+
+    original = dk_main.DistillationTrainer
+
+    def make_trainer(*args, **kwargs):
+        return SCDDistillationTrainer(*args, settings=settings, **kwargs)
+
+    dk_main.DistillationTrainer = make_trainer
+    try:
+        yield
+    finally:
+        dk_main.DistillationTrainer = original
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point.
+# --------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path):
+    """Read a DistillKit YAML with our section → (DistillKit `DistillationRunConfig`, settings, YAML text).
+
+    Raises:
+        RecipeError: our section invalid, or DistillKit's part rejected by its own schema.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    raw_section = data.pop(SECTION, None)
+    settings = parse_settings(raw_section, source=str(path))
+    register()
+    from distillkit.configuration import DistillationRunConfig
+    from pydantic import ValidationError
+
+    try:
+        run_config = DistillationRunConfig.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(f"{path}: DistillKit rejected the config:\n{err}") from None
+    check_compatible(run_config, settings, raw_section if isinstance(raw_section, dict) else None, str(path))
+    return run_config, settings, text
+
+
+def run(path: str | Path) -> None:
+    """Train as `distillkit CONFIG` does, with our losses, schedule and fixes."""
+    run_config, settings, text = load_config(path)
+    import distillkit.main as dk_main
+
+    logger.info("distillkit_scd: DistillKit %s, losses %s, schedule %s", distillkit_version(),
+                [lf.function.value for lf in run_config.loss_functions], settings.schedule.method)
+    with patched_trainer(settings):
+        dk_main.do_distill(run_config, config_source=text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distillkit_scd.integrations.distillkit CONFIG [-v]`; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="distillkit-scd distillkit", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="DistillKit YAML, optionally with a distillkit_scd: section")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)])
+    try:
+        run(args.config)
+    except (RecipeError, DistillKitUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)  # the command's answer, not a log line
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""The pieces that need DistillKit importable: our losses as DistillKit loss classes, and its trainer with
+our teacher schedule and the fixes for four defects of DistillKit 1.0.0 (see docs/distillkit.md).
+
+Imported only by `distillkit_scd.integrations.distillkit` after its version guard; nothing here edits
+DistillKit's files or changes its behaviour when DistillKit runs on its own.
+
+Fixes, all in `SCDDistillationTrainer` (a subclass of DistillKit's `DistillationTrainer`):
+  (a) the distillation mask is shifted: position s predicts token s+1, so logits[:, s] pairs with
+      labels[:, s+1] (DistillKit pairs it with labels[:, s]);
+  (b) `position_ids` reach the student and the online teacher (packed / padding-free batches);
+  (c) an online teacher is DeepSpeed-prepared when DeepSpeed is on (a teacher loaded after a ZeRO-3
+      config exists is partitioned and unusable raw);
+  (d) loss parts are summed as detached device tensors and logged once per logging step, not
+      `.item()`-synced and logged on every micro-batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from distillkit.lossfuncs import ALL_LOSS_CLASSES, LossFunctionBase
+from distillkit.signals import DenseSignal, OnlineSignalSource, SparseSignal
+from distillkit.trainer import DistillationTrainer
+from transformers.modeling_outputs import CausalLMOutput
+from transformers.trainer_utils import get_last_checkpoint
+
+from distillkit_scd.callbacks import ExtraStateCallback, StageCallback, StepLossCallback
+from distillkit_scd.losses import (
+    IGNORE_INDEX,
+    LossSpec,
+    TAIDState,
+    adaptive_weight,
+    compound_loss_from_logits,
+)
+from distillkit_scd.trainer import DistillationTrainer as _OurTrainer
+from distillkit_scd.trainer import unwrap
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses. The trainer hands them logits already shifted against the targets (fix a) and a `BatchContext`.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BatchContext:
+    """What our losses need beyond DistillKit's call signature, set by the trainer per micro-batch.
+
+    targets: (B, T') next-token ids aligned with the logits the losses receive (-100 = no loss).
+    segments: (B, T') long, the sample each position belongs to (packed rows hold several samples).
+    taid_t: TAID's current t.
+    """
+
+    targets: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
+    taid_t: float = 1.0
+
+
+class SCDLossBase(LossFunctionBase):
+    """Shared wiring: select label positions, check the teacher signal, call `compound_loss_from_logits`.
+
+    DistillKit builds a loss as ``cls(**options)`` from its `loss_functions:` entry; only `temperature`
+    applies to ours (any other option is an error, not silently ignored).
+    """
+
+    divergence = "forward_kl"
+    alpha = 1.0  # pure divergence; DistillKit's per-loss `weight` mixes it with its `cross_entropy`
+
+    def __init__(self, temperature: float | None = None, **unsupported) -> None:
+        if unsupported:
+            raise ValueError(f"loss_functions: {self.name()}: unsupported option(s) {sorted(unsupported)}; "
+                             "only `weight` and `temperature` apply to this loss")
+        self.spec = LossSpec(divergence=self.divergence, temperature=1.0 if temperature is None else temperature,
+                             alpha=self.alpha)
+        self.context: BatchContext | None = None  # bound by SCDDistillationTrainer
+        self.last_parts: dict = {}
+
+    def token_weights(self, student, teacher, targets, segments):  # noqa: ARG002 - AW overrides
+        return None
+
+    def __call__(self, student_outputs: CausalLMOutput, signal, mask: torch.Tensor | None = None,
+                 hidden_state_mapping=None, num_items_in_batch=None) -> torch.Tensor:
+        ctx = self.context
+        if ctx is None or ctx.targets is None:
+            raise RuntimeError(f"loss {self.name()!r} runs only through distillkit_scd: launch with "
+                               "`python -m distillkit_scd.integrations.distillkit CONFIG`, not `distillkit CONFIG`")
+        if not isinstance(signal, DenseSignal):
+            raise ValueError(f"loss_functions: {self.name()}: needs full teacher logits (an online teacher "
+                             f"without `teacher.top_k`), got a {type(signal).__name__}")
+        logits = student_outputs.logits  # (B, T', V)
+        if signal.logits.shape != logits.shape:
+            raise ValueError(f"loss {self.name()}: teacher logits {tuple(signal.logits.shape)} and student logits "
+                             f"{tuple(logits.shape)} differ; teacher and student must share one vocabulary")
+        keep = ctx.targets != IGNORE_INDEX if mask is None else mask.reshape(ctx.targets.shape).bool()
+        student, teacher, targets = logits[keep], signal.logits[keep], ctx.targets[keep]  # (N, V), (N, V), (N,)
+        weights = self.token_weights(student, teacher, targets, ctx.segments[keep])
+        loss, self.last_parts = compound_loss_from_logits(student, teacher, targets, self.spec, weights=weights,
+                                                          taid_t=ctx.taid_t, num_items=num_items_in_batch)
+        return loss
+
+
+class ReverseKLLoss(SCDLossBase):
+    """KL(q_student ‖ p_teacher) per label token, token mean, times T²."""
+
+    divergence = "reverse_kl"
+
+    @classmethod
+    def name(cls) -> str:
+        return "reverse_kl"
+
+
+class TAIDLoss(SCDLossBase):
+    """TAID: KL(p_t ‖ q_student), p_t = softmax((1−t)·stopgrad(z_s) + t·z_t); t from the trainer's TAIDState."""
+
+    divergence = "taid"
+
+    @classmethod
+    def name(cls) -> str:
+        return "taid"
+
+
+class AWKLLoss(SCDLossBase):
+    """Σ_tokens [AW·KL(p‖q) + (1−AW)·CE] / N_tokens, AW = L_S / (L_S + L_T) per sample (paper section 6).
+
+    The CE is inside this loss (each sample mixes its own): list it alone (weight 1) in `loss_functions`.
+    L_S and L_T are the sample's summed CE under the current student and the current teacher, computed
+    from this batch's logits (online AW; our own pipeline uses q_SFT and each p(j) once, before training).
+    """
+
+    alpha = 0.0  # unused: every token gets its sample's AW
+
+    @classmethod
+    def name(cls) -> str:
+        return "scd_aw_kl"
+
+    def token_weights(self, student, teacher, targets, segments):
+        # (N,) token → sample; sequence CE of each sample under both models, then AW per sample.
+        sample, inverse = torch.unique(segments, return_inverse=True)
+        ce_s = F.cross_entropy(student.detach().float(), targets, reduction="none").double()
+        ce_t = F.cross_entropy(teacher.detach().float(), targets, reduction="none").double()
+        ls = torch.zeros(sample.shape[0], dtype=torch.float64, device=student.device).index_add_(0, inverse, ce_s)
+        lt = torch.zeros_like(ls).index_add_(0, inverse, ce_t)
+        return adaptive_weight(ls, lt)[inverse]
+
+
+OUR_LOSS_CLASSES = (AWKLLoss, TAIDLoss, ReverseKLLoss)
+
+
+def register_loss_classes() -> None:
+    """Append our classes to DistillKit's `ALL_LOSS_CLASSES` list (in place; idempotent)."""
+    for cls in OUR_LOSS_CLASSES:
+        if cls not in ALL_LOSS_CLASSES:
+            ALL_LOSS_CLASSES.append(cls)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shifting (fix a) and packed-row segments.
+# --------------------------------------------------------------------------------------------------
+
+
+def shift_outputs(outputs: CausalLMOutput) -> CausalLMOutput:
+    """Student outputs with logits[:, :-1] (position s predicts token s+1); hidden states untouched."""
+    return CausalLMOutput(loss=outputs.loss, logits=outputs.logits[:, :-1], hidden_states=outputs.hidden_states)
+
+
+def shift_signal(signal, length: int):
+    """Teacher signal trimmed to the `length - 1` predicting positions; a signal already that long (offline
+    captures drop the unconditioned first position) is returned as is."""
+    if isinstance(signal, DenseSignal):
+        if signal.logits.shape[1] == length:
+            return dataclasses.replace(signal, logits=signal.logits[:, :-1])
+    elif isinstance(signal, SparseSignal) and signal.sparse_ids.shape[1] == length:
+        return dataclasses.replace(signal, sparse_ids=signal.sparse_ids[:, :-1],
+                                   sparse_values=signal.sparse_values[:, :-1])
+    return signal
+
+
+def segment_ids(inputs: dict) -> torch.Tensor:
+    """(B, T-1) id of the sample each predicting position belongs to: the row, or with `position_ids` the
+    packed sample (a new one starts where the position restarts at 0)."""
+    ids = inputs["input_ids"]
+    batch, length = ids.shape
+    rows = torch.arange(batch, device=ids.device).unsqueeze(1) * length  # (B, 1)
+    pos = inputs.get("position_ids")
+    if pos is None:
+        seg = rows.expand(batch, length)
+    else:
+        seg = rows + torch.cumsum(pos == 0, dim=1)  # (B, T)
+    # Position s predicts token s+1, which belongs to the sample of s+1.
+    return seg[:, 1:]
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer.
+# --------------------------------------------------------------------------------------------------
+
+
+class SCDDistillationTrainer(DistillationTrainer):
+    """DistillKit's `DistillationTrainer` + our losses' context, TAID's t, the CD/SCD teacher schedule
+    (a `StageCallback` swapping checkpoints into the online teacher in place) and fixes (a)–(d).
+
+    Args (beyond DistillKit's): settings: the validated `distillkit_scd:` section (`IntegrationSettings`).
+    """
+
+    def __init__(self, *args, settings, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings = settings
+        self.batch_context = BatchContext()
+        for fn in self.loss_functions:
+            if isinstance(fn, SCDLossBase):
+                fn.context = self.batch_context
+        use_taid = any(isinstance(fn, TAIDLoss) for fn in self.loss_functions)
+        self.taid_state = TAIDState(**dataclasses.asdict(settings.taid)) if use_taid else None
+        self.last_batch_ids: list[int] = []
+        self._step_loss: torch.Tensor | float = 0.0
+        self._log_sums: dict[str, torch.Tensor] = {}
+        self._prepare_teacher()
+        self.stage_callback = self._schedule_callback()
+        sched = settings.schedule
+        self.steps_per_stage = sched.steps_per_stage if self.stage_callback and sched.reset_optimizer else None
+        self.active_checkpoint = 0
+        self.add_callback(StepLossCallback(self))
+        self.extra_state_callback = ExtraStateCallback(self, self.stage_callback)
+        self.add_callback(self.extra_state_callback)
+
+    # -- teacher (fix c) ------------------------------------------------------------------------------
+
+    def _prepare_teacher(self) -> None:
+        source = self.signal_source
+        if isinstance(source, OnlineSignalSource) and self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            logger.info("distillkit_scd: wrapping the online teacher in a DeepSpeed inference engine")
+            source.teacher_model = prepare_deepspeed(unwrap(source.teacher_model), self.accelerator)
+
+    @property
+    def teacher_model_module(self):
+        """The plain online teacher module, for in-place checkpoint swaps (None for offline teachers)."""
+        source = self.signal_source
+        return unwrap(source.teacher_model) if isinstance(source, OnlineSignalSource) else None
+
+    def _schedule_callback(self):
+        sched = self.settings.schedule
+        if sched.method == "none":
+            return None
+        from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
+        from distillkit_scd.teachers import CheckpointPool
+
+        if self.teacher_model_module is None:
+            raise ValueError("distillkit_scd.schedule: needs an online teacher (teacher.kind: hf)")
+        pool = CheckpointPool(sched.manifest)
+        if sched.method == "fixed":
+            schedule = FixedSchedule(pool.best_index)
+        elif sched.method == "cd":
+            schedule = ProgressiveSchedule(pool.num_checkpoints)
+        else:
+            from distillkit_scd.scd import SCDSelector, probe_batches
+
+            probes = probe_batches(self.train_dataset, self.data_collator, sched.probe_size, sched.probe_seed,
+                                   self.args.per_device_train_batch_size)
+            schedule = ScheduledSelection(SCDSelector(pool, self.teacher_model_module, probes, top_k=sched.top_k,
+                                                      chunk_size=sched.chunk_size))
+        callback = StageCallback(self, sched.steps_per_stage, schedule=schedule, pool=pool,
+                                 reset_optimizer=sched.reset_optimizer)
+        self.add_callback(callback)
+        return callback
+
+    def _teacher_signal(self, inputs: dict):
+        # Fix (b), teacher side: DistillKit's OnlineSignalSource forwards only input_ids and attention_mask.
+        source = self.signal_source
+        if not (isinstance(source, OnlineSignalSource) and "position_ids" in inputs):
+            return source.get_signal(inputs, return_hidden_states=self.need_hidden_states)
+        saved = source.teacher_kwargs
+        source.teacher_kwargs = {**saved, "position_ids": inputs["position_ids"]}
+        try:
+            return source.get_signal(inputs, return_hidden_states=self.need_hidden_states)
+        finally:
+            source.teacher_kwargs = saved
+
+    # -- loss ---------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        # Fix (b), student side: DistillKit forwards extra keyword arguments to the student model.
+        if "position_ids" in inputs:
+            kwargs["position_ids"] = inputs["position_ids"]
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+
+    def total_distillation_loss(self, student_outputs, inputs, num_items_in_batch=None):
+        labels = inputs["labels"]  # (B, T)
+        targets = labels[:, 1:]  # (B, T-1): position s predicts token s+1 (fix a)
+        mask = (targets != IGNORE_INDEX).unsqueeze(-1)
+        signal = self._teacher_signal(inputs)
+        shifted_outputs, shifted_signal = shift_outputs(student_outputs), shift_signal(signal, labels.shape[1])
+        ctx = self.batch_context
+        ctx.targets, ctx.segments = targets, segment_ids(inputs)
+        ctx.taid_t = self.taid_state.t if self.taid_state is not None else 1.0
+
+        total, weights = 0.0, 0.0
+        parts: dict[str, torch.Tensor] = {}
+        for i, (cfg, fn) in enumerate(zip(self.config.loss_functions, self.loss_functions)):
+            if fn.requires_hidden_states():  # hidden-state losses compare positions, not predictions
+                loss = fn(student_outputs, signal, mask=(labels >= 0).unsqueeze(-1),
+                          hidden_state_mapping=self.hidden_state_mapping, num_items_in_batch=num_items_in_batch)
+            else:
+                loss = fn(shifted_outputs, shifted_signal, mask=mask, hidden_state_mapping=self.hidden_state_mapping,
+                          num_items_in_batch=num_items_in_batch)
+            total = total + loss * cfg.weight
+            weights += cfg.weight
+            parts[f"distillation_loss/{i + 1}_{cfg.function.value}"] = loss.detach().float()
+            if isinstance(fn, AWKLLoss) and fn.last_parts:
+                parts["distillation_loss/aw_mean"] = fn.last_parts["weight_mean"].detach().float()
+        total = total / weights
+        if self.model.training:  # fix (d): no host sync here; averaged at log time
+            for key, value in parts.items():
+                self._log_sums[key] = self._log_sums.get(key, 0.0) + value
+            self._log_sums["_micro_batches"] = self._log_sums.get("_micro_batches", 0.0) + 1.0
+            self._step_loss = self._step_loss + total.detach().float() / self.args.gradient_accumulation_steps
+        return total
+
+    def pop_step_loss(self) -> float:
+        """The finished optimizer step's loss, averaged over processes (one host sync per step)."""
+        value = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.accelerator.device)
+        self._step_loss = 0.0
+        return self.accelerator.reduce(value, reduction="mean").item()
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._log_sums:  # a training log line: add the loss parts since the last one
+            sums = self._log_sums
+            self._log_sums = {}
+            count = sums.pop("_micro_batches")
+            keys = sorted(sums)
+            values = torch.stack([torch.as_tensor(sums[k], device=self.accelerator.device) for k in keys])
+            values = self.accelerator.reduce(values, reduction="mean") / count  # one host sync per log line
+            logs.update({k: round(v, 6) for k, v in zip(keys, values.tolist())})
+            if self.stage_callback is not None:
+                logs["active_checkpoint"] = self.active_checkpoint
+            if self.taid_state is not None:
+                logs["taid_t"] = round(float(self.taid_state.t), 6)
+        super().log(logs, *args, **kwargs)
+
+    # -- staged optimisation and resume ---------------------------------------------------------------
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.steps_per_stage is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        return _OurTrainer.create_scheduler(self, num_training_steps, optimizer)  # LR restarts every stage
+
+    extra_state = _OurTrainer.extra_state
+    load_extra_state = _OurTrainer.load_extra_state
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """Restore active checkpoint, TAID state and stage log from a checkpoint before resuming it."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if checkpoint:
+            self.extra_state_callback.restore(Path(checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
