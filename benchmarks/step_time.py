@@ -165,12 +165,16 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     header = "| shape | sft step (ms) | teacher fwd (ms) | floor (ms) | TD (ms) | TAID (ms) | AW (ms) | TD/floor | TAID/floor | AW/floor |"
     lines = [header, "|---" * 10 + "|"]
+    extra: list[str] = []
     for shape in args.shapes:
         r = measure(shape, args.steps + 2, args.batch, args.length, dtype, device)
         ms = {k: 1000 * v for k, v in r.items() if not k.endswith(("ratio", "gib", "_s_td"))}
         lines.append(f"| {shape} | {ms['sft']:.1f} | {ms['fwd']:.1f} | {ms['sft'] + ms['fwd']:.1f} | {ms['td']:.1f} | "
                      f"{ms['taid']:.1f} | {ms['aw']:.1f} | {r['td_ratio']:.3f} | {r['taid_ratio']:.3f} | {r['aw_ratio']:.3f} |")
-    table = "\n".join(lines)
+        extra.append(f"{shape}: TD {r['tokens_per_s_td']:.0f} tokens/s"
+                     + ("".join(f"; peak {m} {r[f'{m}_peak_gib']:.2f} GiB" for m in ("sft", "td", "taid", "aw"))
+                        if device.type == "cuda" else ""))
+    table = "\n".join(lines) + "\n\n" + "\n".join(f"- {e}" for e in extra)
     print(table)
     if not args.no_record:
         import transformers
