@@ -272,11 +272,13 @@ class SCDDistillationTrainer(DistillationTrainer):
 
     def _teacher_signal(self, inputs: dict):
         # Fix (b), teacher side: DistillKit's OnlineSignalSource forwards only input_ids and attention_mask.
+        # use_cache=False too: transformers builds the per-sample (block-diagonal) mask from position_ids only
+        # when no KV cache is passed, and a teacher called with the default use_cache=True makes one.
         source = self.signal_source
         if not (isinstance(source, OnlineSignalSource) and "position_ids" in inputs):
             return source.get_signal(inputs, return_hidden_states=self.need_hidden_states)
         saved = source.teacher_kwargs
-        source.teacher_kwargs = {**saved, "position_ids": inputs["position_ids"]}
+        source.teacher_kwargs = {"use_cache": False, **saved, "position_ids": inputs["position_ids"]}
         try:
             return source.get_signal(inputs, return_hidden_states=self.need_hidden_states)
         finally:
@@ -285,9 +287,11 @@ class SCDDistillationTrainer(DistillationTrainer):
     # -- loss ---------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        # Fix (b), student side: DistillKit forwards extra keyword arguments to the student model.
+        # Fix (b), student side: DistillKit forwards extra keyword arguments to the student model (no KV
+        # cache either: see `_teacher_signal`).
         if "position_ids" in inputs:
             kwargs["position_ids"] = inputs["position_ids"]
+            kwargs.setdefault("use_cache", False)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
 
     def total_distillation_loss(self, student_outputs, inputs, num_items_in_batch=None):

@@ -1,0 +1,478 @@
+"""DistillKit integration: settings schema, version guard, registration, our losses inside DistillKit
+against float64 references, the four DistillKit defects on its original code path vs our fixes, and
+short end-to-end runs through `main`.
+
+Tests that need DistillKit skip when it is not importable (install it into the `distillkit` stack).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillkit_scd.config import RecipeError
+from distillkit_scd.integrations import distillkit as dk_int
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def need_distillkit():
+    return pytest.importorskip("distillkit", reason="DistillKit is not installed (pip install distillkit)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Without DistillKit.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_package_imports_without_distillkit():
+    """With `distillkit` unimportable, our integration module imports and `register` refuses clearly."""
+    code = (
+        "import sys; sys.modules['distillkit'] = None\n"
+        "import distillkit_scd, distillkit_scd.integrations.distillkit as m\n"
+        "try:\n    m.register()\nexcept m.DistillKitUnavailable as e:\n    print('REFUSED', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "REFUSED DistillKit is not installed" in out.stdout
+
+
+def test_settings_defaults_and_strict_keys(tmp_path):
+    """An absent section gives defaults; unknown keys and bad values name the field path and value."""
+    s = dk_int.parse_settings(None)
+    assert s.schedule.method == "none" and s.taid.t_start == 0.4
+    with pytest.raises(RecipeError, match=r"cfg.yaml: unknown key distillkit_scd.schedule.steps; allowed keys"):
+        dk_int.parse_settings({"schedule": {"steps": 3}}, source="cfg.yaml")
+    with pytest.raises(RecipeError, match=r"unknown key distillkit_scd.alpha"):
+        dk_int.parse_settings({"alpha": 0.5})
+    with pytest.raises(RecipeError, match=r"distillkit_scd.taid.beta: expected a number in \[0, 1\), got 1.0"):
+        dk_int.parse_settings({"taid": {"beta": 1.0}})
+    with pytest.raises(RecipeError, match=r"distillkit_scd.schedule.manifest: expected the teacher's manifest"):
+        dk_int.parse_settings({"schedule": {"method": "cd", "steps_per_stage": 2}})
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(RecipeError, match=r"schedule.steps_per_stage: expected an integer >= 1 for method scd"):
+        dk_int.parse_settings({"schedule": {"method": "scd", "manifest": str(tmp_path)}})
+    with pytest.raises(RecipeError, match=r"schedule.method: expected one of 'none', 'fixed', 'cd', 'scd'"):
+        dk_int.parse_settings({"schedule": {"method": "progressive"}})
+
+
+def test_version_guard_refuses_unknown_versions():
+    """Only the DistillKit versions the patches were written against are accepted."""
+    assert dk_int.check_distillkit_version("1.0.0") == "1.0.0"
+    with pytest.raises(dk_int.DistillKitUnavailable, match=r"distillkit 1.1.0 is installed; .* supports 1.0.0"):
+        dk_int.check_distillkit_version("1.1.0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration and our loss classes.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registered():
+    need_distillkit()
+    dk_int.register()
+    from distillkit_scd.integrations import distillkit_fixes
+
+    return distillkit_fixes
+
+
+def test_register_extends_enum_and_loss_list(registered):
+    """After `register`, DistillKit's own config and factory accept and build our loss names."""
+    from distillkit.configuration import LossFunction, LossFunctionConfig
+    from distillkit.trainer import create_loss_func
+
+    expected = {"scd_aw_kl": registered.AWKLLoss, "taid": registered.TAIDLoss, "reverse_kl": registered.ReverseKLLoss}
+    for name, cls in expected.items():
+        cfg = LossFunctionConfig.model_validate({"function": name, "weight": 1.0, "temperature": 2.0})
+        assert cfg.function is LossFunction(name)
+        loss = create_loss_func(cfg)
+        assert type(loss) is cls and loss.spec.temperature == 2.0
+    assert LossFunction("kl").value == "kl"  # DistillKit's own members untouched
+    dk_int.register()  # idempotent
+    assert [m.value for m in LossFunction].count("taid") == 1
+    with pytest.raises(ValueError, match=r"loss_functions: taid: unsupported option\(s\) \['margin'\]"):
+        create_loss_func(LossFunctionConfig(function="taid", weight=1.0, margin=0.1))
+
+
+def _ref_losses(student, teacher, targets, segments, temperature, t):
+    """Float64 per-position loops: token-mean forward KL, reverse KL, TAID KL and the AW compound loss."""
+    s64, t64 = student.double(), teacher.double()
+    rows = [(b, p) for b in range(targets.shape[0]) for p in range(targets.shape[1]) if targets[b, p] != -100]
+    kl = rkl = taid = 0.0
+    ce_s, ce_t, kls = {}, {}, []
+    for b, p in rows:
+        log_q = torch.log_softmax(s64[b, p] / temperature, -1)
+        log_p = torch.log_softmax(t64[b, p] / temperature, -1)
+        kl_bp = (log_p.exp() * (log_p - log_q)).sum() * temperature**2
+        kl = kl + kl_bp
+        rkl = rkl + (log_q.exp() * (log_q - log_p)).sum() * temperature**2
+        log_pt = torch.log_softmax((1 - t) * s64[b, p].detach() / temperature + t * t64[b, p] / temperature, -1)
+        taid = taid + (log_pt.exp() * (log_pt - log_q)).sum() * temperature**2
+        y = int(targets[b, p])
+        seg = int(segments[b, p])
+        ce = -torch.log_softmax(s64[b, p], -1)[y]
+        ce_s[seg] = ce_s.get(seg, 0.0) + float(ce.detach())
+        ce_t[seg] = ce_t.get(seg, 0.0) + float(-torch.log_softmax(t64[b, p], -1)[y])
+        kls.append((seg, kl_bp, ce))
+    aw = sum(ce_s[g] / (ce_s[g] + ce_t[g]) * k + (1 - ce_s[g] / (ce_s[g] + ce_t[g])) * c for g, k, c in kls)
+    n = len(rows)
+    return {"reverse_kl": rkl / n, "taid": taid / n, "scd_aw_kl": aw / n, "kl": kl / n}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_our_losses_match_float64_references(registered, temperature):
+    """Each registered loss equals a float64 loop reference on odd shapes (values and gradients);
+    packed segments give each sample its own AW."""
+    from distillkit.signals import DenseSignal
+    from transformers.modeling_outputs import CausalLMOutput
+
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(3, 7, 13, generator=gen)
+    teacher = torch.randn(3, 7, 13, generator=gen) * 2
+    targets = torch.randint(0, 13, (3, 7), generator=gen)
+    targets[0, :3] = -100
+    targets[2, 5:] = -100
+    segments = torch.tensor([[0] * 7, [1] * 3 + [2] * 4, [3] * 7])  # row 1 packs two samples
+    t = 0.55
+    for cls in (registered.ReverseKLLoss, registered.TAIDLoss, registered.AWKLLoss):
+        loss_fn = cls(temperature=temperature)
+        loss_fn.context = registered.BatchContext(targets=targets, segments=segments, taid_t=t)
+        leaf = student.clone().requires_grad_(True)
+        signal = DenseSignal(logits=teacher, generation_temperature=1.0, hidden_states=None, vocab_size=13)
+        got = loss_fn(CausalLMOutput(logits=leaf), signal, mask=(targets != -100).unsqueeze(-1))
+        (grad,) = torch.autograd.grad(got, leaf)
+        ref_leaf = student.double().requires_grad_(True)
+        ref = _ref_losses(ref_leaf, teacher, targets, segments, temperature, t)[cls.name()]
+        (ref_grad,) = torch.autograd.grad(ref, ref_leaf)
+        torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-5, atol=1e-6, msg=cls.name())
+        torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6, msg=cls.name())
+
+
+def test_our_loss_outside_our_entry_point_is_refused(registered):
+    """A loss built by plain `distillkit CONFIG` (no context) fails with the command to use instead."""
+    from distillkit.signals import DenseSignal
+    from transformers.modeling_outputs import CausalLMOutput
+
+    z = torch.zeros(1, 2, 5)
+    with pytest.raises(RuntimeError, match=r"python -m distillkit_scd.integrations.distillkit CONFIG"):
+        registered.TAIDLoss()(CausalLMOutput(logits=z), DenseSignal(1.0, None, 5, z))
+
+
+# --------------------------------------------------------------------------------------------------
+# A real trainer on tiny models: DistillKit's original code path vs our fixes.
+# --------------------------------------------------------------------------------------------------
+
+
+def _rows(n: int = 8) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(n)]
+
+
+def _dk_config(tiny_pair, data_dir, out_dir, losses, **extra) -> dict:
+    teacher, student = tiny_pair
+    training_args = {"max_steps": 2, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+                     "report_to": [], "use_cpu": True, "logging_steps": 1, "save_strategy": "no",
+                     "learning_rate": 1e-4, "seed": 0, "dataloader_num_workers": 0}
+    training_args.update(extra.pop("training_args", {}))
+    return {"model": str(student), "teacher": {"kind": "hf", "path": str(teacher)},
+            "dataset": {"train_dataset": {"disk_path": str(data_dir)}}, "sequence_length": 64,
+            "output_path": str(out_dir), "use_flash_attention": False, "loss_functions": losses,
+            "training_args": training_args, "project_name": "", **extra}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    need_distillkit()
+    import datasets
+
+    path = tmp_path_factory.mktemp("dk_data") / "train"
+    datasets.Dataset.from_list(_rows()).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trainer(registered, tiny_pair, data_dir, tmp_path_factory):
+    """Our trainer subclass built as `distillkit.main.do_distill` builds it (losses: cross_entropy + kl)."""
+    import trl
+    from distillkit.configuration import DistillationRunConfig
+    from distillkit.main import load_data, load_student_model, load_tokenizer
+    from distillkit.signals import OnlineSignalSource
+    from transformers import AutoModelForCausalLM
+
+    losses = [{"function": "cross_entropy", "weight": 0.5}, {"function": "kl", "weight": 0.5, "temperature": 1.0}]
+    config = DistillationRunConfig.model_validate(
+        _dk_config(tiny_pair, data_dir, tmp_path_factory.mktemp("dk_out"), losses))
+    tokenizer = load_tokenizer(config)
+    ds_train, _ = load_data(config.dataset, tokenizer)
+    vocab = len(tokenizer)
+    model = load_student_model(config, vocab)
+    teacher = AutoModelForCausalLM.from_pretrained(str(tiny_pair[0]))
+    args = trl.SFTConfig(**config.training_args, max_length=64, output_dir=config.output_path)
+    model.train()  # as during training: loss parts are accumulated for logging in training mode only
+    return registered.SCDDistillationTrainer(
+        model=model, config=config, signal_source=OnlineSignalSource(teacher, vocab_size=vocab),
+        true_vocab_size=vocab, train_dataset=ds_train, args=args, processing_class=tokenizer,
+        settings=dk_int.parse_settings(None))
+
+
+def _batch(trainer):
+    return next(iter(trainer.get_train_dataloader()))
+
+
+def test_defect_a_mask_not_shifted(trainer):
+    """DistillKit pairs logits[:, s] with labels[:, s]; position s predicts token s+1. Its KL term equals
+    the unshifted token mean; ours equals the shifted one (float64 loop references)."""
+    from distillkit.trainer import DistillationTrainer
+
+    batch = _batch(trainer)
+    labels = batch["labels"].clone()
+    labels[:, :4] = -100  # a prompt: the mask's off-by-one moves one position per sample
+    batch["labels"] = labels
+    with torch.no_grad():
+        out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                labels=batch["labels"])
+        t_logits = trainer.signal_source.teacher_model(input_ids=batch["input_ids"],
+                                                       attention_mask=batch["attention_mask"]).logits
+    seg = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(labels)
+    # References: targets aligned with positions; the unshifted one uses the label at the same position.
+    ref_shifted = _ref_losses(out.logits[:, :-1], t_logits[:, :-1], labels[:, 1:], seg[:, 1:], 1.0, 1.0)["kl"]
+    ref_unshifted = _ref_losses(out.logits, t_logits, labels, seg, 1.0, 1.0)["kl"]
+    # Random tiny models are nearly uniform, so the gap is small but far above the 1e-5 tolerance below.
+    assert abs(float(ref_shifted) - float(ref_unshifted)) > 1e-4 * abs(float(ref_shifted))
+    with torch.no_grad():
+        kl_fn = trainer.loss_functions[1]
+        original = kl_fn(out, trainer.signal_source.get_signal(batch), mask=(labels >= 0).unsqueeze(-1))
+        trainer.total_distillation_loss(out, batch)
+        ours = trainer._log_sums.pop("distillation_loss/2_kl")
+        trainer._log_sums.clear()
+    torch.testing.assert_close(original.double(), ref_unshifted, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.double(), ref_shifted, rtol=1e-5, atol=1e-6)
+    # DistillKit's own method builds exactly that unshifted mask (its trainer.py, total_distillation_loss).
+    calls = []
+    orig_call = type(kl_fn).__call__
+
+    def spy(self, outputs, signal, mask=None, **kw):
+        calls.append(mask)
+        return orig_call(self, outputs, signal, mask=mask, **kw)
+
+    type(kl_fn).__call__ = spy
+    try:
+        with torch.no_grad():
+            DistillationTrainer.total_distillation_loss(trainer, out, batch)
+    finally:
+        type(kl_fn).__call__ = orig_call
+    assert torch.equal(calls[0].squeeze(-1), labels >= 0)
+    trainer._log_sums.clear()
+
+
+def _packed(trainer):
+    """Two samples packed into one row the way TRL's padding-free collator does (no attention_mask)."""
+    ids = trainer.processing_class(["What is 1 plus 1? It is 2.", "Say hello to the model now"])["input_ids"]
+    a, b = (torch.tensor(x) for x in ids)
+    input_ids = torch.cat([a, b]).unsqueeze(0)
+    position_ids = torch.cat([torch.arange(len(a)), torch.arange(len(b))]).unsqueeze(0)
+    labels = input_ids.clone()
+    labels[position_ids == 0] = -100
+    return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}, a, b
+
+
+def test_defect_b_position_ids_dropped(trainer):
+    """On a packed row, DistillKit's student and teacher see the second sample attending to the first
+    (logits differ from the sample alone); with our fix both match the sample run alone."""
+    from distillkit.trainer import DistillationTrainer
+
+    trainer.model.eval()
+    batch, a, b = _packed(trainer)
+    with torch.no_grad():
+        alone_s = trainer.model(input_ids=b.unsqueeze(0)).logits[0]
+        alone_t = trainer.signal_source.teacher_model(input_ids=b.unsqueeze(0)).logits[0]
+        _, orig_out = DistillationTrainer.compute_loss(trainer, trainer.model, dict(batch), return_outputs=True)
+        _, our_out = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
+        orig_t = trainer.signal_source.get_signal(batch).logits[0]
+        our_t = trainer._teacher_signal(batch).logits[0]
+    trainer._log_sums.clear()
+    second = slice(len(a), None)
+    assert not torch.allclose(orig_out.logits[0, second], alone_s, atol=1e-4)
+    assert not torch.allclose(orig_t[second], alone_t, atol=1e-4)
+    torch.testing.assert_close(our_out.logits[0, second], alone_s, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(our_t[second], alone_t, rtol=1e-4, atol=1e-5)
+    assert "position_ids" not in trainer.signal_source.teacher_kwargs  # restored after the call
+    trainer.model.train()
+
+
+def test_defect_c_teacher_not_prepared_under_deepspeed(trainer, monkeypatch):
+    """DistillKit's __init__ only moves the online teacher to the device; under DeepSpeed (where a teacher
+    loaded after a ZeRO-3 config is partitioned) ours wraps it with TRL's `prepare_deepspeed`."""
+    import inspect
+
+    import trl.models.utils
+    from distillkit.trainer import DistillationTrainer
+
+    source = inspect.getsource(DistillationTrainer.__init__)
+    assert ".to(" in source and "deepspeed" not in source.lower()  # the original: device move only
+    seen = []
+
+    def fake_prepare(model, accelerator):
+        seen.append(model)
+        return torch.nn.Sequential(model)  # stands in for a DeepSpeed engine (has .module-like wrapping)
+
+    monkeypatch.setattr(trl.models.utils, "prepare_deepspeed", fake_prepare)
+    monkeypatch.setattr(trainer, "is_deepspeed_enabled", True)
+    teacher = trainer.signal_source.teacher_model
+    trainer._prepare_teacher()
+    try:
+        assert seen == [teacher]
+        assert isinstance(trainer.signal_source.teacher_model, torch.nn.Sequential)
+    finally:
+        trainer.signal_source.teacher_model = teacher
+
+
+def test_defect_d_item_and_log_every_micro_step(trainer, monkeypatch):
+    """DistillKit's loss calls `.item()` (a host sync) and writes a log entry on every micro-batch; ours
+    does neither and logs the mean of the micro-batches' parts once, on the training log line."""
+    from distillkit.trainer import DistillationTrainer
+
+    items = []
+    real_item = torch.Tensor.item
+
+    def counting_item(self):
+        items.append(1)
+        return real_item(self)
+
+    batch = _batch(trainer)
+    with torch.no_grad():
+        out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                labels=batch["labels"])
+    history = trainer.state.log_history
+    n0 = len(history)
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    with torch.no_grad():
+        for _ in range(2):
+            DistillationTrainer.total_distillation_loss(trainer, out, batch)
+    assert len(items) == 4 and len(history) == n0 + 2  # 2 losses × 2 micro-batches; one entry each
+    items.clear()
+    trainer._log_sums.clear()
+    with torch.no_grad():
+        losses = [trainer.total_distillation_loss(out, batch) for _ in range(2)]
+    assert items == [] and len(history) == n0 + 2
+    monkeypatch.setattr(torch.Tensor, "item", real_item)
+    parts = dict(trainer._log_sums)
+    trainer.log({"loss": float(losses[0])})
+    entry = history[-1]
+    assert entry["distillation_loss/2_kl"] == pytest.approx(float(parts["distillation_loss/2_kl"]) / 2, rel=1e-5)
+    assert trainer._log_sums == {}
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end through `main`.
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def capture_trainer(registered, monkeypatch):
+    """The trainer `main` builds, kept for inspection after the run."""
+    kept = []
+    real_train = registered.SCDDistillationTrainer.train
+
+    def train(self, *args, **kwargs):
+        kept.append(self)
+        return real_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(registered.SCDDistillationTrainer, "train", train)
+    return kept
+
+
+def _checkpoint_pool(tiny_pair, tmp_path, n=2):
+    """N teacher 'checkpoints' (different seeds, same shape) and their manifest."""
+    from distillkit_scd.models import build_tiny_llama, load_tokenizer
+    from distillkit_scd.teachers import CheckpointEntry, write_manifest
+
+    tok = load_tokenizer(str(tiny_pair[0]))
+    entries = []
+    for j in range(n):
+        folder = tmp_path / f"checkpoint-{j + 1}"
+        build_tiny_llama(tok, role="teacher", seed=100 + j).save_pretrained(folder, safe_serialization=True)
+        entries.append(CheckpointEntry(index=j, step=j + 1, epoch=float(j + 1), path=str(folder), val_loss=1.0 - j))
+    return write_manifest(tmp_path, entries, best_index=n - 1, selected_by="val_loss")
+
+
+def _write(tmp_path, config: dict) -> Path:
+    import yaml
+
+    path = tmp_path / "distillkit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_main_cd_schedule_with_taid_and_reverse_kl(registered, tiny_pair, data_dir, tmp_path, capture_trainer):
+    """CD through `main`: checkpoint j in stage j (swapped into DistillKit's teacher in place), TAID's t
+    advances once per optimizer step, every part is logged per step, and the model is saved."""
+    from safetensors.torch import load_file
+
+    manifest = _checkpoint_pool(tiny_pair, tmp_path / "pool")
+    losses = [{"function": "cross_entropy", "weight": 0.4}, {"function": "taid", "weight": 0.4},
+              {"function": "reverse_kl", "weight": 0.2, "temperature": 2.0}]
+    config = _dk_config(tiny_pair, data_dir, tmp_path / "out", losses)
+    config["distillkit_scd"] = {"taid": {"t_start": 0.2, "alpha": 0.01},
+                                "schedule": {"method": "cd", "manifest": str(manifest), "steps_per_stage": 1}}
+    assert dk_int.main([str(_write(tmp_path, config))]) == 0
+    (trainer,) = capture_trainer
+    assert [e["chosen"] for e in trainer.stage_callback.log] == [0, 1]
+    expected = load_file(str(tmp_path / "pool" / "checkpoint-2" / "model.safetensors"))
+    live = trainer.teacher_model_module.state_dict()
+    assert all(torch.equal(live[k], v) for k, v in expected.items())
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all("distillation_loss/2_taid" in h and "distillation_loss/3_reverse_kl" in h
+                                  for h in logs)
+    assert [h["active_checkpoint"] for h in logs] == [0, 1]
+    assert 0.2 < trainer.taid_state.t <= 1.0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_main_scd_with_aw_and_config_errors(registered, tiny_pair, data_dir, tmp_path, capture_trainer):
+    """SCD + scd_aw_kl through `main`: each stage logs the SCD terms of every checkpoint and picks their
+    argmin; AW stays in (0, 1). Bad combinations are refused before any model is loaded (exit 2)."""
+    manifest = _checkpoint_pool(tiny_pair, tmp_path / "pool")
+    config = _dk_config(tiny_pair, data_dir, tmp_path / "out", [{"function": "scd_aw_kl", "weight": 1.0}])
+    config["distillkit_scd"] = {"schedule": {"method": "scd", "manifest": str(manifest), "steps_per_stage": 1,
+                                             "probe_size": 4}}
+    assert dk_int.main([str(_write(tmp_path, config))]) == 0
+    (trainer,) = capture_trainer
+    for entry in trainer.stage_callback.log:
+        totals = [t["kl_best"] + t["kl_student"] for t in entry["terms"]]
+        assert len(totals) == 2 and entry["chosen"] == min(range(2), key=totals.__getitem__)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(0 < h["distillation_loss/aw_mean"] < 1 for h in logs)
+
+    bad = dict(config, loss_functions=[{"function": "scd_aw_kl", "weight": 1.0},
+                                       {"function": "cross_entropy", "weight": 1.0}])
+    with pytest.raises(RecipeError, match=r"loss_functions: expected scd_aw_kl alone"):
+        dk_int.load_config(_write(tmp_path, bad))
+    bad = dict(config, teacher={"kind": "hf", "path": str(tiny_pair[0]), "top_k": 4})
+    with pytest.raises(RecipeError, match=r"loss_functions\[0\].function: expected .*full logits"):
+        dk_int.load_config(_write(tmp_path, bad))
+    bad = dict(config, loss_functions=[{"function": "kl", "weight": 1.0}], distillkit_scd={"taid": {"alpha": 0.1}})
+    with pytest.raises(RecipeError, match=r"distillkit_scd.taid: expected no taid settings"):
+        dk_int.load_config(_write(tmp_path, bad))
+    bad = dict(config, loss_functions=[{"function": "tiad", "weight": 1.0}], distillkit_scd={})
+    assert dk_int.main([str(_write(tmp_path, bad))]) == 2  # DistillKit's schema names the bad entry
+
+
+def test_main_module_runs_as_a_script(registered, tiny_pair, data_dir, tmp_path):
+    """`python -m distillkit_scd.integrations.distillkit CONFIG` trains and saves (one step)."""
+    config = _dk_config(tiny_pair, data_dir, tmp_path / "out", [{"function": "reverse_kl", "weight": 1.0}],
+                        training_args={"max_steps": 1, "gradient_accumulation_steps": 1})
+    out = subprocess.run([sys.executable, "-m", "distillkit_scd.integrations.distillkit",
+                          str(_write(tmp_path, config))], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                              "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_type"] == "llama"
