@@ -8,6 +8,7 @@ Tests that need DistillKit skip when it is not importable (install it into the `
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -307,31 +308,81 @@ def test_defect_b_position_ids_dropped(trainer):
     trainer.model.train()
 
 
-def test_defect_c_teacher_not_prepared_under_deepspeed(trainer, monkeypatch):
-    """DistillKit's __init__ only moves the online teacher to the device; under DeepSpeed (where a teacher
-    loaded after a ZeRO-3 config is partitioned) ours wraps it with TRL's `prepare_deepspeed`."""
-    import inspect
+_ZERO3_SCRIPT = """
+import os, socket, sys, torch
+with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+teacher_dir, student_dir, data_dir, out_dir, which = sys.argv[1:6]
+import transformers, trl
+from distillkit.configuration import DistillationRunConfig
+from distillkit.main import create_signal_source, load_data, load_student_model, load_tokenizer
+from distillkit.trainer import DistillationTrainer
+import distillkit_scd.integrations.distillkit as dk_int
+dk_int.register()
+from distillkit_scd.integrations.distillkit_fixes import SCDDistillationTrainer
+zero3 = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1}
+config = DistillationRunConfig.model_validate({
+    "model": student_dir, "teacher": {"kind": "hf", "path": teacher_dir}, "sequence_length": 64,
+    "dataset": {"train_dataset": {"disk_path": data_dir}}, "output_path": out_dir, "use_flash_attention": False,
+    "training_args": {"per_device_train_batch_size": 2, "report_to": [], "deepspeed": zero3, "bf16": False}})
+ids = torch.tensor([[1, 2, 3, 4]])
+with torch.no_grad():  # the teacher's logits before any ZeRO-3 config exists
+    reference = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir)(input_ids=ids).logits
+# DistillKit's do_distill order (main.py): student, then SFTConfig (registers ZeRO-3), then the teacher.
+tokenizer = load_tokenizer(config)
+train, _ = load_data(config.dataset, tokenizer)
+vocab = len(tokenizer)
+model = load_student_model(config, vocab)
+args = trl.SFTConfig(**config.training_args, max_length=64, output_dir=config.output_path)
+source = create_signal_source(config, vocab)
+print("PARTITIONED", tuple(source.teacher_model.model.embed_tokens.weight.shape) == (0,))
+cls, extra = ((DistillationTrainer, {}) if which == "original"
+              else (SCDDistillationTrainer, {"settings": dk_int.parse_settings(None)}))
+cls(model=model, config=config, signal_source=source, true_vocab_size=vocab, train_dataset=train, args=args,
+    processing_class=tokenizer, **extra)
+try:
+    with torch.no_grad():
+        logits = source.get_signal({"input_ids": ids}).logits
+    print("TEACHER_OK", float((logits - reference).abs().max()))
+except Exception as err:
+    print("TEACHER_FAILS", type(err).__name__, err)
+"""
 
+
+def test_fix_c_wraps_online_teacher_when_deepspeed_is_on(trainer, monkeypatch):
+    """Fast check of fix (c): with DeepSpeed on, the online teacher goes through TRL's `prepare_deepspeed`
+    (the slow test below shows the real ZeRO-3 failure and fix)."""
     import trl.models.utils
-    from distillkit.trainer import DistillationTrainer
 
-    source = inspect.getsource(DistillationTrainer.__init__)
-    assert ".to(" in source and "deepspeed" not in source.lower()  # the original: device move only
     seen = []
-
-    def fake_prepare(model, accelerator):
-        seen.append(model)
-        return torch.nn.Sequential(model)  # stands in for a DeepSpeed engine (has .module-like wrapping)
-
-    monkeypatch.setattr(trl.models.utils, "prepare_deepspeed", fake_prepare)
+    monkeypatch.setattr(trl.models.utils, "prepare_deepspeed", lambda model, acc: seen.append(model) or "engine")
     monkeypatch.setattr(trainer, "is_deepspeed_enabled", True)
     teacher = trainer.signal_source.teacher_model
-    trainer._prepare_teacher()
     try:
-        assert seen == [teacher]
-        assert isinstance(trainer.signal_source.teacher_model, torch.nn.Sequential)
+        trainer._prepare_teacher()
+        assert seen == [teacher] and trainer.signal_source.teacher_model == "engine"
     finally:
         trainer.signal_source.teacher_model = teacher
+
+
+@pytest.mark.slow
+def test_defect_c_teacher_not_prepared_under_zero3(registered, tiny_pair, data_dir, tmp_path):
+    """Real ZeRO-3 (DeepSpeed on CPU, one process): DistillKit loads its online teacher after the ZeRO-3
+    config exists, so the teacher is partitioned, and its trainer only moves it to the device: its forward
+    fails. Ours wraps it with TRL's `prepare_deepspeed`: its logits equal the unpartitioned teacher's."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
+    results = {}
+    for which in ("original", "ours"):
+        out = subprocess.run([sys.executable, "-c", _ZERO3_SCRIPT, str(tiny_pair[0]), str(tiny_pair[1]),
+                              str(data_dir), str(tmp_path / which), which], capture_output=True, text=True,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                                            "HF_HUB_OFFLINE": "1"}, timeout=300)
+        assert "PARTITIONED True" in out.stdout, out.stdout + out.stderr[-3000:]
+        results[which] = [line for line in out.stdout.splitlines() if line.startswith("TEACHER_")]
+    assert results["original"][0].startswith("TEACHER_FAILS"), results
+    assert results["ours"][0].startswith("TEACHER_OK") and float(results["ours"][0].split()[1]) < 1e-5, results
 
 
 def test_defect_d_item_and_log_every_micro_step(trainer, monkeypatch):
