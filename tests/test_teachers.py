@@ -224,7 +224,17 @@ def test_zero3_swap_two_cpu_processes(tmp_path):
     worker.write_text(_ZERO3_WORKER)
     env = {**os.environ, "REPO": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29541", str(worker), str(good), str(bad), str(tmp_path)],
+                           "--master_port", str(_free_port()), str(worker), str(good), str(bad), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["ok", "ok"]
+
+
+def _free_port() -> int:
+    """A port nobody listens on now (fixed ports collide when two test runs share a machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
