@@ -154,6 +154,9 @@ def test_our_losses_match_float64_references(registered, temperature):
         (ref_grad,) = torch.autograd.grad(ref, ref_leaf)
         torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-5, atol=1e-6, msg=cls.name())
         torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6, msg=cls.name())
+        none = torch.full_like(targets, -100)  # an all-ignored micro-batch gives 0, not NaN
+        loss_fn.context = registered.BatchContext(targets=none, segments=segments, taid_t=t)
+        assert float(loss_fn(CausalLMOutput(logits=student), signal, mask=(none != -100).unsqueeze(-1))) == 0.0
 
 
 def test_our_loss_outside_our_entry_point_is_refused(registered):
@@ -527,3 +530,31 @@ def test_main_module_runs_as_a_script(registered, tiny_pair, data_dir, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["model_type"] == "llama"
+
+
+def test_main_resume_restores_stage_log_and_taid(registered, tiny_pair, data_dir, tmp_path, capture_trainer):
+    """A run resumed from its checkpoint (`training_args.resume_from_checkpoint: true`) restores the stage
+    log, active checkpoint and TAID state saved beside it, and goes on with the next stage."""
+    manifest = _checkpoint_pool(tiny_pair, tmp_path / "pool")
+    losses = [{"function": "cross_entropy", "weight": 0.5}, {"function": "taid", "weight": 0.5}]
+    config = _dk_config(tiny_pair, data_dir, tmp_path / "out", losses,
+                        training_args={"save_strategy": "steps", "save_steps": 2, "gradient_accumulation_steps": 1})
+    config["distillkit_scd"] = {"schedule": {"method": "cd", "manifest": str(manifest), "steps_per_stage": 1}}
+    assert dk_int.main([str(_write(tmp_path, config))]) == 0
+    first = capture_trainer[0]
+    saved = json.loads((tmp_path / "out" / "checkpoint-2" / "distill_state.json").read_text())
+    assert saved["trainer"]["taid"] == first.taid_state.state_dict()
+    config["training_args"].update(max_steps=3, resume_from_checkpoint=True)
+    restored = []
+    real_restore = type(first.extra_state_callback).restore
+
+    def spy(callback, checkpoint):
+        real_restore(callback, checkpoint)
+        restored.append((callback.trainer.taid_state.state_dict(), list(callback.stage_callback.log)))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(first.extra_state_callback), "restore", spy)
+        assert dk_int.main([str(_write(tmp_path, config))]) == 0
+    second = capture_trainer[1]
+    assert restored[0][0] == saved["trainer"]["taid"] and [e["stage"] for e in restored[0][1]] == [0, 1]
+    assert [e["chosen"] for e in second.stage_callback.log] == [0, 1, 1] and second.state.global_step == 3
