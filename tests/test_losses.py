@@ -544,3 +544,22 @@ def test_topk_error_within_bound_and_tail_given_or_derived():
         assert bool((err <= bound + 1e-5).all()), (k, err, bound)
         prev_max = min(prev_max, err.max().item())
     assert prev_max < 1e-5  # k = V is exact (float32 dense log-probs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunked_with_topk_signal_equals_reference_on_dense_approximation(kind):
+    """With k < V the chunked loss from a cached signal equals the logits path on the dense p̃ (values, grads)."""
+    d = _batch(seed=14)
+    idx, targets = label_positions(d["labels"])
+    sig = topk_signal(d["ht"][idx] @ d["wt"].t(), 10)
+    spec = LossSpec(divergence=kind, temperature=1.4, chunk_size=7)
+    hs = d["hs"][idx].clone().requires_grad_(True)
+    loss, _ = chunked_compound_loss(hs, d["ws"], targets, spec, teacher_signal=sig, taid_t=0.6)
+    loss.backward()
+    hs2 = d["hs"][idx].clone().requires_grad_(True)
+    dense = sig.dense_logprobs(slice(0, targets.numel()), 123).double()
+    ref = torch_reference(hs2 @ d["ws"].t(), dense, targets, torch.full((targets.numel(),), 0.5, dtype=torch.float64),
+                          kind, 1.4, 0.6, targets.numel())
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(hs.grad, hs2.grad, rtol=1e-5, atol=1e-8)
