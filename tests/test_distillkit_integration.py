@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def need_distillkit():
-    return pytest.importorskip("distillkit", reason="DistillKit is not installed (pip install distillkit)")
+    return pytest.importorskip("distillkit", reason="DistillKit is not installed (not on PyPI: pip install a clone of arcee-ai/DistillKit)")
 
 
 # --------------------------------------------------------------------------------------------------

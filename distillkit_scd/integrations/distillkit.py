@@ -129,8 +129,8 @@ def distillkit_version() -> str:
     try:
         import distillkit
     except ImportError as err:
-        raise DistillKitUnavailable("DistillKit is not installed: pip install distillkit "
-                           "(or from https://github.com/arcee-ai/DistillKit)") from err
+        raise DistillKitUnavailable("DistillKit is not installed (it is not on PyPI): git clone "
+                                    "https://github.com/arcee-ai/DistillKit && pip install ./DistillKit") from err
     version = getattr(distillkit, "__version__", None)
     return version or importlib.metadata.version("distillkit")
 

@@ -80,7 +80,8 @@ class SCDLossBase(LossFunctionBase):
         self.context: BatchContext | None = None  # bound by SCDDistillationTrainer
         self.last_parts: dict = {}
 
-    def token_weights(self, student, teacher, targets, segments):  # noqa: ARG002 - AW overrides
+    def token_weights(self, student, teacher, targets, segments):
+        """(N,) distillation weight per label token, or None for `alpha` (AW overrides this)."""
         return None
 
     def __call__(self, student_outputs: CausalLMOutput, signal, mask: torch.Tensor | None = None,
