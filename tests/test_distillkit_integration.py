@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -274,6 +275,58 @@ def test_defect_a_mask_not_shifted(trainer):
         type(kl_fn).__call__ = orig_call
     assert torch.equal(calls[0].squeeze(-1), labels >= 0)
     trainer._log_sums.clear()
+
+
+def test_trainer_losses_match_our_pipeline_functions(trainer, monkeypatch):
+    """On a real batch, each of our losses inside DistillKit's trainer equals our pipeline's own functions
+    (`label_positions` → `token_reverse_kl` / `token_taid_kl` / `adaptive_weight` + `token_kl`, CE)."""
+    import torch.nn.functional as F
+    from distillkit.configuration import LossFunctionConfig
+    from distillkit.trainer import create_loss_func
+
+    from distillkit_scd.losses import (
+        TAIDState,
+        adaptive_weight,
+        label_positions,
+        token_kl,
+        token_reverse_kl,
+        token_taid_kl,
+    )
+
+    cfgs = [LossFunctionConfig(function=name, weight=1.0, temperature=1.5)
+            for name in ("reverse_kl", "taid", "scd_aw_kl")]
+    fns = [create_loss_func(c) for c in cfgs]
+    for fn in fns:
+        fn.context = trainer.batch_context
+    monkeypatch.setattr(trainer, "loss_functions", fns)
+    monkeypatch.setattr(trainer, "config", trainer.config.model_copy(update={"loss_functions": cfgs}))
+    taid = TAIDState(t_start=0.3)
+    monkeypatch.setattr(trainer, "taid_state", taid)
+    batch = _batch(trainer)
+    with torch.no_grad():
+        out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        teacher = trainer.signal_source.teacher_model(input_ids=batch["input_ids"],
+                                                      attention_mask=batch["attention_mask"]).logits
+        trainer._log_sums.clear()
+        trainer.total_distillation_loss(out, batch)
+    # keys "distillation_loss/<i>_<name>": the loss values of this micro-batch
+    got = {re.sub(r"^distillation_loss/\d+_", "", k): float(v) for k, v in trainer._log_sums.items()}
+    trainer._log_sums.clear()
+    idx, targets = label_positions(batch["labels"])  # our pipeline's label positions (flat, shifted)
+    v = out.logits.shape[-1]
+    s_rows, t_rows = out.logits.reshape(-1, v)[idx], teacher.reshape(-1, v)[idx]
+    n = idx.numel()
+    assert got["reverse_kl"] == pytest.approx(float(token_reverse_kl(s_rows, t_rows, 1.5).sum() / n), rel=1e-5)
+    assert got["taid"] == pytest.approx(float(token_taid_kl(s_rows, t_rows, taid.t, 1.5).sum() / n),
+                                        rel=1e-5)
+    sample = torch.div(idx, batch["labels"].shape[1], rounding_mode="floor")
+    ce_s = F.cross_entropy(s_rows, targets, reduction="none")
+    ce_t = F.cross_entropy(t_rows, targets, reduction="none")
+    rows = batch["labels"].shape[0]
+    aw = adaptive_weight(torch.zeros(rows).double().index_add_(0, sample, ce_s.double()),
+                         torch.zeros(rows).double().index_add_(0, sample, ce_t.double()))[sample]
+    expected = float((aw * token_kl(s_rows, t_rows, 1.5) + (1 - aw) * ce_s).sum() / n)
+    assert got["scd_aw_kl"] == pytest.approx(expected, rel=1e-5)
 
 
 def _packed(trainer):
