@@ -483,9 +483,9 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
     _require(d.chunk_size >= 1, source, "distill.chunk_size", d.chunk_size, "an integer >= 1")
     _require(d.cache_top_k >= 1, source, "distill.cache_top_k", d.cache_top_k, "an integer >= 1")
     t = d.taid
-    _require(0 <= t.t_start <= t.t_end <= 1, source, "distill.taid.t_start",
-             (t.t_start, t.t_end), "0 <= t_start <= t_end <= 1")
-    _require(t.alpha > 0, source, "distill.taid.alpha", t.alpha, "> 0")
+    _require(0 <= t.t_start < t.t_end <= 1, source, "distill.taid.t_start",
+             (t.t_start, t.t_end), "0 <= t_start < t_end <= 1")
+    _require(0 < t.alpha <= 1, source, "distill.taid.alpha", t.alpha, "a number in (0, 1] (as TAIDState)")
     _require(0 <= t.beta < 1, source, "distill.taid.beta", t.beta, "a number in [0, 1)")
     _require(d.scd.probe_size >= 1, source, "distill.scd.probe_size", d.scd.probe_size, "an integer >= 1")
     _require(d.scd.top_k >= 0, source, "distill.scd.top_k", d.scd.top_k, "an integer >= 0 (0 = full)")
