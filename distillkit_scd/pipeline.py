@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillkit_scd.atomic import atomic_write_json, atomic_write_text
 from distillkit_scd.config import METHODS, Recipe, RecipeError, check_local_files, load_recipe
 from distillkit_scd.model_refs import prepare_models
 
@@ -241,10 +242,7 @@ def select_stages(stages: list[Stage], only: list[str] | None, start: str | None
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, default=str)
 
 
 def read_stamp(out: Path, stage: str) -> dict:
@@ -297,9 +295,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
     resolved = out / "resolved_recipe.yaml"
     if not dry_run:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = resolved.with_name(resolved.name + ".tmp")
-        tmp.write_text(recipe.to_yaml(), encoding="utf-8")
-        os.replace(tmp, resolved)
+        atomic_write_text(resolved, recipe.to_yaml())
     if runner is None:  # a given runner (tests) replaces the whole launch, model preparation included
         if not dry_run and any(s.command[0] != "report" for s in chosen):
             prepare_models(recipe)  # once, before any stage process starts

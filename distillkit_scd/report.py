@@ -17,10 +17,10 @@ import csv
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distillkit_scd.atomic import atomic_write, atomic_write_text
 from distillkit_scd.evaluation import PRIMARY_METRICS
 from distillkit_scd.paper_reference import PAPER_COLUMNS, PAPER_TABLE
 from distillkit_scd.results import load_results
@@ -167,10 +167,7 @@ def render_csv(table: Table) -> str:
 
 
 def _atomic_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def _pyplot():
@@ -183,12 +180,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"),
+                        suffix=".png")
 
 
 def plot_scd_decisions(schedule_log, path) -> Path:

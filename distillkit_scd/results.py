@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 from pathlib import Path
 
+from distillkit_scd.atomic import atomic_write_json
 from distillkit_scd.evaluation import PRIMARY_METRICS
 
 REQUIRED = {"task": str, "row": str, "split": dict, "model": dict, "metrics": dict, "samples": list,
@@ -103,11 +103,7 @@ def write_results(path: str | Path, result: dict) -> Path:
     """Validate and write atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     validate_results(result, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, result, indent=1, ensure_ascii=False)
 
 
 def load_results(path: str | Path) -> dict:

@@ -24,11 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from distillkit_scd.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +56,7 @@ def write_manifest(folder: str | Path, entries: list[CheckpointEntry], best_inde
     if not 0 <= best_index < len(entries):
         raise ValueError(f"best_index: {best_index} outside the {len(entries)} checkpoints")
     data = {"checkpoints": [asdict(e) for e in entries], "best_index": best_index, "selected_by": selected_by}
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / MANIFEST
-    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(folder / MANIFEST, data)
 
 
 def read_manifest(path: str | Path) -> tuple[list[CheckpointEntry], int, str]:

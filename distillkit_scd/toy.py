@@ -23,10 +23,8 @@ Several seeds (data, initialisation) give mean ± sample std of the clean test a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from distillkit_scd.atomic import atomic_write, atomic_write_json
 from distillkit_scd.losses import adaptive_weight, token_kl
 
 logger = logging.getLogger(__name__)
@@ -256,9 +255,7 @@ def _summary(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, trailing_newline=True)
 
 
 def plot(detail: dict, summary: dict, path: Path, seed: int) -> None:
@@ -300,11 +297,15 @@ def plot(detail: dict, summary: dict, path: Path, seed: int) -> None:
     ax.set_title("clean test accuracy (%), mean ± std", fontsize=10)
     fig.suptitle(f"Toy sine boundary (panels: seed {seed}; dashed: clean boundary sin(0.5x))", fontsize=11)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=70)
-    plt.close(fig)
-    _shrink_png(tmp)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=70)
+        _shrink_png(tmp)
+
+    try:
+        atomic_write(path, write, suffix=".png")
+    finally:
+        plt.close(fig)
 
 
 def _shrink_png(path: Path) -> None:
