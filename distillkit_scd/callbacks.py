@@ -4,8 +4,8 @@
   checkpoints, the stage ends of a distillation run.
 - `StageCallback`: at each stage start, clear the optimizer state (fresh AdamW) and ask the teacher
   schedule which checkpoint to use, swapping it in place; keeps the schedule log (the paper's Fig. 3).
-- `StepLossCallback`: once per optimizer step, stops on a non-finite loss and advances TAID's t with the
-  step's loss (the same on every process).
+- `StepLossCallback`: once per optimizer step, stops on (or, if asked, skips and counts) a non-finite
+  loss or gradients, and advances TAID's t with the step's loss (the same on every process).
 - `ExtraStateCallback`: writes `distill_state.json` into each trainer checkpoint, so a resumed run
   restores the stage, the active checkpoint, the optimizer-reset phase, TAID's state and the log.
 """
@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import math
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
+from distillkit_scd.atomic import atomic_write_json
 from distillkit_scd.trainer import reset_optimizer_state
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "distill_state.json"
-
-
-def atomic_write_json(path: Path, data) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 class SaveAtStepsCallback(TrainerCallback):
@@ -104,37 +100,109 @@ class StageCallback(TrainerCallback):
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; the message names the step, the batch and the last good checkpoint."""
+    """Training produced a NaN/inf loss or gradients; the message names the step, the batch and the last
+    good checkpoint (and, in skip mode, how many steps were skipped)."""
 
 
 class StepLossCallback(TrainerCallback):
     """Once per optimizer step (never per micro-batch, never on eval batches): read the step's loss
-    (mean over processes, one host sync), stop on a non-finite loss, and advance TAID's t.
+    (mean over processes, one host sync), check it and the gradients are finite, and advance TAID's t.
 
-    A NaN/inf loss stops the run naming the step, the sample ids of its last micro-batch and the newest
-    checkpoint on disk (re-running resumes from it). The weights in memory are not saved: the optimizer
-    already stepped on the bad gradients.
+    The check runs just before the optimizer step (`on_pre_optimizer_step`, after gradient clipping).
+    A non-finite loss or gradient then either
+
+    - `stop`s the run (default): `NonFiniteLossError` naming the step, the sample ids of its last
+      micro-batch and the newest checkpoint on disk (re-running resumes from it). The bad update was not
+      applied, but the weights in memory are not saved; or
+    - `skip`s the update: every gradient is set to None, so the optimizer step is a no-op for the weights
+      and the optimizer state alike (AdamW, like every torch optimizer, leaves a parameter without a
+      gradient untouched: no moment update, no step count, no weight decay). The LR schedule and the
+      global step still advance (the schedule stays a function of the global step). Each skip is logged
+      (step, loss, sample ids) and appended to the trainer's `log_history` as
+      `{"step", "nonfinite_skipped": count so far, "nonfinite_loss", "sample_index"}`, which is saved in
+      every checkpoint's `trainer_state.json`, so a resumed run continues the count. The logged loss
+      parts of that logging window include the skipped step's NaN. Once more than
+      `max_nonfinite_steps` steps were skipped, the run stops with `NonFiniteLossError` naming the count.
+
+    Gradients are not checked under fp16 loss scaling (the scaler skips overflowing steps itself) nor
+    when they are not held on the parameters (DeepSpeed); `skip` is refused under DeepSpeed, which steps
+    the optimizer inside backward, before this callback could stop it.
+
+    Args:
+        trainer: the `DistillationTrainer` (its `pop_step_loss`, `last_batch_ids`, `taid_state`).
+        nonfinite (`str`, defaults to `"stop"`): `stop` or `skip` (recipe field `optim.nonfinite_loss`).
+        max_nonfinite_steps (`int`, defaults to `10`): skips allowed before stopping anyway.
     """
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, nonfinite: str = "stop", max_nonfinite_steps: int = 10):
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"optim.nonfinite_loss: expected stop or skip, got {nonfinite!r}")
         self.trainer = trainer
+        self.nonfinite = nonfinite
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.skipped = 0  # optimizer steps skipped so far (restored from log_history on resume)
+        self._checked: tuple[float, bool] | None = None  # (this step's loss, skipped?) once checked
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.nonfinite == "skip" and getattr(self.trainer, "is_deepspeed_enabled", False):
+            raise ValueError("optim.nonfinite_loss: 'skip' cannot undo an optimizer step under DeepSpeed (it "
+                             "steps inside backward); use 'stop'")
+        counts = [e["nonfinite_skipped"] for e in state.log_history if "nonfinite_skipped" in e]
+        self.skipped = max(counts, default=0)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._check(args, state, state.global_step + 1, can_skip=True)  # global_step counts finished steps
 
     def on_step_end(self, args, state, control, **kwargs):
-        import math
-
-        loss = self.trainer.pop_step_loss()
-        if not math.isfinite(loss):
-            from distillkit_scd.sft import last_checkpoint
-
-            ids = self.trainer.last_batch_ids
-            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-            raise NonFiniteLossError(
-                f"non-finite loss {loss} at optimizer step {state.global_step}; last micro-batch rows "
-                f"(sample_index) {ids}; last good checkpoint: {last_checkpoint(Path(args.output_dir)) or 'none'}. "
-                "Lower the learning rate or check the data, then re-run the same command to resume."
-            )
-        if self.trainer.taid_state is not None:
+        if self._checked is None:  # no pre-optimizer event on this path: check after the fact (loss only)
+            self._check(args, state, state.global_step, can_skip=False)
+        loss, skipped = self._checked
+        self._checked = None
+        if self.trainer.taid_state is not None and not skipped:
             self.trainer.taid_state.update(loss, state.global_step, state.max_steps)
+
+    def _check(self, args, state, step: int, can_skip: bool) -> None:
+        loss = self.trainer.pop_step_loss()
+        loss_ok = math.isfinite(loss)
+        grads_ok = self._grads_finite() if can_skip else True
+        if loss_ok and grads_ok:
+            self._checked = (loss, False)
+            return
+        from distillkit_scd.sft import last_checkpoint
+
+        what = f"non-finite loss {loss}" if not loss_ok else f"non-finite gradients (loss {loss})"
+        ids = self.trainer.last_batch_ids
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        where = (f"at optimizer step {step}; last micro-batch rows (sample_index) {ids}; last good checkpoint: "
+                 f"{last_checkpoint(Path(args.output_dir)) or 'none'}")
+        if self.nonfinite == "stop" or not can_skip:
+            raise NonFiniteLossError(f"{what} {where}. Lower the learning rate or check the data, then re-run "
+                                     "the same command to resume (or set optim.nonfinite_loss: skip).")
+        self.skipped += 1
+        if self.skipped > self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.skipped} optimizer steps had a non-finite loss or gradients, more than "
+                f"optim.max_nonfinite_steps={self.max_nonfinite_steps}; the last: {what} {where}. "
+                "Lower the learning rate or check the data, then re-run the same command to resume.")
+        self.trainer.model.zero_grad(set_to_none=True)  # the optimizer step that follows changes nothing
+        logger.warning("skipped optimizer step %d: %s; rows (sample_index) %s; %d skipped so far (limit %d)",
+                       step, what, ids, self.skipped, self.max_nonfinite_steps)
+        state.log_history.append({"step": step, "nonfinite_skipped": self.skipped, "nonfinite_loss": str(loss),
+                                  "sample_index": ids})
+        self._checked = (loss, True)
+
+    def _grads_finite(self) -> bool:
+        """All gradients finite, on every process (one reduction); True where they cannot be checked."""
+        accelerator = getattr(self.trainer, "accelerator", None)
+        if accelerator is not None and getattr(accelerator, "scaler", None) is not None:
+            return True  # fp16 loss scaling: overflowing steps are the scaler's to skip
+        grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
+        if not grads:
+            return True  # DeepSpeed keeps (partitioned) gradients off the parameters
+        bad = torch.stack([~torch.isfinite(g).all() for g in grads]).any().float()  # one value, no sync yet
+        if accelerator is not None:
+            bad = accelerator.reduce(bad, reduction="sum")  # FSDP: each process holds a shard
+        return bad.item() == 0
 
 
 class ExtraStateCallback(TrainerCallback):

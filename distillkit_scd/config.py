@@ -83,6 +83,11 @@ class OptimConfig:
     lr_scheduler_type (`str`, defaults to `"cosine"`): any transformers scheduler name.
     warmup_ratio (`float`, defaults to `0.1`): warm-up share of each schedule.
     logging_steps (`int`, defaults to `10`): optimizer steps between log lines.
+    nonfinite_loss (`str`, defaults to `"stop"`): a step whose loss or gradients are NaN/inf `stop`s the
+        run (naming the step, the batch and the last checkpoint), or is `skip`ped: its update is not
+        applied (weights and optimizer state unchanged), it is logged and counted. Not with DeepSpeed.
+    max_nonfinite_steps (`int`, defaults to `10`): with `skip`, the run stops anyway once more steps than
+        this were skipped.
     """
 
     per_device_train_batch_size: int = 8
@@ -95,6 +100,8 @@ class OptimConfig:
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.1
     logging_steps: int = 10
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    max_nonfinite_steps: int = 10
 
 
 @dataclass
@@ -471,6 +478,13 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
         value = getattr(o, name)
         _require(0 <= value < 1, source, f"optim.{name}", value, "a number in [0, 1)")
     _require(o.max_grad_norm >= 0, source, "optim.max_grad_norm", o.max_grad_norm, ">= 0 (0 disables)")
+    _require(o.max_nonfinite_steps >= 0, source, "optim.max_nonfinite_steps", o.max_nonfinite_steps,
+             "an integer >= 0")
+    if o.nonfinite_loss == "skip" and (r.launcher.deepspeed_config is not None or "deepspeed" in r.training_args):
+        raise RecipeError(
+            f"{source}: optim.nonfinite_loss: 'skip' is not supported with DeepSpeed (it steps the optimizer "
+            "inside backward, so a bad update cannot be withheld); use 'stop' (the default)"
+        )
     d = r.distill
     _require(0 <= d.alpha <= 1, source, "distill.alpha", d.alpha, "a number in [0, 1]")
     _require(d.temperature > 0, source, "distill.temperature", d.temperature, "> 0")

@@ -22,18 +22,18 @@ import logging
 import math
 from pathlib import Path
 
-from distillkit_scd.callbacks import (
-    ExtraStateCallback,
-    SaveAtStepsCallback,
-    StageCallback,
-    StepLossCallback,
-    atomic_write_json,
-)
+from distillkit_scd.atomic import atomic_write_json
+from distillkit_scd.callbacks import ExtraStateCallback, SaveAtStepsCallback, StageCallback, StepLossCallback
 from distillkit_scd.collate import DistillationCollator
 from distillkit_scd.config import METHODS, Recipe
 from distillkit_scd.losses import LossSpec, TAIDState
 from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
-from distillkit_scd.sft import last_checkpoint, steps_per_epoch, write_checkpoint_manifest
+from distillkit_scd.sft import (
+    check_resume_checkpoint,
+    last_checkpoint,
+    steps_per_epoch,
+    write_checkpoint_manifest,
+)
 from distillkit_scd.teachers import CheckpointPool, read_manifest
 from distillkit_scd.training_args import build_sft_config
 from distillkit_scd.workspace import Workspace, save_resolved_recipe
@@ -140,10 +140,11 @@ def run_distill(recipe: Recipe, method: str) -> Path:
     extra = ExtraStateCallback(trainer, stages)
     trainer.add_callback(stages)
     trainer.add_callback(extra)
-    trainer.add_callback(StepLossCallback(trainer))
+    trainer.add_callback(StepLossCallback(trainer, recipe.optim.nonfinite_loss, recipe.optim.max_nonfinite_steps))
 
     resume = last_checkpoint(out)
     if resume:
+        check_resume_checkpoint(resume)
         logger.info("distill %s: resuming from %s", method, resume)
         extra.restore(resume)
     trainer.train(resume_from_checkpoint=resume)

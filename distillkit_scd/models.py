@@ -194,13 +194,20 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, attn_implementation=None):
     """Load a causal LM from a local folder or Hub id, from safetensors only (never pickle).
 
+    A local folder's safetensors headers are read first, so a truncated, garbage or missing weights file
+    is named in the error instead of surfacing as a bare safetensors traceback.
+
     Raises:
-        ValueError: unknown dtype, or no loadable safetensors model at `path`.
+        ValueError: unknown dtype, or no loadable safetensors model at `path` (naming the folder or file).
     """
     from transformers import AutoModelForCausalLM
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+    if Path(path).is_dir():
+        from distillkit_scd.teachers import checkpoint_files
+
+        checkpoint_files(path)  # ValueError naming the folder (no weights) or the unreadable file
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -209,6 +216,10 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype], **kwargs)
     except OSError as err:
         raise ValueError(f"{path}: cannot load a safetensors model ({err})") from None
+    except Exception as err:
+        if type(err).__module__.startswith("safetensors"):  # e.g. a Hub download cut short
+            raise ValueError(f"{path}: cannot read its safetensors weights ({err})") from None
+        raise
 
 
 def _special_tokens(tokenizer) -> dict[str, str | None]:

@@ -50,6 +50,31 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[1])))
 
 
+def check_resume_checkpoint(folder: str | Path) -> None:
+    """Fail before training, naming the file, if the checkpoint a run would resume from is unreadable
+    (truncated or garbage weights, optimizer or scheduler state) — instead of a deep library traceback.
+
+    Raises:
+        ValueError: naming the bad file and how to resume from the checkpoint before it.
+    """
+    import zipfile
+
+    from distillkit_scd.teachers import INDEX_FILE, checkpoint_files
+
+    folder = Path(folder)
+    fix = f"delete {folder} to resume from the checkpoint before it (or from scratch), then re-run"
+    # DeepSpeed checkpoints may keep the weights only in their global_step*/ folder.
+    if any(folder.glob("*.safetensors")) or (folder / INDEX_FILE).is_file() or not any(folder.glob("global_step*")):
+        try:
+            checkpoint_files(folder)
+        except ValueError as err:
+            raise ValueError(f"resume: {err}; {fix}") from None
+    for name in ("optimizer.pt", "scheduler.pt"):  # torch.save writes zip archives
+        file = folder / name
+        if file.is_file() and not zipfile.is_zipfile(file):
+            raise ValueError(f"resume: {file}: not a readable torch state file (truncated or corrupt); {fix}")
+
+
 def run_sft(recipe: Recipe, role: str) -> Path:
     """Fine-tune `role` on the task's train split; returns its folder (with manifest.json)."""
     if role not in ("teacher", "student"):
@@ -75,9 +100,10 @@ def run_sft(recipe: Recipe, role: str) -> Path:
     trainer = DistillationTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                                   processing_class=tokenizer, data_collator=DistillationCollator(tokenizer.pad_token_id),
                                   callbacks=[saver])
-    trainer.add_callback(StepLossCallback(trainer))
+    trainer.add_callback(StepLossCallback(trainer, recipe.optim.nonfinite_loss, recipe.optim.max_nonfinite_steps))
     resume = last_checkpoint(out)
     if resume:
+        check_resume_checkpoint(resume)
         logger.info("SFT %s: resuming from %s", role, resume)
     trainer.train(resume_from_checkpoint=resume)
     write_checkpoint_manifest(out, save_steps, per_epoch, saver.eval_losses, trainer)
