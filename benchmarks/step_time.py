@@ -5,11 +5,17 @@
     python benchmarks/step_time.py --shapes llama-1b-3b --dtype bfloat16     # GPU (random weights)
 
 For each shape it builds random-weight Llama student and teacher, then times, on the same batches and
-in the same process, with `DistillationTrainer.training_step` (forward, loss, backward) + optimizer step:
+in the same process, `DistillationTrainer.compute_loss` (forward, loss) + backward + optimizer step:
   sft    the student trained with CE only (no teacher),
   fwd    the teacher's forward pass alone (decoder + lm_head at label positions, no grad),
-  td / taid / aw   a full distillation step.
-ratio = method / (sft + fwd): 1.0 is the floor. Prints a table and appends it to benchmarks/RESULTS.md.
+  td / taid / aw   a full distillation step with the online teacher,
+  cached           TD reading top-k teacher signals (`--top-k`) instead of running the teacher,
+  distillkit       (`--distillkit`, where arcee-ai DistillKit is installed) DistillKit's own
+                   `DistillationTrainer` with its default losses (0.5 CE + 0.5 KL, T = 1) — the same
+                   objective as our TD at α = 0.5 — on the same models and batches.
+ratio = method / (sft + fwd): 1.0 is the floor. On CUDA it also reports peak memory per method and model
+FLOPs utilisation (MFU: 6·P_student + 2·P_teacher FLOPs per token, non-embedding parameters, against
+`--peak-tflops`). Prints a table and appends it to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -96,6 +102,57 @@ def make_trainer(student, teacher, method: str, out: str):
     return trainer
 
 
+def make_distillkit_trainer(student, teacher, out: str, length: int):
+    """DistillKit's own trainer as `distillkit.main` builds it, with its default loss list."""
+    from datasets import Dataset
+    from distillkit.configuration import DistillationRunConfig
+    from distillkit.signals import OnlineSignalSource
+    from distillkit.trainer import DistillationTrainer as DKTrainer
+    from trl import SFTConfig
+
+    vocab = student.config.vocab_size
+    config = DistillationRunConfig.model_validate({
+        "model": "random-student", "teacher": {"kind": "hf", "path": "random-teacher"},
+        "dataset": {"train_dataset": {"disk_path": out}}, "sequence_length": length, "output_path": out,
+        "use_flash_attention": False, "project_name": "",
+        "loss_functions": [{"function": "cross_entropy", "weight": 0.5},
+                           {"function": "kl", "weight": 0.5, "temperature": 1.0}]})
+    args = SFTConfig(output_dir=out, report_to="none", per_device_train_batch_size=1, max_steps=1,
+                     remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
+                     bf16=student.dtype == torch.bfloat16, use_cpu=not torch.cuda.is_available())
+    dummy = Dataset.from_list([{"input_ids": [0, 1], "labels": [0, 1]}])
+    trainer = DKTrainer(model=student, config=config, signal_source=OnlineSignalSource(teacher, vocab_size=vocab),
+                        true_vocab_size=vocab, args=args, train_dataset=dummy, processing_class=_tokenizer())
+    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+    return trainer
+
+
+class _BatchSignals:
+    """Top-k teacher signals precomputed per benchmark batch, served like `signal_cache.SignalCache`."""
+
+    def __init__(self, teacher, data, k: int):
+        from distillkit_scd.losses import label_positions, topk_signal
+
+        self.by_batch = {}
+        with torch.no_grad():
+            for i, b in enumerate(data):
+                hidden = teacher.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                               position_ids=b["position_ids"]).last_hidden_state
+                idx, _ = label_positions(b["labels"])
+                logits = teacher.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[idx]).float()
+                self.by_batch[i] = topk_signal(logits, k)
+
+    def for_rows(self, sample_indices: torch.Tensor, device=None):
+        return self.by_batch[int(sample_indices[0]) // 10_000]
+
+
+def non_embedding_params(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+
+
+GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense bf16
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -114,15 +171,26 @@ def time_steps(fn, batches, device, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def measure(shape: str, steps: int, batch: int, length: int, dtype, device) -> dict:
+def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_k: int,
+            with_distillkit: bool) -> dict:
     from distillkit_scd.losses import label_positions
 
     student, teacher = build(shape, dtype, device)
     data = [{k: v.to(device) for k, v in b.items()} for b in batches(VOCAB[shape], batch, length, length // 2, steps)]
+    for i, b in enumerate(data):  # row ids: batch i holds rows 10_000·i + r (the cached method's lookup)
+        b["sample_index"] = torch.arange(batch, device=device) + 10_000 * i
+    initial = {k: v.clone() for k, v in student.state_dict().items()}
     results = {}
+    methods = ["sft", "td", "taid", "aw", "cached"] + (["distillkit"] if with_distillkit else [])
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ("sft", "td", "taid", "aw"):
-            trainer = make_trainer(student, teacher, method, tmp)
+        for method in methods:
+            student.load_state_dict(initial)  # every method starts from the same weights
+            if method == "distillkit":
+                trainer = make_distillkit_trainer(student, teacher, tmp, length)
+            else:
+                trainer = make_trainer(student, teacher, "td" if method == "cached" else method, tmp)
+            if method == "cached":
+                trainer.teacher_signals = [_BatchSignals(teacher, data, top_k)]
 
             def step(b, trainer=trainer):
                 trainer.model.train()
@@ -132,10 +200,12 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device) -> d
                 trainer.optimizer.zero_grad(set_to_none=True)
 
             if device.type == "cuda":
+                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             results[method] = time_steps(step, data, device)
             if device.type == "cuda":
                 results[f"{method}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            del trainer
         teacher.eval()
 
         @torch.no_grad()
@@ -147,9 +217,19 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device) -> d
 
         results["fwd"] = time_steps(forward, data, device)
     floor = results["sft"] + results["fwd"]
-    results.update({f"{m}_ratio": results[m] / floor for m in ("td", "taid", "aw")})
-    results["tokens_per_s_td"] = batch * length / results["td"]
+    results.update({f"{m}_ratio": results[m] / floor for m in methods if m != "sft"})
+    tokens = batch * length
+    results["tokens_per_s"] = {m: tokens / results[m] for m in methods}
+    results["flops_per_token"] = {"student": 6 * non_embedding_params(student),
+                                  "teacher": 2 * non_embedding_params(teacher)}
     return results
+
+
+def mfu(results: dict, method: str, tokens: int, peak_tflops: float) -> float:
+    """Model FLOPs utilisation of one step: student 6·P per token (+ teacher 2·P for online methods)."""
+    f = results["flops_per_token"]
+    per_token = f["student"] + (f["teacher"] if method in ("td", "taid", "aw", "distillkit") else 0)
+    return per_token * tokens / results[method] / (peak_tflops * 1e12)
 
 
 def main(argv=None) -> int:
@@ -159,21 +239,42 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128, help="tokens per row (half prompt, half labels)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--top-k", type=int, default=64, help="k of the cached-signal method")
+    parser.add_argument("--distillkit", action="store_true",
+                        help="also time arcee-ai DistillKit's DistillationTrainer (must be installed)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="accelerator peak for MFU (default: known GPUs' dense bf16 peak; none on CPU)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-    header = "| shape | sft step (ms) | teacher fwd (ms) | floor (ms) | TD (ms) | TAID (ms) | AW (ms) | TD/floor | TAID/floor | AW/floor |"
-    lines = [header, "|---" * 10 + "|"]
+    peak = args.peak_tflops
+    if peak is None and device.type == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+    methods = ["td", "taid", "aw", "cached"] + (["distillkit"] if args.distillkit else [])
+    labels = {"td": "TD", "taid": "TAID", "aw": "AW", "cached": f"TD cached k={args.top_k}", "distillkit": "DistillKit"}
+    header = ("| shape | sft step (ms) | teacher fwd (ms) | floor (ms) | "
+              + " | ".join(f"{labels[m]} (ms)" for m in methods) + " | "
+              + " | ".join(f"{labels[m]}/floor" for m in methods) + " |")
+    lines = [header, "|---" * (4 + 2 * len(methods)) + "|"]
     extra: list[str] = []
+    tokens = args.batch * args.length
     for shape in args.shapes:
-        r = measure(shape, args.steps + 2, args.batch, args.length, dtype, device)
-        ms = {k: 1000 * v for k, v in r.items() if not k.endswith(("ratio", "gib", "_s_td"))}
-        lines.append(f"| {shape} | {ms['sft']:.1f} | {ms['fwd']:.1f} | {ms['sft'] + ms['fwd']:.1f} | {ms['td']:.1f} | "
-                     f"{ms['taid']:.1f} | {ms['aw']:.1f} | {r['td_ratio']:.3f} | {r['taid_ratio']:.3f} | {r['aw_ratio']:.3f} |")
-        extra.append(f"{shape}: TD {r['tokens_per_s_td']:.0f} tokens/s"
-                     + ("".join(f"; peak {m} {r[f'{m}_peak_gib']:.2f} GiB" for m in ("sft", "td", "taid", "aw"))
-                        if device.type == "cuda" else ""))
+        r = measure(shape, args.steps + 2, args.batch, args.length, dtype, device, args.top_k, args.distillkit)
+        ms = {m: 1000 * r[m] for m in ["sft", "fwd", *methods]}
+        lines.append(f"| {shape} | {ms['sft']:.1f} | {ms['fwd']:.1f} | {ms['sft'] + ms['fwd']:.1f} | "
+                     + " | ".join(f"{ms[m]:.1f}" for m in methods) + " | "
+                     + " | ".join(f"{r[f'{m}_ratio']:.3f}" for m in methods) + " |")
+        note = f"{shape}: tokens/s " + ", ".join(f"{labels.get(m, m)} {v:,.0f}" for m, v in r["tokens_per_s"].items())
+        if args.distillkit:
+            note += f"; DistillKit / ours (TD) = {r['distillkit'] / r['td']:.2f}"
+        if device.type == "cuda":
+            note += "; peak GiB " + ", ".join(f"{labels.get(m, m)} {r[f'{m}_peak_gib']:.2f}" for m in ["sft", *methods])
+        if peak:
+            note += f"; MFU at {peak:.0f} TFLOP/s: " + ", ".join(
+                f"{labels.get(m, m)} {100 * mfu(r, m, tokens, peak):.1f} %" for m in ["sft", *methods])
+        extra.append(note)
     table = "\n".join(lines) + "\n\n" + "\n".join(f"- {e}" for e in extra)
     print(table)
     if not args.no_record:
