@@ -171,8 +171,20 @@ def time_steps(fn, batches, device, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def profile_step(step, batch, device, rows: int = 15) -> str:
+    """torch.profiler table of one step: where the time goes, by operator (self time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(batch)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_k: int,
-            with_distillkit: bool) -> dict:
+            with_distillkit: bool, profile: str | None = None) -> dict:
     from distillkit_scd.losses import label_positions
 
     student, teacher = build(shape, dtype, device)
@@ -205,6 +217,8 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
             results[method] = time_steps(step, data, device)
             if device.type == "cuda":
                 results[f"{method}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if method == profile:
+                results["profile"] = profile_step(step, data[0], device)
             del trainer
         teacher.eval()
 
@@ -244,6 +258,8 @@ def main(argv=None) -> int:
                         help="also time arcee-ai DistillKit's DistillationTrainer (must be installed)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="accelerator peak for MFU (default: known GPUs' dense bf16 peak; none on CPU)")
+    parser.add_argument("--profile", default=None, choices=["sft", "td", "taid", "aw", "cached", "distillkit"],
+                        help="also print a torch.profiler table of one step of this method (not recorded)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -261,7 +277,10 @@ def main(argv=None) -> int:
     extra: list[str] = []
     tokens = args.batch * args.length
     for shape in args.shapes:
-        r = measure(shape, args.steps + 2, args.batch, args.length, dtype, device, args.top_k, args.distillkit)
+        r = measure(shape, args.steps + 2, args.batch, args.length, dtype, device, args.top_k, args.distillkit,
+                    args.profile)
+        if "profile" in r:
+            print(f"profile of one {args.profile} step, shape {shape}:\n{r['profile']}")
         ms = {m: 1000 * r[m] for m in ["sft", "fwd", *methods]}
         lines.append(f"| {shape} | {ms['sft']:.1f} | {ms['fwd']:.1f} | {ms['sft'] + ms['fwd']:.1f} | "
                      + " | ".join(f"{ms[m]:.1f}" for m in methods) + " | "
