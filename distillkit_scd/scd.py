@@ -23,50 +23,15 @@ Cache modes (`distill.scd.top_k`):
 from __future__ import annotations
 
 import logging
-import math
 import random
-from dataclasses import dataclass
 
 import torch
 
+from distillkit_scd.losses import TopKSignal, topk_signal
 from distillkit_scd.model_outputs import iter_label_logprobs, label_hidden
 from distillkit_scd.schedules import select_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TopKTail:
-    """A compressed distribution over V tokens: top-k log-probs and ids (c, k), and the tail log-mass (c,)."""
-
-    logprobs: torch.Tensor  # (c, k) float32
-    indices: torch.Tensor  # (c, k) int32
-    tail_logmass: torch.Tensor  # (c,) float32: log Σ_{v ∉ top-k} p_v (−inf when k = V)
-    vocab_size: int
-
-    @classmethod
-    def from_logprobs(cls, logprobs: torch.Tensor, k: int) -> TopKTail:
-        """Compress full log-probs (c, V); the tail mass is a logsumexp of the dropped entries (no 1 − Σ
-        cancellation when the top k hold almost all the mass)."""
-        vocab = logprobs.shape[-1]
-        k = min(k, vocab)
-        values, indices = logprobs.topk(k, dim=-1)
-        rest = logprobs.scatter(-1, indices, float("-inf"))
-        return cls(values.float().cpu(), indices.to(torch.int32).cpu(), torch.logsumexp(rest, -1).float().cpu(),
-                   vocab)
-
-    def dense(self, device=None) -> torch.Tensor:
-        """Log-probs (c, V) of p̃: the top-k values, the tail mass spread uniformly over the other V − k."""
-        c, k = self.logprobs.shape
-        values, indices, tail = (t.to(device) if device is not None else t
-                                 for t in (self.logprobs, self.indices, self.tail_logmass))
-        if k >= self.vocab_size:
-            fill = torch.full((c,), float("-inf"), device=values.device)
-        else:
-            fill = tail - math.log(self.vocab_size - k)
-        out = fill.unsqueeze(-1).expand(c, self.vocab_size).clone()
-        out.scatter_(1, indices.long(), values)
-        return out  # (c, V)
 
 
 def kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -103,7 +68,8 @@ class SCDSelector:
         top_k: 0 caches full log-probs (exact); k > 0 top-k + tail bucket (see the module docstring).
         chunk_size: label positions per logits chunk (bounds the (c, V) working memory).
 
-    Attributes after `precompute()`: `cache[j][c]` (chunk c of checkpoint j: (c, V) tensor or `TopKTail`),
+    Attributes after `precompute()`: `cache[j][c]` (chunk c of checkpoint j: (c, V) tensor or
+    `losses.TopKSignal` with the exact tail log-mass),
     `kl_best[j]` (term 1), `teacher_passes` (N), `num_positions` (P).
     """
 
@@ -123,18 +89,23 @@ class SCDSelector:
         self.teacher_passes = 0
         self.student_passes = 0
         self.num_positions = 0
+        self.vocab_size: int | None = None  # V, from the first probe chunk (needed to expand a top-k item)
 
     # ---- cache ------------------------------------------------------------------------------------
 
     def _store(self, logprobs: torch.Tensor):
+        self.vocab_size = logprobs.shape[-1]
         if self.top_k == 0:
             return logprobs.float().cpu()
-        return TopKTail.from_logprobs(logprobs, self.top_k)
+        # log_softmax of log-probs is the identity, so the loss path's compressor applies unchanged.
+        signal = topk_signal(logprobs, self.top_k)
+        return TopKSignal(signal.logprobs.float().cpu(), signal.indices.cpu(), signal.tail_logmass.float().cpu())
 
-    @staticmethod
-    def _dense(item, device=None) -> torch.Tensor:
-        if isinstance(item, TopKTail):
-            return item.dense(device)
+    def _dense(self, item, device=None) -> torch.Tensor:
+        """(c, V) log-probs of a cached chunk (p̃ for a top-k item), on `device`."""
+        if isinstance(item, TopKSignal):
+            item = TopKSignal(*(t.to(device) for t in (item.logprobs, item.indices, item.tail_logmass)))
+            return item.dense_logprobs(slice(None), self.vocab_size)
         return item if device is None else item.to(device)
 
     @torch.no_grad()
@@ -193,11 +164,11 @@ class SCDSelector:
 
     @staticmethod
     def _chunk_rows(item) -> torch.Tensor:
-        return item.logprobs if isinstance(item, TopKTail) else item
+        return item.logprobs if isinstance(item, TopKSignal) else item
 
     @staticmethod
     def _nbytes(item) -> int:
-        if isinstance(item, TopKTail):
+        if isinstance(item, TopKSignal):
             return sum(t.numel() * t.element_size() for t in (item.logprobs, item.indices, item.tail_logmass))
         return item.numel() * item.element_size()
 

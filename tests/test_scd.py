@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from distillkit_scd.collate import DistillationCollator
-from distillkit_scd.scd import SCDSelector, TopKTail, kl_rows, probe_batches, probe_indices
+from distillkit_scd.losses import topk_signal
+from distillkit_scd.scd import SCDSelector, kl_rows, probe_batches, probe_indices
 
 
 class TableLM(torch.nn.Module):
@@ -182,8 +183,8 @@ def test_topk_error_identity_and_bound(k):
     V = 50
     log_p = F.log_softmax(torch.randn(64, V, generator=gen, dtype=torch.float64) * 3, -1)
     log_q = F.log_softmax(torch.randn(64, V, generator=gen, dtype=torch.float64) * 3, -1)
-    approx = TopKTail.from_logprobs(log_p.float(), k)
-    log_pt = approx.dense().double()
+    approx = topk_signal(log_p.float(), k)
+    log_pt = approx.dense_logprobs(slice(None), V).double()
     torch.testing.assert_close(torch.logsumexp(log_pt, -1), torch.zeros(64, dtype=torch.float64), atol=1e-5, rtol=0)
     err = kl_rows(log_q, log_pt) - kl_rows(log_q, log_p)
     tail = torch.ones_like(log_p, dtype=torch.bool).scatter(1, approx.indices.long(), False)
