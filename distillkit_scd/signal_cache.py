@@ -9,10 +9,12 @@ The approximation (stated, measured in benchmarks/RESULTS.md): the teacher distr
 its top-k tokens plus the remaining mass m spread uniformly over the other V − k tokens. Forward KL, reverse
 KL and TAID's p_t are then computed exactly on that distribution; TAID interpolates the student's logits
 with the cached log-probs (a per-row constant shift of the teacher logits does not change p_t). With k = V
-the cache is exact. Values are stored in float32, ids in int32: 8·k bytes per label token per checkpoint.
+the cache is exact. The tail mass is stored as its exact log (a logsumexp of the dropped entries, not
+1 − Σ top-k, which cancels when the top k hold almost everything). Values are stored in float32, ids in
+int32: 8·k + 4 bytes per label token per checkpoint.
 
-Layout: `OUT/signals/checkpoint-<j>.safetensors` with `logprobs` (T_total, k), `indices` (T_total, k) and
-`offsets` (S + 1,) — the row with `sample_index` i has its label positions at `offsets[i]:offsets[i+1]`,
+Layout: `OUT/signals/checkpoint-<j>.safetensors` with `logprobs` (T_total, k), `indices` (T_total, k),
+`tail_logmass` (T_total,) and `offsets` (S + 1,) — the row with `sample_index` i has its label positions at `offsets[i]:offsets[i+1]`,
 in position order, which is the order `losses.label_positions` produces for a batch; `signals.json` holds
 the cache key.
 """
@@ -28,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distillkit_scd import hashing
-from distillkit_scd.losses import TopKSignal
+from distillkit_scd.losses import TopKSignal, topk_signal
 from distillkit_scd.model_outputs import iter_label_logprobs, label_hidden
 
 logger = logging.getLogger(__name__)
@@ -39,10 +41,12 @@ META = "signals.json"
 class SignalCache:
     """Cached top-k teacher signals for one checkpoint, addressable by train-row index."""
 
-    def __init__(self, logprobs: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor):
+    def __init__(self, logprobs: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
+                 tail_logmass: torch.Tensor | None = None):
         self.logprobs = logprobs
         self.indices = indices
         self.offsets = offsets
+        self.tail_logmass = tail_logmass  # None in caches written before it was stored: m = 1 − Σ top-k
 
     @classmethod
     def load(cls, path: Path) -> SignalCache:
@@ -52,7 +56,7 @@ class SignalCache:
             data = load_file(str(path))
         except Exception as err:  # safetensors' own error types for corrupt or missing files
             raise ValueError(f"{path}: cannot read the teacher-signal cache ({err})") from None
-        return cls(data["logprobs"], data["indices"], data["offsets"])
+        return cls(data["logprobs"], data["indices"], data["offsets"], data.get("tail_logmass"))
 
     def for_rows(self, sample_indices: torch.Tensor, device=None) -> TopKSignal:
         """Signals of these rows' (by `sample_index`) label positions, concatenated in batch order — the
@@ -60,7 +64,8 @@ class SignalCache:
         parts = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in sample_indices.tolist()]
         lp = torch.cat([self.logprobs[p] for p in parts])
         idx = torch.cat([self.indices[p] for p in parts])
-        return TopKSignal(lp.to(device), idx.to(device))
+        tail = None if self.tail_logmass is None else torch.cat([self.tail_logmass[p] for p in parts]).to(device)
+        return TopKSignal(lp.to(device), idx.to(device), tail)
 
 
 def _batches(dataset, collator, batch_size):
@@ -74,7 +79,7 @@ def build_checkpoint_signals(teacher, dataset, collator, top_k: int, batch_size:
                              chunk_size: int = 1024, desc: str = "signals") -> SignalCache:
     """One teacher pass over `dataset` → top-k log-probs at every label position, row by row."""
     teacher.eval()
-    values, ids = [], []
+    values, ids, tails = [], [], []
     sample_index = list(dataset["sample_index"])
     if sample_index != sorted(sample_index):
         raise ValueError("build_checkpoint_signals: rows must be in increasing sample_index order")
@@ -86,18 +91,19 @@ def build_checkpoint_signals(teacher, dataset, collator, top_k: int, batch_size:
         per_row = torch.bincount(rows, minlength=batch["labels"].shape[0])
         counts[batch["sample_index"]] = per_row  # dropped rows keep 0 positions
         for _, logprobs, _ in iter_label_logprobs(teacher, hidden, targets, chunk_size):
-            v, i = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
-            values.append(v.float().cpu())
-            ids.append(i.to(torch.int32).cpu())
+            signal = topk_signal(logprobs, top_k)  # log_softmax of log-probs is the identity
+            values.append(signal.logprobs.float().cpu())
+            ids.append(signal.indices.cpu())
+            tails.append(signal.tail_logmass.float().cpu())
     offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(counts, 0)
-    return SignalCache(torch.cat(values), torch.cat(ids), offsets)
+    return SignalCache(torch.cat(values), torch.cat(ids), offsets, torch.cat(tails))
 
 
 def cache_key(checkpoint_dirs, dataset, top_k: int) -> str:
     parts = [hashing.folder_hash(d) for d in checkpoint_dirs]
     parts.append(hashing.data_hash(dataset["id"], dataset["input_ids"], dataset["labels"]))
-    return hashing.combine(*parts, f"top_k={top_k}")
+    return hashing.combine(*parts, f"top_k={top_k}", "format=2")  # format 2 stores the exact tail log-mass
 
 
 def signal_paths(folder: Path, num_checkpoints: int) -> list[Path]:
@@ -138,7 +144,7 @@ def run_signal_cache(recipe) -> Path:
                                          recipe.distill.chunk_size, desc=f"teacher signals p({j + 1})")
         tmp = path.with_name(path.name + ".tmp")
         save_file({"logprobs": cache.logprobs.contiguous(), "indices": cache.indices.contiguous(),
-                   "offsets": cache.offsets}, str(tmp))
+                   "offsets": cache.offsets, "tail_logmass": cache.tail_logmass.contiguous()}, str(tmp))
         os.replace(tmp, path)
     tmp = meta.with_name(META + ".tmp")
     tmp.write_text(json.dumps({"key": key, "top_k": k, "num_checkpoints": pool.num_checkpoints,
