@@ -14,9 +14,6 @@ from distillkit_scd.config import Recipe
 
 logger = logging.getLogger(__name__)
 
-TINY_PREFIX = "tiny:"
-
-
 class Workspace:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -38,17 +35,11 @@ class Workspace:
         return self.root / "report"
 
     def base_model(self, role: str) -> str:
-        """The base model of `role`; `tiny:teacher` / `tiny:student` are built on the spot (no download)."""
-        ref = getattr(self.recipe.models, role)
-        if ref.startswith(TINY_PREFIX):
-            from distillkit_scd.models import make_tiny_pair
+        """The base model of `role`; `tiny:teacher` / `tiny:student` are built on the spot (no download),
+        under the file lock of `model_refs.resolve_model_path` (every rank of a launch resolves them)."""
+        from distillkit_scd.model_refs import resolve_model_path
 
-            which = ref[len(TINY_PREFIX):]
-            if which not in ("teacher", "student"):
-                raise ValueError(f"models.{role}: {ref!r}: expected tiny:teacher or tiny:student")
-            teacher_dir, student_dir = make_tiny_pair(self.root / "tiny_models", seed=self.recipe.seed)
-            return str(teacher_dir if which == "teacher" else student_dir)
-        return ref
+        return resolve_model_path(self.recipe, role)
 
     def load_base(self, role: str):
         from distillkit_scd.models import load_model
