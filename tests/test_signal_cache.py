@@ -126,3 +126,50 @@ def test_trainer_with_exact_cache_matches_online_teacher_without_teacher_passes(
             losses[mode] = trainer.compute_loss(trainer.model, dict(batch)).item()
             assert trainer.teacher_forward_rows == (len(train_rows) if mode == "online" else 0)
         assert losses["cached"] == pytest.approx(losses["online"], rel=1e-5), divergence
+
+
+@pytest.mark.slow
+def test_cached_distillation_matches_online_and_runs_teacher_only_for_validation(tmp_path):
+    """The `signals` stage + TD with `teacher_signal: cached` (k = V, exact) against the online teacher on
+    the micro recipe: the same logged losses at every step, and teacher rows run only for the validation
+    loss (counted in the schedule log) instead of for every training row."""
+    import json
+
+    from distillkit_scd.config import load_recipe
+    from distillkit_scd.distill import run_distill
+    from distillkit_scd.sft import run_sft
+    from distillkit_scd.signal_cache import run_signal_cache
+    from tests.test_end_to_end import write_recipe
+
+    recipe_path = write_recipe(tmp_path, methods="[td]", T=4, zero_shot="false")
+    online = load_recipe(recipe_path)
+    run_sft(online, "teacher")
+    run_sft(online, "student")
+    folder = run_distill(online, "td")
+    want = json.loads((folder / "schedule_log.json").read_text())
+    want_losses = _logged_losses(folder)
+    folder.rename(folder.with_name("td_online"))
+
+    cached = load_recipe(recipe_path, ["distill.teacher_signal=cached", "distill.cache_top_k=100000"])
+    run_signal_cache(cached)
+    got = json.loads((run_distill(cached, "td") / "schedule_log.json").read_text())
+    got_losses = _logged_losses(folder)
+    assert len(got_losses) == len(want_losses) > 0
+    for step, (a, b) in enumerate(zip(got_losses, want_losses)):
+        for key in ("loss", "loss_distill", "loss_ce"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (step, key)
+    from distillkit_scd.workspace import Workspace
+
+    ws = Workspace(online)
+    train, val = ws.tokenized_splits(ws.tokenizer())
+    sizes = [min(16, len(train) - s) for s in range(0, len(train), 16)]  # one epoch's batches, in order
+    train_rows = sum((sizes * 8)[:2 * 4])  # N = 2 stages × T = 4 steps; the epoch's last batch is short
+    assert got["teacher_forward_rows"] == 2 * len(val)  # the validation loss at each of the 2 stage ends
+    assert want["teacher_forward_rows"] == train_rows + 2 * len(val)
+
+
+def _logged_losses(folder) -> list[dict]:
+    import json
+
+    last = max(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [e for e in json.loads((last / "trainer_state.json").read_text())["log_history"] if "loss_distill" in e]
