@@ -1,11 +1,19 @@
 """`DistillationTrainer`: TRL's `SFTTrainer` with a frozen teacher and our chunked compound loss.
 
-Only `compute_loss` changes: the student runs through its (possibly DDP/DeepSpeed-wrapped) model with
-`logits_to_keep=1`, so no full (B, T, V) logits are built, and its final hidden states are taken from the
-decoder's output with a forward hook; the teacher's decoder runs under `no_grad` on the same
-`input_ids`, `attention_mask` and `position_ids`. Both are gathered at label positions only and handed
-to `losses.chunked_compound_loss`. With no teacher the same path is plain SFT (chunked CE), which is how
-the SFT stage trains too.
+Only `compute_loss` changes. The student's decoder runs on the batch (no lm_head call, so no (B, T, V)
+logits); the teacher's decoder runs under `no_grad` on the same `input_ids`, `attention_mask` and
+`position_ids`. Hidden states are taken at label positions only and handed, with the lm_head weights, to
+`losses.chunked_compound_loss`. With no teacher the same path is plain SFT (chunked CE), which is how the
+SFT stage trains too.
+
+Launch modes. All of that runs as the student's forward, called through its wrapper (`call_as_forward`,
+the forward redirection of Lightning and TRL), and the teacher's decoder through the teacher's DeepSpeed
+engine when it has one. DDP then prepares its gradient reduction as for any forward. Under ZeRO-3 the loss
+reads lm_head weights outside the lm_head's own forward, where they are empty placeholders: the student's
+are registered as external parameters of its root module, so the engine gathers them for this forward and
+again for its backward (the gradient is accumulated into the whole parameter, then reduce-scattered); the
+teacher's (no gradient) are gathered for the loss call by `gathered_for_loss`. tests/test_launch_modes.py
+shows plain Python, accelerate (1 and 2 processes) and ZeRO-3 (2 processes) give the same losses.
 
 Staged methods (CD, SCD, and — as the paper's shared infrastructure says — every distillation row) use
 `steps_per_stage`: the learning-rate schedule restarts (warm-up + cosine over T steps) and the optimizer
@@ -18,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -36,6 +46,68 @@ def unwrap(model):
     while hasattr(model, "module"):
         model = model.module
     return model
+
+
+def gathered_for_loss(*params):
+    """A context in which ZeRO-3-partitioned parameters are whole (all-gathered, read-only).
+
+    Parameters that are not partitioned, already available (e.g. a tied embedding inside its module's
+    forward) or None are left alone; with nothing to gather this is a null context, so plain PyTorch, DDP
+    and ZeRO-1/2 pay nothing. Duplicates (tied weights passed twice) are gathered once.
+    """
+    todo = {id(p): p for p in params if p is not None and hasattr(p, "ds_id")}
+    if not todo:
+        return nullcontext()
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    todo = [p for p in todo.values() if p.ds_status != ZeroParamStatus.AVAILABLE]
+    return deepspeed.zero.GatheredParameters(todo, modifier_rank=None) if todo else nullcontext()
+
+
+def call_as_forward(wrapper, module, fn, *args, **kwargs):
+    """Run `fn(*args, **kwargs)` as `module`'s forward, called through `wrapper` (DDP, a DeepSpeed engine,
+    or `module` itself), and return its result.
+
+    Work done inside a wrapper's forward gets the wrapper's bookkeeping: DDP prepares the gradient
+    reduction of the outputs; a ZeRO-3 engine gathers the root module's (and its external) parameters for
+    the forward and, through hooks on the outputs, again for their backward. Same idea as Lightning's and
+    TRL's forward redirection. `module.forward` is restored before `fn` runs (fn may call it) and after.
+    """
+    own = "forward" in vars(module)  # an instance attribute (e.g. accelerate's autocast wrapper) or the class's
+    original = module.forward
+
+    def restore() -> None:
+        if own:
+            module.forward = original
+        else:
+            vars(module).pop("forward", None)
+
+    def forward(*inner_args, **inner_kwargs):
+        restore()
+        return fn(*inner_args, **inner_kwargs)
+
+    module.forward = forward
+    try:
+        return wrapper(*args, **kwargs)
+    finally:
+        restore()
+
+
+def check_world_size(num_processes: int) -> None:
+    """Refuse a launch whose processes do not form one training job.
+
+    `accelerate launch --num_processes 2` without a GPU starts two processes, but accelerate only forms a
+    process group from them when told the run is on CPU: otherwise every process trains alone on the full
+    data (same batches on every rank, duplicated writes), silently. Raises ValueError naming the fix.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and num_processes != launched:
+        raise ValueError(
+            f"launched with WORLD_SIZE={launched} processes but the trainer sees {num_processes}: the processes "
+            "do not form one job. Without a GPU: for DDP set ACCELERATE_USE_CPU=1 (or training_args.use_cpu: "
+            "true); for DeepSpeed set training_args.ddp_backend: gloo."
+        )
 
 
 def staged_lr_lambda(steps_per_stage: int, warmup_ratio: float, kind: str = "cosine"):
@@ -80,6 +152,7 @@ class DistillationTrainer(SFTTrainer):
     def __init__(self, *args, teacher_model=None, loss_spec: LossSpec | None = None, use_aw: bool = False,
                  taid_state=None, steps_per_stage: int | None = None, teacher_signals=None, **kwargs):
         super().__init__(*args, **kwargs)
+        check_world_size(self.accelerator.num_processes)
         self.loss_spec = loss_spec or LossSpec(alpha=0.0)
         self.use_aw = use_aw
         self.taid_state = taid_state
@@ -92,9 +165,6 @@ class DistillationTrainer(SFTTrainer):
         self.last_batch_ids: list[int] = []  # sample_index of the last micro-batch, for error messages
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
-        self._hidden: dict[str, torch.Tensor] = {}
-        decoder = unwrap(self.model).get_decoder()
-        decoder.register_forward_hook(self._capture_hidden)
         self.teacher_model = None
         if teacher_model is not None:
             self.set_teacher(teacher_model)
@@ -121,10 +191,6 @@ class DistillationTrainer(SFTTrainer):
 
     # -- loss ---------------------------------------------------------------------------------------
 
-    def _capture_hidden(self, module, args, output) -> None:
-        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        self._hidden["student"] = hidden  # (B, T, H), final-normed
-
     def _token_weights(self, inputs: dict, flat_idx: torch.Tensor, length: int):
         if not self.use_aw:
             return None
@@ -136,35 +202,65 @@ class DistillationTrainer(SFTTrainer):
         rows = torch.div(flat_idx, length, rounding_mode="floor")
         return aw[rows, self.active_checkpoint].to(torch.float32)  # each token gets its sample's AW
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def _register_heads_for_zero3(self, student) -> None:
+        """ZeRO-3: make the student's lm_head weight (and bias) external parameters of the root module,
+        so the engine gathers them around its forward and backward (the loss reads them outside the
+        lm_head's own forward). Idempotent; nothing to do for parameters that are not partitioned."""
+        head = student.get_output_embeddings()
+        todo = [p for p in (head.weight, head.bias) if p is not None and hasattr(p, "ds_id")]
+        if todo:
+            import deepspeed
+
+            for param in todo:
+                deepspeed.zero.register_external_parameter(student, param)
+
+    def _decoder_hidden(self, model, batch: dict):
+        """Final-normed hidden states (B, T, H) of `model`'s decoder; no lm_head, so no (B, T, V) logits."""
+        with self.accelerator.autocast():  # mixed precision as the wrapped forward would have it
+            return model.get_decoder()(**batch, use_cache=False)
+
+    def _loss_in_forward(self, student, inputs, num_items_in_batch):
         labels = inputs["labels"]
         batch = {k: inputs[k] for k in _BATCH_KEYS if k in inputs}
-        if "sample_index" in inputs:
-            self.last_batch_ids = inputs["sample_index"]  # kept as a tensor; listed only on error
         batch_size, length = labels.shape
         flat_idx, targets = label_positions(labels)
-
-        # Through the wrapper (DDP/DeepSpeed hooks run); logits_to_keep=1 skips the (B, T, V) logits.
-        outputs = model(**batch, use_cache=False, logits_to_keep=1)
-        student_hidden = self._hidden.pop("student").reshape(batch_size * length, -1)[flat_idx]  # (N, H)
-        student_head = unwrap(model).get_output_embeddings()
+        outputs = self._decoder_hidden(student, batch)
+        student_hidden = outputs.last_hidden_state.reshape(batch_size * length, -1)[flat_idx]  # (N, H)
+        student_head = student.get_output_embeddings()
 
         teacher_hidden = teacher_head = signal = None
         if self.teacher_signals is not None and self.model.training:
             signal = self.teacher_signals[self.active_checkpoint].for_rows(inputs["sample_index"], labels.device)
         elif self.teacher_model is not None:
             teacher = unwrap(self.teacher_model)
-            with torch.no_grad():
-                t_out = teacher.get_decoder()(**batch, use_cache=False)
-                teacher_hidden = t_out.last_hidden_state.reshape(batch_size * length, -1)[flat_idx]
-            teacher_head = teacher.get_output_embeddings().weight
+            with torch.no_grad():  # through its DeepSpeed engine when it has one, so its ZeRO-3 hooks run
+                t_out = call_as_forward(self.teacher_model, teacher, self._decoder_hidden, teacher, batch)
+            teacher_hidden = t_out.last_hidden_state.reshape(batch_size * length, -1)[flat_idx]  # (N, H_t)
+            teacher_head = teacher.get_output_embeddings()
             self.teacher_forward_rows += batch_size
 
         taid_t = self.taid_state.t if self.taid_state is not None else 1.0
-        loss, parts = chunked_compound_loss(
-            student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, teacher_head,
-            teacher_signal=signal, weights=self._token_weights(inputs, flat_idx, length), taid_t=taid_t, num_items=num_items_in_batch,
-        )
+        t_weight, t_bias = (None, None) if teacher_head is None else (teacher_head.weight, teacher_head.bias)
+        # ZeRO-3: the teacher's head (read-only, no gradient) is gathered here; the student's already is.
+        with gathered_for_loss(student_head.weight, student_head.bias, t_weight, t_bias):
+            loss, parts = chunked_compound_loss(
+                student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, t_weight,
+                teacher_signal=signal, weights=self._token_weights(inputs, flat_idx, length), taid_t=taid_t,
+                num_items=num_items_in_batch, student_bias=student_head.bias, teacher_bias=t_bias,
+            )
+        return loss, parts, outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "sample_index" in inputs:
+            self.last_batch_ids = inputs["sample_index"]  # kept as a tensor; listed only on error
+        student = unwrap(model)
+        self._register_heads_for_zero3(student)
+        # The whole loss runs as the student's forward, called through its wrapper: DDP prepares its
+        # gradient reduction, and a ZeRO-3 engine keeps the lm_head (registered as an external parameter of
+        # the root module) gathered for the loss and gathers it again for the backward, so its gradient is
+        # accumulated into a whole parameter and then reduce-scattered.
+        loss, parts, outputs = call_as_forward(model, student, self._loss_in_forward, student, inputs,
+                                               num_items_in_batch)
         # num_items_in_batch counts every rank's tokens while DDP averages gradients over ranks.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
