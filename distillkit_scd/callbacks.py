@@ -216,6 +216,9 @@ class ExtraStateCallback(TrainerCallback):
         data = {"trainer": self.trainer.extra_state()}
         if self.stage_callback is not None:
             data["stage"] = self.stage_callback.state_dict()
+        rows = getattr(self.trainer, "teacher_forward_rows", None)
+        if rows is not None:  # so the schedule log of a resumed run counts the whole run, as uninterrupted
+            data["teacher_forward_rows"] = int(rows)
         return data
 
     def on_save(self, args, state, control, **kwargs):
@@ -230,6 +233,8 @@ class ExtraStateCallback(TrainerCallback):
             raise ValueError(f"{path}: missing; cannot resume this distillation run exactly")
         data = json.loads(path.read_text())
         self.trainer.load_extra_state(data.get("trainer", {}))
+        if "teacher_forward_rows" in data and hasattr(self.trainer, "teacher_forward_rows"):
+            self.trainer.teacher_forward_rows = int(data["teacher_forward_rows"])
         if self.stage_callback is not None:
             self.stage_callback.load_state_dict(data.get("stage", {}))
             # The optimizer state comes from the checkpoint; the stage's reset already happened or is
