@@ -171,6 +171,23 @@ def time_steps(fn, batches, device, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def time_interleaved(fns: dict, batches, device, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn on every batch (rotating the
+    order): load from other processes then slows every method alike, so the ratios stay meaningful on a
+    shared machine."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i, b in enumerate(batches):
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            fns[n](b)
+            sync(device)
+            if i >= warmup:
+                times[n].append(time.perf_counter() - start)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
 def profile_step(step, batch, device, rows: int = 15) -> str:
     """torch.profiler table of one step: where the time goes, by operator (self time)."""
     from torch.profiler import ProfilerActivity, profile
@@ -184,7 +201,13 @@ def profile_step(step, batch, device, rows: int = 15) -> str:
 
 
 def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_k: int,
-            with_distillkit: bool, profile: str | None = None) -> dict:
+            with_distillkit: bool, profile: str | None = None, interleave: bool = False) -> dict:
+    """Seconds per step of every method and of the teacher forward (+ peak memory on CUDA).
+
+    Sequential (default): each method in turn from the same initial weights, one optimizer per method
+    alive at a time (peak memory per method is meaningful). Interleaved: all methods step in turn on each
+    batch, sharing the student (its weights drift; step time does not depend on them).
+    """
     from distillkit_scd.losses import label_positions
 
     student, teacher = build(shape, dtype, device)
@@ -192,44 +215,54 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
     for i, b in enumerate(data):  # row ids: batch i holds rows 10_000·i + r (the cached method's lookup)
         b["sample_index"] = torch.arange(batch, device=device) + 10_000 * i
     initial = {k: v.clone() for k, v in student.state_dict().items()}
-    results = {}
     methods = ["sft", "td", "taid", "aw", "cached"] + (["distillkit"] if with_distillkit else [])
+    teacher.eval()
+
+    @torch.no_grad()
+    def forward(b):
+        hidden = teacher.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                       position_ids=b["position_ids"]).last_hidden_state
+        idx, _ = label_positions(b["labels"])
+        teacher.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[idx])
+
+    def step_fn(method: str, tmp: str):
+        if method == "distillkit":
+            trainer = make_distillkit_trainer(student, teacher, tmp, length)
+        else:
+            trainer = make_trainer(student, teacher, "td" if method == "cached" else method, tmp)
+        if method == "cached":
+            trainer.teacher_signals = [_BatchSignals(teacher, data, top_k)]
+
+        def step(b):
+            trainer.model.train()
+            loss = trainer.compute_loss(trainer.model, dict(b))
+            loss.backward()
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in methods:
-            student.load_state_dict(initial)  # every method starts from the same weights
-            if method == "distillkit":
-                trainer = make_distillkit_trainer(student, teacher, tmp, length)
-            else:
-                trainer = make_trainer(student, teacher, "td" if method == "cached" else method, tmp)
-            if method == "cached":
-                trainer.teacher_signals = [_BatchSignals(teacher, data, top_k)]
-
-            def step(b, trainer=trainer):
-                trainer.model.train()
-                loss = trainer.compute_loss(trainer.model, dict(b))
-                loss.backward()
-                trainer.optimizer.step()
-                trainer.optimizer.zero_grad(set_to_none=True)
-
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            results[method] = time_steps(step, data, device)
-            if device.type == "cuda":
-                results[f"{method}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            if method == profile:
-                results["profile"] = profile_step(step, data[0], device)
-            del trainer
-        teacher.eval()
-
-        @torch.no_grad()
-        def forward(b):
-            hidden = teacher.get_decoder()(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                           position_ids=b["position_ids"]).last_hidden_state
-            idx, _ = label_positions(b["labels"])
-            teacher.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[idx])
-
-        results["fwd"] = time_steps(forward, data, device)
+        if interleave:
+            fns = {m: step_fn(m, tmp) for m in methods}
+            results.update(time_interleaved({**fns, "fwd": forward}, data, device))
+            if profile:
+                results["profile"] = profile_step(fns[profile], data[0], device)
+        else:
+            for method in methods:
+                student.load_state_dict(initial)  # every method starts from the same weights
+                step = step_fn(method, tmp)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                results[method] = time_steps(step, data, device)
+                if device.type == "cuda":
+                    results[f"{method}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                if method == profile:
+                    results["profile"] = profile_step(step, data[0], device)
+                del step
+            results["fwd"] = time_steps(forward, data, device)
     floor = results["sft"] + results["fwd"]
     results.update({f"{m}_ratio": results[m] / floor for m in methods if m != "sft"})
     tokens = batch * length
@@ -260,6 +293,9 @@ def main(argv=None) -> int:
                         help="accelerator peak for MFU (default: known GPUs' dense bf16 peak; none on CPU)")
     parser.add_argument("--profile", default=None, choices=["sft", "td", "taid", "aw", "cached", "distillkit"],
                         help="also print a torch.profiler table of one step of this method (not recorded)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="step all methods in turn on each batch (robust ratios on a shared machine; "
+                             "no per-method peak memory)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -278,7 +314,7 @@ def main(argv=None) -> int:
     tokens = args.batch * args.length
     for shape in args.shapes:
         r = measure(shape, args.steps + 2, args.batch, args.length, dtype, device, args.top_k, args.distillkit,
-                    args.profile)
+                    args.profile, args.interleave)
         if "profile" in r:
             print(f"profile of one {args.profile} step, shape {shape}:\n{r['profile']}")
         ms = {m: 1000 * r[m] for m in ["sft", "fwd", *methods]}
@@ -288,7 +324,7 @@ def main(argv=None) -> int:
         note = f"{shape}: tokens/s " + ", ".join(f"{labels.get(m, m)} {v:,.0f}" for m, v in r["tokens_per_s"].items())
         if args.distillkit:
             note += f"; DistillKit / ours (TD) = {r['distillkit'] / r['td']:.2f}"
-        if device.type == "cuda":
+        if device.type == "cuda" and not args.interleave:
             note += "; peak GiB " + ", ".join(f"{labels.get(m, m)} {r[f'{m}_peak_gib']:.2f}" for m in ["sft", *methods])
         if peak:
             note += f"; MFU at {peak:.0f} TFLOP/s: " + ", ".join(
@@ -306,7 +342,7 @@ def main(argv=None) -> int:
         record = (f"\n### Step time vs floor — {datetime.date.today()} — {machine}\n\n"
                   f"`{' '.join(['python', *sys.argv])}` (batch {args.batch} × {args.length} tokens, {args.dtype}; "
                   f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; "
-                  f"median of {args.steps} steps)\n\n{table}\n")
+                  f"median of {args.steps} steps{', methods interleaved' if args.interleave else ''})\n\n{table}\n")
         path = Path(__file__).with_name("RESULTS.md")
         with path.open("a", encoding="utf-8") as fh:
             fh.write(record)
