@@ -113,7 +113,8 @@ class StepLossCallback(TrainerCallback):
 
     - `stop`s the run (default): `NonFiniteLossError` naming the step, the sample ids of its last
       micro-batch and the newest checkpoint on disk (re-running resumes from it). The bad update was not
-      applied, but the weights in memory are not saved; or
+      applied (under DeepSpeed it was: it steps inside backward), and the weights in memory are not
+      saved; or
     - `skip`s the update: every gradient is set to None, so the optimizer step is a no-op for the weights
       and the optimizer state alike (AdamW, like every torch optimizer, leaves a parameter without a
       gradient untouched: no moment update, no step count, no weight decay). The LR schedule and the

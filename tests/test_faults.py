@@ -177,7 +177,9 @@ def test_killed_distillation_resumes_to_the_same_weights_and_state(reference, tm
     """TD and TAID (SCD+AW: tests/test_end_to_end.py) killed after the first stage's checkpoint: the same
     command resumes from it and ends with every stage checkpoint bitwise equal to the uninterrupted
     run's, the same `distill_state.json` (active checkpoint and, for TAID, its t, momentum and previous
-    loss: restored, not restarted) and the same schedule log and manifest."""
+    loss: restored, not restarted) and the same schedule log and manifest. (The schedule log's
+    `teacher_forward_rows` used to differ — 96 vs 192 — because that counter was not saved with the
+    checkpoint; `distill_state.json` now carries it.)"""
     recipe = _copy_without(reference, tmp_path, f"distill/{method}")
     out = tmp_path / "run" / "distill" / method
     first = out / "checkpoint-6" / "distill_state.json"  # written after the trainer's own files

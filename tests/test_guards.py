@@ -54,6 +54,15 @@ def test_resumed_run_continues_the_skip_count():
     assert cb.skipped == 2
 
 
+def test_skip_is_refused_when_the_trainer_runs_deepspeed():
+    """DeepSpeed enabled by an accelerate config (not visible in the recipe): refused at train begin."""
+    trainer = FakeTrainer([])
+    trainer.is_deepspeed_enabled = True
+    with pytest.raises(ValueError, match=r"optim\.nonfinite_loss: 'skip' .*DeepSpeed"):
+        StepLossCallback(trainer, "skip").on_train_begin(None, SimpleNamespace(log_history=[]), None)
+    StepLossCallback(trainer, "stop").on_train_begin(None, SimpleNamespace(log_history=[]), None)
+
+
 @pytest.mark.parametrize(("overrides", "field"), [
     ({"optim": {"nonfinite_loss": "ignore"}}, "optim.nonfinite_loss"),
     ({"optim": {"max_nonfinite_steps": -1}}, "optim.max_nonfinite_steps"),
