@@ -110,6 +110,19 @@ def check_world_size(num_processes: int) -> None:
         )
 
 
+def check_zero3_saves_weights(ds_config: dict) -> None:
+    """Under ZeRO-3 a checkpoint holds model weights only when they are gathered on save; our checkpoints
+    are read back as model folders (teacher checkpoints, stage ends, evaluation). Raises ValueError."""
+    zero = ds_config.get("zero_optimization", {})
+    if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+        raise ValueError(
+            "DeepSpeed zero_optimization.stage3_gather_16bit_weights_on_model_save is not true: ZeRO-3 "
+            "checkpoints would hold no model weights (only DeepSpeed shards), and later stages load checkpoints "
+            "as model folders. Set it to true in the DeepSpeed JSON (recipes/deepspeed/zero3.json does), or pass "
+            "`--zero3_save_16bit_model true` to `accelerate launch --zero_stage 3`."
+        )
+
+
 def staged_lr_lambda(steps_per_stage: int, warmup_ratio: float, kind: str = "cosine"):
     """LR multiplier as a pure function of the global step: warm-up then cosine (or linear/constant)
     decay, restarted at every stage boundary (step % T == 0)."""
@@ -153,6 +166,8 @@ class DistillationTrainer(SFTTrainer):
                  taid_state=None, steps_per_stage: int | None = None, teacher_signals=None, **kwargs):
         super().__init__(*args, **kwargs)
         check_world_size(self.accelerator.num_processes)
+        if self.is_deepspeed_enabled:
+            check_zero3_saves_weights(self.accelerator.state.deepspeed_plugin.deepspeed_config)
         self.loss_spec = loss_spec or LossSpec(alpha=0.0)
         self.use_aw = use_aw
         self.taid_state = taid_state
