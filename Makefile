@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints/$(STACK).txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	PIP_CONSTRAINT=$(CURDIR)/constraints/$(STACK).txt $(VENV)/bin/python -m pip install --quiet -e '.[dev,deepspeed]'
+	PIP_CONSTRAINT=$(CURDIR)/constraints/$(STACK).txt $(VENV)/bin/python -m pip install --quiet -e '.[dev,deepspeed,liger]'
 	touch $@
 
 quickstart: setup
