@@ -19,6 +19,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from distillkit_scd.atomic import DiskFullError
 from distillkit_scd.config import METHODS, RecipeError, check_local_files, load_recipe
 from distillkit_scd.logging_utils import is_main_process, setup_logging
 
@@ -120,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DiskFullError as err:  # names the file; what was written before is intact (atomic writes)
+        if args.verbose:
+            raise
+        print(f"error: {err.strerror}", file=sys.stderr)
+        return 1
 
 
 def _recipe(args):

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from distillkit_scd import hashing
+from distillkit_scd.atomic import atomic_write, atomic_write_json
 from distillkit_scd.losses import TopKSignal, topk_signal
 from distillkit_scd.model_outputs import iter_label_logprobs, label_hidden
 
@@ -142,14 +142,11 @@ def run_signal_cache(recipe) -> Path:
         pool.load_into(teacher, j)
         cache = build_checkpoint_signals(teacher, train, collator, k, recipe.evaluation.batch_size,
                                          recipe.distill.chunk_size, desc=f"teacher signals p({j + 1})")
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"logprobs": cache.logprobs.contiguous(), "indices": cache.indices.contiguous(),
-                   "offsets": cache.offsets, "tail_logmass": cache.tail_logmass.contiguous()}, str(tmp))
-        os.replace(tmp, path)
-    tmp = meta.with_name(META + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "top_k": k, "num_checkpoints": pool.num_checkpoints,
-                               "rows": len(train)}))
-    os.replace(tmp, meta)
+        tensors = {"logprobs": cache.logprobs.contiguous(), "indices": cache.indices.contiguous(),
+                   "offsets": cache.offsets, "tail_logmass": cache.tail_logmass.contiguous()}
+        atomic_write(path, lambda tmp, tensors=tensors: save_file(tensors, str(tmp)))
+    atomic_write_json(meta, {"key": key, "top_k": k, "num_checkpoints": pool.num_checkpoints, "rows": len(train)},
+                      indent=None)
     logger.info("teacher signals: %d checkpoints × %d rows cached (top-%d) in %s", pool.num_checkpoints,
                 len(train), k, folder)
     return folder

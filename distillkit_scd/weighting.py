@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from distillkit_scd import hashing
+from distillkit_scd.atomic import atomic_write, atomic_write_json
 from distillkit_scd.losses import adaptive_weight
 from distillkit_scd.model_outputs import sequence_losses
 
@@ -94,17 +94,13 @@ class AWTable:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = folder / TABLE_TENSORS
-        tmp = folder / f".{TABLE_TENSORS}.{os.getpid()}.tmp"
-        save_file({"student_loss": self.student_loss.contiguous(), "teacher_loss": self.teacher_loss.contiguous(),
-                   "weights": self.weights.contiguous()}, str(tmp))
-        os.replace(tmp, tensors)
+        data = {"student_loss": self.student_loss.contiguous(), "teacher_loss": self.teacher_loss.contiguous(),
+                "weights": self.weights.contiguous()}
+        atomic_write(tensors, lambda tmp: save_file(data, str(tmp)))
         meta = {"format_version": FORMAT_VERSION, "key": self.key, "num_samples": len(self.ids),
                 "num_checkpoints": self.num_checkpoints, "tensors": TABLE_TENSORS,
                 "tensors_sha256": hashing.sha256_file(tensors), "metadata": self.metadata, "ids": self.ids}
-        path = folder / TABLE_JSON
-        tmp = folder / f".{TABLE_JSON}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, path)
+        path = atomic_write_json(folder / TABLE_JSON, meta, indent=None)
         return path
 
     @classmethod

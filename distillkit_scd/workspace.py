@@ -82,9 +82,6 @@ class Workspace:
 
 def save_resolved_recipe(recipe: Recipe, folder: Path) -> None:
     """Every artifact folder carries the resolved config that produced it."""
-    import os
+    from distillkit_scd.atomic import atomic_write_text
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "resolved_recipe.yaml.tmp"
-    tmp.write_text(recipe.to_yaml(), encoding="utf-8")
-    os.replace(tmp, folder / "resolved_recipe.yaml")
+    atomic_write_text(Path(folder) / "resolved_recipe.yaml", recipe.to_yaml())

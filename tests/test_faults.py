@@ -454,3 +454,21 @@ def test_sft_stage_refuses_a_damaged_resume_checkpoint_before_training(reference
     assert main(["sft", str(recipe), "--role", "student"]) == 2
     err = capsys.readouterr().err
     assert f"error: resume: {file}: cannot read safetensors" in err and "Traceback" not in err
+
+
+def test_cli_reports_a_full_disk_in_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """A full disk during any stage's artifact write: exit code 1 and one stderr line naming the file."""
+    from distillkit_scd import atomic, cli
+
+    target = tmp_path / "run" / "results.json"
+
+    def dispatch(args):
+        atomic.atomic_write_json(target, {"x": 1})
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    monkeypatch.setattr(atomic.os, "fsync", _fail_fsync(OSError(errno.ENOSPC, "No space left on device")))
+    assert cli.main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {target}: disk full"), err
+    assert not target.exists()
