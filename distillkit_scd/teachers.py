@@ -107,6 +107,10 @@ def checkpoint_files(folder: str | Path) -> dict[str, Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError) as err:
             raise ValueError(f"{index}: not a valid safetensors index ({err})") from None
+        for file in set(weight_map.values()):
+            if not isinstance(file, str) or Path(file).name != file or file in (".", ".."):
+                raise ValueError(f"{index}: shard {file!r} is not a file name inside {folder} "
+                                 "(shards must sit beside the index)")
         out = {name: folder / file for name, file in weight_map.items()}
         for file in set(out.values()):
             if not file.is_file():
@@ -318,10 +322,18 @@ class CheckpointPool:
         self.active_index: int | None = None
 
     def _resolve(self, entry: CheckpointEntry) -> Path:
+        """A checkpoint folder: absolute as written, or relative to the manifest's folder (or, as the SFT
+        stage writes it for a relative `output_dir`, to the working directory). A relative path must stay
+        inside the manifest's folder: a manifest cannot send us to read `../../elsewhere`."""
         path = Path(entry.path)
         candidates = [path] if path.is_absolute() else [self.manifest_path.parent / path, path]
+        home = self.manifest_path.parent.resolve()
         for candidate in candidates:
             if candidate.is_dir():
+                if not path.is_absolute() and not candidate.resolve().is_relative_to(home):
+                    raise ValueError(f"{self.manifest_path}: checkpoints[{entry.index}].path: {entry.path!r} "
+                                     f"leads outside {home}; a relative checkpoint path must stay inside the "
+                                     "manifest's folder (write an absolute path to use a folder elsewhere)")
                 return candidate
         raise ValueError(f"{self.manifest_path}: checkpoints[{entry.index}].path: folder {entry.path!r} not found "
                          f"(looked at {', '.join(str(c) for c in candidates)})")

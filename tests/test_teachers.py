@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from distillkit_scd.teachers import (
     CheckpointEntry,
     CheckpointPool,
+    checkpoint_files,
     load_weights_in_place,
     read_manifest,
     write_manifest,
@@ -166,6 +167,37 @@ def test_manifest_errors(tmp_path, pool_dir):
         pool.path(3)
     entries, best, selected_by = read_manifest(pool_dir)
     assert [e.step for e in entries] == [1, 2, 3] and best == 1 and selected_by == "lowest validation loss"
+
+
+
+def test_paths_from_a_manifest_stay_inside_its_folder(tmp_path, pool_dir):
+    """A relative checkpoint path that climbs out of the manifest's folder is refused (an absolute one is
+    the writer's explicit choice); a safetensors index cannot name a shard outside the checkpoint folder."""
+    import shutil
+
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(CheckpointPool(pool_dir).path(0), outside)
+    home = tmp_path / "run"
+    home.mkdir()
+    manifest = home / "manifest.json"
+    for path, ok in (("../elsewhere", False), (str(outside), True)):
+        manifest.write_text(json.dumps({"checkpoints": [{"index": 0, "step": 1, "epoch": 1, "path": path}],
+                                        "best_index": 0}))
+        if ok:
+            assert CheckpointPool(manifest).path(0) == outside
+        else:
+            with pytest.raises(ValueError, match=r"checkpoints\[0\]\.path: '../elsewhere' leads outside"):
+                CheckpointPool(manifest)
+    sharded = CheckpointPool(pool_dir).path(1)
+    bad = tmp_path / "sharded"
+    shutil.copytree(sharded, bad)
+    index = next(bad.glob("*.index.json"))
+    data = json.loads(index.read_text())
+    name = next(iter(data["weight_map"]))
+    data["weight_map"][name] = "../elsewhere/model.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="is not a file name inside"):
+        checkpoint_files(bad)
 
 
 _ZERO3_WORKER = r'''
