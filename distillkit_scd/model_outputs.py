@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from distillkit_scd.losses import label_positions
+from distillkit_scd.models import check_plain_lm_head
 
 _BATCH_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -26,6 +27,7 @@ def _plain(model):
 def label_hidden(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final hidden states at positions that predict a label: (N, H), their flat indices and targets."""
     model = _plain(model)
+    check_plain_lm_head(model, type(model).__name__)
     device = next(model.parameters()).device
     inputs = {k: batch[k].to(device) for k in _BATCH_KEYS if k in batch}
     labels = batch["labels"].to(device)

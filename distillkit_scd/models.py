@@ -222,6 +222,28 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
         raise
 
 
+# Config fields that transform the logits after the lm_head matmul (Gemma 2/3: tanh soft-capping; Cohere:
+# logit_scale; Granite: logits_scaling), with the value at which they do nothing.
+_LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
+
+
+def check_plain_lm_head(model, name: str) -> None:
+    """Our label-position paths (chunked losses, AW, SCD, teacher signals) compute logits as
+    ``hidden @ lm_head.T (+ bias)``; a model that transforms its logits after that would be distilled on the
+    wrong distribution, so it is refused here rather than trained silently.
+
+    Raises:
+        ValueError: naming the model and the config field.
+    """
+    config = getattr(model, "config", None)
+    for field, neutral in _LOGIT_TRANSFORMS.items():
+        value = getattr(config, field, neutral)
+        if value is not None and value != neutral:
+            raise ValueError(f"{name}: config.{field} = {value!r} transforms the logits after the lm_head; "
+                             "distillkit-scd computes logits as hidden @ lm_head and does not support it yet "
+                             f"(expected {field} = {neutral!r}, e.g. a Llama/Qwen/Mistral model)")
+
+
 def _special_tokens(tokenizer) -> dict[str, str | None]:
     named = {attr: getattr(tokenizer, attr, None) for attr in ("bos_token", "eos_token", "pad_token", "unk_token")}
     others = {str(v) for v in named.values() if v is not None}

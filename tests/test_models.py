@@ -156,3 +156,23 @@ def test_special_token_and_model_size_mismatch(tiny_pair, caplog):
     small.vocab_size = len(s) - 1
     with pytest.raises(ValueError, match="vocab_size"):
         check_vocab_compatible(t, s, student_config=small)
+
+
+def test_models_that_transform_logits_after_the_head_are_refused():
+    """Gemma 2 tanh soft-capping (or Cohere/Granite logit scaling) would make hidden @ lm_head the wrong
+    logits: AW/SCD/signal passes refuse such a model naming the field; a plain Llama passes."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from distillkit_scd.model_outputs import label_hidden
+    from distillkit_scd.models import check_plain_lm_head
+
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[-100, 2, 3]])}
+    with pytest.raises(ValueError, match=r"Gemma2ForCausalLM: config.final_logit_softcapping = 30.0"):
+        label_hidden(gemma, batch)
+    with pytest.raises(ValueError, match="teacher: config.logit_scale = 0.0625"):
+        check_plain_lm_head(SimpleNamespace(config=SimpleNamespace(logit_scale=0.0625)), "teacher")
+    check_plain_lm_head(SimpleNamespace(config=SimpleNamespace(logit_scale=1.0, final_logit_softcapping=None)), "x")
