@@ -174,8 +174,10 @@ def _ga_rows(tokenizer, n: int = 8) -> list[dict]:
     return rows
 
 
-def _train_ga(tiny_pair, tokenizer, tmp_path, method: str, batch: int, accumulation: int):
-    """Train the tiny student 2 optimizer steps on the first 8 rows in order; (per-step logs, weights)."""
+def _train_ga(tiny_pair, tokenizer, tmp_path, method: str, batch: int, accumulation: int, steps: int = 2,
+              **overrides):
+    """Train the tiny student `steps` optimizer steps on the rows in order; (per-step logs, weights).
+    `overrides` replace SFTConfig fields (the ZeRO-3 worker below passes its DeepSpeed config)."""
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
     from trl import SFTConfig
@@ -193,19 +195,22 @@ def _train_ga(tiny_pair, tokenizer, tmp_path, method: str, batch: int, accumulat
     student, teacher = load_model(str(student_dir)), load_model(str(teacher_dir))
     for model in (student, teacher):
         assert model.config.attention_dropout == 0.0  # dropout off: micro-batching cannot change the noise
-    args = SFTConfig(
+    settings = dict(
         output_dir=str(tmp_path / f"{method}-{batch}x{accumulation}"), per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation, max_steps=2, learning_rate=0.5, lr_scheduler_type="constant",
+        gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=0.5, lr_scheduler_type="constant",
         optim="sgd",  # SGD: weights move by lr·gradient, so a mis-scaled gradient shows (AdamW would hide it)
         max_grad_norm=1e9,  # norm computed and logged, never clipped
         logging_steps=1, save_strategy="no", report_to="none", remove_unused_columns=False, seed=0,
         dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True, bf16=False, fp16=False,
     )
+    args = SFTConfig(**{**settings, **overrides})
     trainer = InOrder(model=student, args=args, train_dataset=Dataset.from_list(_ga_rows(tokenizer)),
                       processing_class=tokenizer, data_collator=DistillationCollator(tokenizer.pad_token_id),
                       teacher_model=teacher, loss_spec=LossSpec(alpha=0.3, chunk_size=7), use_aw=method == "aw")
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]
+    if trainer.is_deepspeed_enabled:  # ZeRO-3 keeps partitions; the worker compares logs only
+        return logs, None
     return logs, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
@@ -231,3 +236,67 @@ def test_gradient_accumulation_4x1_equals_1x4(tiny_pair, tiny_tokenizer, tmp_pat
     start = load_file(str(tiny_pair[1] / "model.safetensors"))
     moved = max((whole_weights[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-3  # the steps did change the weights, so comparing them shows something
+
+
+_TIED_ZERO3_WORKER = r"""
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, os.environ["TESTS"])
+import torch._dynamo  # noqa: F401  (first imported inside DeepSpeed, it clashes with its patches; see test_teachers)
+from distillkit_scd.models import load_tokenizer
+from test_launch_modes import _train_ga
+
+teacher, student, out = sys.argv[1:4]
+logs, _ = _train_ga((Path(teacher), Path(student)), load_tokenizer(student), Path(out), "aw", batch=2,
+                    accumulation=1, steps=3, ddp_backend="gloo", optim="adamw_torch", learning_rate=1e-2)
+if int(os.environ["RANK"]) == 0:
+    Path(out, "logs.json").write_text(json.dumps(logs))
+"""
+
+
+def _tied_copy(source: Path, dest: Path, seed: int) -> Path:
+    """The tiny model of `source` with tied input/output embeddings (new random weights), saved to `dest`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from distillkit_scd.models import load_tokenizer
+
+    config = AutoConfig.from_pretrained(source)
+    config.tie_word_embeddings = True
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model.save_pretrained(dest)
+    load_tokenizer(str(source)).save_pretrained(dest)
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_zero3_tied_embeddings_match_one_process(tiny_pair, tmp_path):
+    """ZeRO-3 on 2 CPU processes × batch 2, student and teacher with tied embeddings (the lm_head weight is
+    the partitioned input embedding, used by the embedding lookup inside the forward and by the loss
+    outside it): AW loss, its parts and the gradient norm equal one plain process × batch 4 at each of 3
+    AdamW steps (float32 reduction-order tolerance, see the module docstring)."""
+    import subprocess
+
+    pytest.importorskip("deepspeed")
+    from distillkit_scd.models import load_tokenizer
+
+    teacher = _tied_copy(tiny_pair[0], tmp_path / "teacher", seed=1)
+    student = _tied_copy(tiny_pair[1], tmp_path / "student", seed=2)
+    want, _ = _train_ga((teacher, student), load_tokenizer(str(student)), tmp_path / "plain", "aw", batch=4,
+                        accumulation=1, steps=3, optim="adamw_torch", learning_rate=1e-2)
+    worker = tmp_path / "worker.py"
+    worker.write_text(_TIED_ZERO3_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "REPO": str(REPO), "TESTS": str(REPO / "tests")}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--deepspeed_config_file",
+              str(REPO / "recipes" / "deepspeed" / "zero3.json"), "--num_processes", "2", "--main_process_port",
+              str(_free_port())]
+    proc = subprocess.run([*launch, str(worker), str(teacher), str(student), str(tmp_path / "zero3")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads((tmp_path / "zero3" / "logs.json").read_text())
+    assert [e["step"] for e in got] == [e["step"] for e in want] == [1, 2, 3]
+    for a, b in zip(want, got):
+        for key in ("loss", "loss_ce", "loss_distill", "loss_mean_weight", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=RTOL), f"step {a['step']} {key}: ZeRO-3 {b[key]} vs {a[key]}"
