@@ -166,6 +166,10 @@ class DistillationTrainer(SFTTrainer):
                  taid_state=None, steps_per_stage: int | None = None, teacher_signals=None, **kwargs):
         super().__init__(*args, **kwargs)
         check_world_size(self.accelerator.num_processes)
+        # Our compute_loss divides by transformers' `num_items_in_batch` (the accumulated batch's label
+        # tokens) for every model. Models that declare `accepts_loss_kwargs = False` would otherwise get no
+        # count and have each micro-batch's loss divided by the accumulation steps again (not token-exact).
+        self.model_accepts_loss_kwargs = True
         if self.is_deepspeed_enabled:
             check_zero3_saves_weights(self.accelerator.state.deepspeed_plugin.deepspeed_config)
         self.loss_spec = loss_spec or LossSpec(alpha=0.0)

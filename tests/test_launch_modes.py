@@ -175,9 +175,10 @@ def _ga_rows(tokenizer, n: int = 8) -> list[dict]:
 
 
 def _train_ga(tiny_pair, tokenizer, tmp_path, method: str, batch: int, accumulation: int, steps: int = 2,
-              **overrides):
+              no_loss_kwargs: bool = False, **overrides):
     """Train the tiny student `steps` optimizer steps on the rows in order; (per-step logs, weights).
-    `overrides` replace SFTConfig fields (the ZeRO-3 worker below passes its DeepSpeed config)."""
+    `no_loss_kwargs`: the student declares `accepts_loss_kwargs = False`, as some transformers models do.
+    `overrides` replace SFTConfig fields."""
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
     from trl import SFTConfig
@@ -195,6 +196,8 @@ def _train_ga(tiny_pair, tokenizer, tmp_path, method: str, batch: int, accumulat
     student, teacher = load_model(str(student_dir)), load_model(str(teacher_dir))
     for model in (student, teacher):
         assert model.config.attention_dropout == 0.0  # dropout off: micro-batching cannot change the noise
+    if no_loss_kwargs:
+        student.accepts_loss_kwargs = False
     settings = dict(
         output_dir=str(tmp_path / f"{method}-{batch}x{accumulation}"), per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=0.5, lr_scheduler_type="constant",
@@ -220,11 +223,14 @@ def test_gradient_accumulation_4x1_equals_1x4(tiny_pair, tiny_tokenizer, tmp_pat
     per-device batch 4 × 1 accumulation step and 1 × 4 see the same 8 rows in the same order and give the
     same loss, CE, distillation term and gradient norm at each optimizer step, and the same weights after
     2 SGD steps, to float32 tolerance. Rows carry different label counts, so a per-micro-batch mean (instead
-    of transformers' `num_items_in_batch` over the accumulated batch) would weight tokens unequally and fail."""
+    of transformers' `num_items_in_batch` over the accumulated batch) would weight tokens unequally and fail.
+    The 1 × 4 student declares `accepts_loss_kwargs = False` (as some transformers models do): transformers
+    would then pass no token count and divide each micro-batch's loss by 4 again, unless the trainer opts in."""
     from safetensors.torch import load_file
 
     whole, whole_weights = _train_ga(tiny_pair, tiny_tokenizer, tmp_path, method, batch=4, accumulation=1)
-    split, split_weights = _train_ga(tiny_pair, tiny_tokenizer, tmp_path, method, batch=1, accumulation=4)
+    split, split_weights = _train_ga(tiny_pair, tiny_tokenizer, tmp_path, method, batch=1, accumulation=4,
+                                     no_loss_kwargs=True)
     assert [e["step"] for e in whole] == [e["step"] for e in split] == [1, 2]
     for a, b in zip(whole, split):
         for key in ("loss", "loss_ce", "loss_distill", "loss_mean_weight", "grad_norm"):
