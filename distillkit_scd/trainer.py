@@ -105,8 +105,9 @@ def check_world_size(num_processes: int) -> None:
     if launched > 1 and num_processes != launched:
         raise ValueError(
             f"launched with WORLD_SIZE={launched} processes but the trainer sees {num_processes}: the processes "
-            "do not form one job. Without a GPU: for DDP set ACCELERATE_USE_CPU=1 (or training_args.use_cpu: "
-            "true); for DeepSpeed set training_args.ddp_backend: gloo."
+            "do not form one job. Without a GPU: for DDP set training_args.use_cpu: true (or ACCELERATE_USE_CPU=1); "
+            "for DeepSpeed launch with `accelerate launch --use_deepspeed --deepspeed_config_file FILE` (transformers "
+            "ignores ddp_backend when training_args.deepspeed is set) and set training_args.ddp_backend: gloo."
         )
 
 
