@@ -308,3 +308,53 @@ def test_zero3_tied_embeddings_match_one_process(tiny_pair, tmp_path):
     for a, b in zip(want, got):
         for key in ("loss", "loss_ce", "loss_distill", "loss_mean_weight", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=RTOL), f"step {a['step']} {key}: ZeRO-3 {b[key]} vs {a[key]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The launch guards and the forward redirection, unit-level.
+# --------------------------------------------------------------------------------------------------
+
+
+def test_world_size_guard(monkeypatch):
+    """Processes launched as one job (WORLD_SIZE) but not joined into one (accelerate sees 1) are refused;
+    a matching count, or no launcher, passes."""
+    from distillkit_scd.trainer import check_world_size
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_world_size(1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_world_size(2)
+    with pytest.raises(ValueError, match=r"WORLD_SIZE=2 .* sees 1.*use_cpu.*ddp_backend: gloo"):
+        check_world_size(1)
+
+
+def test_zero3_save_guard_and_shipped_configs():
+    """ZeRO-3 without gathered weights on save is refused (its checkpoints hold no model weights); ZeRO-2
+    and every shipped DeepSpeed config pass."""
+    from distillkit_scd.trainer import check_zero3_saves_weights
+
+    with pytest.raises(ValueError, match="stage3_gather_16bit_weights_on_model_save"):
+        check_zero3_saves_weights({"zero_optimization": {"stage": 3}})
+    check_zero3_saves_weights({"zero_optimization": {"stage": 2}})
+    configs = sorted((REPO / "recipes" / "deepspeed").glob("*.json"))
+    assert configs
+    for path in configs:
+        check_zero3_saves_weights(json.loads(path.read_text()))
+
+
+def test_call_as_forward_runs_through_wrapper_hooks_and_restores_forward():
+    """fn runs as the module's forward, called through the wrapper (its hooks fire once, with fn's result);
+    afterwards `forward` is the class's method again (or the instance's own wrapper, when it had one)."""
+    from distillkit_scd.trainer import call_as_forward
+
+    module = torch.nn.Linear(2, 2)
+    seen = []
+    module.register_forward_hook(lambda mod, args, out: seen.append(out))
+    assert call_as_forward(module, module, lambda x: x * 3, torch.ones(1)).tolist() == [3.0]
+    assert [t.tolist() for t in seen] == [[3.0]] and "forward" not in vars(module)
+    assert module(torch.zeros(1, 2)).shape == (1, 2)  # the real forward is back
+
+    own = module.forward
+    module.forward = own  # an instance-level forward, as accelerate's autocast wrapper installs
+    call_as_forward(module, module, lambda: None)
+    assert vars(module)["forward"] is own
