@@ -174,6 +174,9 @@ class DistillConfig:
     chunk_size (`int`, defaults to `1024`): label positions per loss chunk; bounds logits memory.
     teacher_signal (`str`, defaults to `"online"`): run the teacher each step, or read a top-k cache.
     cache_top_k (`int`, defaults to `64`): k of the teacher-signal cache.
+    fused_loss (`str`, defaults to `"none"`): "liger" computes the loss with Liger-Kernel's fused chunked
+        JSD loss where it is exact (fixed α, forward/reverse KL, online teacher: TD, CD, SCD); TAID and AW
+        keep the built-in chunked loss. Needs `pip install liger-kernel`.
     taid (`TAIDConfig`), scd (`SCDConfig`): method settings.
     """
 
@@ -188,6 +191,7 @@ class DistillConfig:
     chunk_size: int = 1024
     teacher_signal: Literal["online", "cached"] = "online"
     cache_top_k: int = 64
+    fused_loss: Literal["none", "liger"] = "none"
     taid: TAIDConfig = field(default_factory=TAIDConfig)
     scd: SCDConfig = field(default_factory=SCDConfig)
 
@@ -496,6 +500,13 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
     _require(len(set(d.methods)) == len(d.methods), source, "distill.methods", d.methods, "no repeated method")
     _require(d.chunk_size >= 1, source, "distill.chunk_size", d.chunk_size, "an integer >= 1")
     _require(d.cache_top_k >= 1, source, "distill.cache_top_k", d.cache_top_k, "an integer >= 1")
+    if d.fused_loss == "liger":
+        from distillkit_scd.liger_loss import check_liger_available
+
+        try:
+            check_liger_available()
+        except ValueError as err:
+            raise RecipeError(f"{source}: {err}") from None
     t = d.taid
     _require(0 <= t.t_start < t.t_end <= 1, source, "distill.taid.t_start",
              (t.t_start, t.t_end), "0 <= t_start < t_end <= 1")

@@ -133,7 +133,7 @@ def run_distill(recipe: Recipe, method: str) -> Path:
                                   processing_class=tokenizer, data_collator=collator, callbacks=[saver],
                                   teacher_model=teacher, loss_spec=spec, use_aw=method == "scd_aw",
                                   taid_state=taid, steps_per_stage=T if d.reset_optimizer else None,
-                                  teacher_signals=signals)
+                                  teacher_signals=signals, fused_loss=d.fused_loss)
     probes = probe_batches(train, collator, d.scd.probe_size, recipe.seed, recipe.optim.per_device_train_batch_size)
     schedule = build_schedule(method, pool, trainer.teacher_model_module, probes, recipe)
     stages = StageCallback(trainer, T, schedule=schedule, pool=pool, reset_optimizer=d.reset_optimizer)

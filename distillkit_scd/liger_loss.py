@@ -2,9 +2,9 @@
 
 `distill.fused_loss: liger` swaps our chunked compound loss (`losses.chunked_compound_loss`) for Liger's,
 where Liger-Kernel is installed (`pip install liger-kernel`). It covers what Liger's loss can express
-exactly: a fixed α (TD, CD, SCD) with forward KL (Liger's β = 0) or reverse KL (β = 1), an online teacher.
-TAID (p_t depends on t and the student), AW (per-sample weights) and cached top-k signals stay on our path;
-asking for them with `liger` is refused at validation.
+exactly: a fixed α (TD, CD, SCD) with forward KL (Liger's β = 0) or reverse KL (β = 1), an online teacher,
+training steps. TAID (p_t depends on t and the student), AW (per-sample weights), cached top-k signals and
+the validation loss (no gradients needed) stay on our path in the same run (`liger_applies`).
 
 Our loss per label token is ``α·T²·KL_T + (1−α)·CE`` summed and divided by `num_items` (the accumulated
 batch's label tokens). Liger computes ``w_soft·KL_T + w_hard·CE`` averaged over the N label tokens it is
@@ -28,23 +28,23 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def check_liger_supported(divergence: str, method: str, teacher_signal: str) -> None:
-    """Raise ValueError naming `distill.fused_loss` when Liger's loss cannot express this run exactly."""
-    if divergence not in LIGER_BETA:
-        raise ValueError(f"distill.fused_loss: 'liger' supports divergence forward_kl or reverse_kl, got "
-                         f"{divergence!r}; set distill.fused_loss: none")
-    if method in ("taid", "scd_aw"):
-        raise ValueError(f"distill.fused_loss: 'liger' cannot express {method} (TAID's interpolated target and "
-                         "AW's per-sample weights need our loss); set distill.fused_loss: none or drop the method")
-    if teacher_signal != "online":
-        raise ValueError("distill.fused_loss: 'liger' needs the online teacher (distill.teacher_signal: online)")
+def liger_applies(divergence: str, use_aw: bool, cached: bool) -> bool:
+    """Whether Liger's loss expresses this run's loss exactly: forward/reverse KL with a fixed α and an
+    online teacher (not TAID, not AW, not cached signals)."""
+    return divergence in LIGER_BETA and not use_aw and not cached
+
+
+def check_liger_available() -> None:
+    """Raise ValueError naming `distill.fused_loss` when Liger-Kernel is not installed."""
     if not liger_available():
-        raise ValueError("distill.fused_loss: 'liger' needs Liger-Kernel: pip install liger-kernel")
+        raise ValueError("distill.fused_loss: 'liger' needs Liger-Kernel: pip install liger-kernel "
+                         "(or the extra: pip install 'distillkit-scd[liger]')")
 
 
 def liger_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.Tensor, targets: torch.Tensor,
                         spec: LossSpec, teacher_hidden: torch.Tensor, teacher_lm_head: torch.Tensor,
-                        num_items: int | torch.Tensor | None = None, compiled: bool | None = None):
+                        num_items: int | torch.Tensor | None = None, compiled: bool | None = None,
+                        student_bias: torch.Tensor | None = None, teacher_bias: torch.Tensor | None = None):
     """Our compound loss (fixed α, forward or reverse KL) computed by Liger-Kernel's fused chunked loss.
 
     Args:
@@ -52,6 +52,7 @@ def liger_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.Ten
         student_lm_head: (V, H) lm_head weight. teacher_hidden / teacher_lm_head: (N, H_t), (V, H_t).
         targets: (N,) next-token ids. num_items: normaliser (defaults to N).
         compiled: torch.compile Liger's chunk function (default: only on CUDA).
+        student_bias / teacher_bias: (V,) optional lm_head biases.
     Returns: (loss scalar, parts dict of detached sums as `losses.chunked_compound_loss`).
     Raises: ValueError for a divergence Liger cannot express or a Liger without separate soft/hard losses.
     """
@@ -72,7 +73,7 @@ def liger_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.Ten
                                  compiled=student_hidden.is_cuda if compiled is None else compiled,
                                  chunk_size=spec.chunk_size, return_soft_hard_loss=True)
     loss, soft, hard = fn(student_hidden, student_lm_head, teacher_hidden.detach(), teacher_lm_head.detach(),
-                          targets)
+                          targets, student_bias, None if teacher_bias is None else teacher_bias.detach())
     denom = _denominator(num_items, n, loss.dtype, loss.device)
     loss = loss * n / denom  # Liger's mean over these N tokens → our sum / num_items
     weight_sum = torch.full((), spec.alpha * n, device=student_hidden.device)

@@ -34,7 +34,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from trl import SFTTrainer
 
+from distillkit_scd.liger_loss import check_liger_available, liger_applies, liger_compound_loss
 from distillkit_scd.losses import LossSpec, chunked_compound_loss, label_positions
+from distillkit_scd.models import check_plain_lm_head
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +163,16 @@ class DistillationTrainer(SFTTrainer):
             the active checkpoint instead of α.
         taid_state (`TAIDState`, *optional*): supplies t for the TAID divergence.
         steps_per_stage (`int`, *optional*): T; restarts LR schedule and optimizer every T steps.
+        teacher_signals (`list[SignalCache]`, *optional*): cached top-k teacher signals per checkpoint.
+        fused_loss (`str`, defaults to `"none"`): "liger" computes training losses with Liger-Kernel's
+            fused loss where it is exact (`liger_loss.liger_applies`), ours elsewhere.
     """
 
     def __init__(self, *args, teacher_model=None, loss_spec: LossSpec | None = None, use_aw: bool = False,
-                 taid_state=None, steps_per_stage: int | None = None, teacher_signals=None, **kwargs):
+                 taid_state=None, steps_per_stage: int | None = None, teacher_signals=None,
+                 fused_loss: str = "none", **kwargs):
         super().__init__(*args, **kwargs)
+        check_plain_lm_head(unwrap(self.model), "student")
         check_world_size(self.accelerator.num_processes)
         # Our compute_loss divides by transformers' `num_items_in_batch` (the accumulated batch's label
         # tokens) for every model. Models that declare `accepts_loss_kwargs = False` would otherwise get no
@@ -181,10 +188,18 @@ class DistillationTrainer(SFTTrainer):
         # Cached teacher signals (one `signal_cache.SignalCache` per checkpoint) replace the online
         # teacher in the loss when given; `teacher_forward_rows` counts the rows the online teacher ran on.
         self.teacher_signals = teacher_signals
+        if fused_loss not in ("none", "liger"):
+            raise ValueError(f"fused_loss: expected 'none' or 'liger', got {fused_loss!r}")
+        if fused_loss == "liger":
+            check_liger_available()
+        self.use_liger = fused_loss == "liger" and liger_applies(self.loss_spec.divergence, use_aw,
+                                                                   teacher_signals is not None)
         self.teacher_forward_rows = 0
         self.last_batch_ids: list[int] = []  # sample_index of the last micro-batch, for error messages
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
+        self._step_distill = torch.zeros(2)  # this step's (distillation-term sum, label tokens), for TAID
+        self.last_step_distill: float | None = None  # its token mean over processes, set by pop_step_loss
         self.teacher_model = None
         if teacher_model is not None:
             self.set_teacher(teacher_model)
@@ -194,6 +209,7 @@ class DistillationTrainer(SFTTrainer):
     def set_teacher(self, teacher_model) -> None:
         """Freeze the teacher and place it like the student: DeepSpeed-prepared under ZeRO (a teacher
         loaded after a ZeRO-3 config exists is partitioned and unusable raw), on the device otherwise."""
+        check_plain_lm_head(unwrap(teacher_model), "teacher")
         teacher_model.eval()
         teacher_model.requires_grad_(False)
         if self.is_deepspeed_enabled:
@@ -262,12 +278,18 @@ class DistillationTrainer(SFTTrainer):
         taid_t = self.taid_state.t if self.taid_state is not None else 1.0
         t_weight, t_bias = (None, None) if teacher_head is None else (teacher_head.weight, teacher_head.bias)
         # ZeRO-3: the teacher's head (read-only, no gradient) is gathered here; the student's already is.
+        weights = self._token_weights(inputs, flat_idx, length)
         with gathered_for_loss(student_head.weight, student_head.bias, t_weight, t_bias):
-            loss, parts = chunked_compound_loss(
-                student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, t_weight,
-                teacher_signal=signal, weights=self._token_weights(inputs, flat_idx, length), taid_t=taid_t,
-                num_items=num_items_in_batch, student_bias=student_head.bias, teacher_bias=t_bias,
-            )
+            if self.use_liger and teacher_hidden is not None and weights is None and torch.is_grad_enabled():
+                loss, parts = liger_compound_loss(
+                    student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, t_weight,
+                    num_items=num_items_in_batch, student_bias=student_head.bias, teacher_bias=t_bias)
+            else:
+                loss, parts = chunked_compound_loss(
+                    student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, t_weight,
+                    teacher_signal=signal, weights=weights, taid_t=taid_t, num_items=num_items_in_batch,
+                    student_bias=student_head.bias, teacher_bias=t_bias,
+                )
         return loss, parts, outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -287,6 +309,10 @@ class DistillationTrainer(SFTTrainer):
         if self.model.training:
             self._accumulate(parts, loss.detach())
             self._step_loss = self._step_loss + loss.detach().float()
+            if self.taid_state is not None:
+                tokens = torch.tensor(float(parts["tokens"]), device=loss.device)
+                self._step_distill = self._step_distill.to(loss.device) + torch.stack(
+                    [parts["distill_sum"].detach().float(), tokens])
         return (loss, outputs) if return_outputs else loss
 
     def _accumulate(self, parts: dict, loss: torch.Tensor) -> None:
@@ -298,10 +324,18 @@ class DistillationTrainer(SFTTrainer):
             self._loss_sums[key] = self._loss_sums.get(key, torch.zeros_like(value)) + value
 
     def pop_step_loss(self) -> float:
-        """The finished optimizer step's loss, averaged over processes (one host sync per step)."""
-        value = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.accelerator.device)
-        self._step_loss = 0.0
-        return self.accelerator.reduce(value, reduction="mean").item()
+        """The finished optimizer step's loss, averaged over processes (one host sync per step).
+
+        Also sets `last_step_distill`, the step's token-mean distillation term over every process: what
+        TAID's update reads (the official code adapts t from the distillation loss, not the CE mix).
+        """
+        device = self.accelerator.device
+        values = torch.cat([torch.as_tensor(self._step_loss, dtype=torch.float32, device=device).reshape(1),
+                            self._step_distill.to(device)])
+        self._step_loss, self._step_distill = 0.0, torch.zeros(2)
+        loss, distill, tokens = self.accelerator.reduce(values, reduction="sum").tolist()
+        self.last_step_distill = distill / tokens if tokens > 0 else None
+        return loss / self.accelerator.num_processes
 
     def pop_loss_parts(self) -> dict[str, float]:
         """Token-mean distillation term, CE term and weight since the last call (all processes)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distillkit_scd.liger_loss import check_liger_supported, liger_available, liger_compound_loss
+from distillkit_scd.liger_loss import liger_available, liger_compound_loss
 from distillkit_scd.losses import LossSpec, chunked_compound_loss
 
 needs_liger = pytest.mark.skipif(not liger_available(), reason="Liger-Kernel not installed (pip install liger-kernel)")
@@ -55,11 +55,55 @@ def test_liger_all_ignored_batch_is_zero_and_connected():
     assert loss.item() == 0.0 and parts["tokens"] == 0 and hs.grad is not None
 
 
-def test_unsupported_settings_are_named():
-    with pytest.raises(ValueError, match="distill.fused_loss.*forward_kl or reverse_kl"):
-        check_liger_supported("taid", "td", "online")
-    for method in ("taid", "scd_aw"):
-        with pytest.raises(ValueError, match=f"cannot express {method}"):
-            check_liger_supported("forward_kl", method, "online")
-    with pytest.raises(ValueError, match="online teacher"):
-        check_liger_supported("forward_kl", "td", "cached")
+def test_liger_applies_only_where_it_is_exact(monkeypatch):
+    """Forward/reverse KL with a fixed α and an online teacher; not TAID, AW or cached signals. A recipe
+    asking for Liger where it is not installed is told how to install it."""
+    from distillkit_scd import liger_loss
+
+    assert liger_loss.liger_applies("forward_kl", use_aw=False, cached=False)
+    assert liger_loss.liger_applies("reverse_kl", use_aw=False, cached=False)
+    assert not liger_loss.liger_applies("taid", use_aw=False, cached=False)
+    assert not liger_loss.liger_applies("forward_kl", use_aw=True, cached=False)
+    assert not liger_loss.liger_applies("forward_kl", use_aw=False, cached=True)
+    monkeypatch.setattr(liger_loss, "liger_available", lambda: False)
+    with pytest.raises(ValueError, match="distill.fused_loss.*pip install liger-kernel"):
+        liger_loss.check_liger_available()
+
+
+@needs_liger
+@pytest.mark.parametrize("use_aw", [False, True])
+def test_trainer_with_liger_trains_like_ours(tmp_path, tiny_pair, tiny_tokenizer, use_aw):
+    """TD through `DistillationTrainer(fused_loss="liger")` for 3 steps: the same per-step losses and final
+    weights as the built-in loss (float32 tolerance); with AW the trainer keeps our loss (Liger cannot weight
+    per sample), so the runs are identical."""
+    from trl import SFTConfig
+
+    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.formatting import tokenize_dataset
+    from distillkit_scd.models import load_model
+    from distillkit_scd.tasks import load_task
+    from distillkit_scd.trainer import DistillationTrainer
+
+    rows, _ = tokenize_dataset(load_task("synthetic", num_train=24, num_test=4, seed=2)["train"], tiny_tokenizer, 64)
+    if use_aw:
+        rows = rows.add_column("aw", [[0.2 + 0.03 * i] for i in range(len(rows))])
+    runs = {}
+    for fused in ("none", "liger"):
+        args = SFTConfig(output_dir=str(tmp_path / fused), report_to="none", use_cpu=True, max_steps=3,
+                         logging_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                         learning_rate=1e-2, remove_unused_columns=False, save_strategy="no", seed=0,
+                         dataset_kwargs={"skip_prepare_dataset": True})
+        trainer = DistillationTrainer(
+            model=load_model(str(tiny_pair[1])), args=args, train_dataset=rows, processing_class=tiny_tokenizer,
+            data_collator=DistillationCollator(tiny_tokenizer.pad_token_id),
+            teacher_model=load_model(str(tiny_pair[0])), loss_spec=LossSpec(temperature=2.0, alpha=0.4),
+            use_aw=use_aw, fused_loss=fused)
+        assert trainer.use_liger == (fused == "liger" and not use_aw)
+        trainer.train()
+        logs = [v for e in trainer.state.log_history if "loss_ce" in e
+                for v in (e["loss"], e["loss_distill"], e["loss_ce"])]
+        runs[fused] = (logs, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    assert len(runs["liger"][0]) == 3 * 3
+    assert runs["liger"][0] == pytest.approx(runs["none"][0], rel=1e-4, abs=1e-6)
+    for name, value in runs["none"][1].items():
+        torch.testing.assert_close(runs["liger"][1][name], value, rtol=1e-4, atol=1e-5, msg=name)
