@@ -160,7 +160,11 @@ class StepLossCallback(TrainerCallback):
         loss, skipped = self._checked
         self._checked = None
         if self.trainer.taid_state is not None and not skipped:
-            self.trainer.taid_state.update(loss, state.global_step, state.max_steps)
+            # As the official TAID: t adapts to the step's distillation term (`last_step_distill`, the
+            # token mean over processes; the total loss where a trainer does not provide it), and the
+            # linear floor's progress counts the steps finished *before* this one (0 at the first).
+            term = getattr(self.trainer, "last_step_distill", None)
+            self.trainer.taid_state.update(loss if term is None else term, state.global_step - 1, state.max_steps)
 
     def _check(self, args, state, step: int, can_skip: bool) -> None:
         loss = self.trainer.pop_step_loss()

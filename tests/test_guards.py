@@ -34,15 +34,38 @@ def test_nan_loss_stops_with_step_batch_and_checkpoint(tmp_path):
         cb.on_step_end(args, SimpleNamespace(global_step=3, max_steps=10), None)
 
 
-def test_taid_advances_once_per_step_from_the_step_loss():
-    """The callback feeds TAID exactly one loss per optimizer step."""
-    trainer = FakeTrainer([3.0, 2.0, 1.0])
+def test_taid_advances_once_per_step_from_the_step_distillation_term():
+    """The callback feeds TAID once per optimizer step with the step's distillation term (not the CE mix),
+    and the floor's progress counts the steps finished before it (the official rule: Lightning's
+    global_step read during the step). Reference: the official update in plain floats."""
+    import math
+
+    trainer = FakeTrainer([3.0, 2.5, 2.4, 2.0])
+    terms = iter([1.0, 0.5, 0.45, 0.2])
+    pop = trainer.pop_step_loss
+
+    def pop_with_term():
+        trainer.last_step_distill = next(terms)
+        return pop()
+
+    trainer.pop_step_loss = pop_with_term
     cb = StepLossCallback(trainer)
     args = SimpleNamespace(output_dir="/nonexistent")
-    for step in (1, 2, 3):
-        cb.on_step_end(args, SimpleNamespace(global_step=step, max_steps=3), None)
-    assert trainer.taid_state.prev_loss == 1.0 and trainer.losses == []
-    assert trainer.taid_state.t == pytest.approx(1.0)  # linear floor reaches t_end at the last step
+    for step in (1, 2, 3, 4):
+        cb.on_step_end(args, SimpleNamespace(global_step=step, max_steps=4), None)
+
+    t, m, prev = 0.4, 0.0, None  # t_start, momentum; alpha 5e-4, beta 0.99, t_end 1.0 (defaults)
+    for finished, term in enumerate([1.0, 0.5, 0.45, 0.2]):
+        if prev is None:
+            prev = term
+            continue
+        m = 0.99 * m + 0.01 * (prev - term) / (prev + 1e-15)
+        delta = 5e-4 / (1 + math.exp(-m)) * (1 - t)
+        t = min(1.0, max(0.4 + 0.6 * finished / 4, t + delta))
+        prev = term
+    assert trainer.taid_state.prev_loss == 0.2 and trainer.losses == []
+    assert trainer.taid_state.t == pytest.approx(t, abs=1e-12)
+    assert t == pytest.approx(0.4 + 0.6 * 3 / 4, abs=1e-3)  # the floor at 3 of 4 finished steps dominates
 
 
 def test_resumed_run_continues_the_skip_count():

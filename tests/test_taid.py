@@ -111,3 +111,39 @@ def test_invalid_updates_raise():
     with pytest.raises(ValueError, match="step=-1"):
         state.update(1.0, -1, 10)
     assert state.prev_loss is None and state.t == 0.4
+
+
+def test_trainer_adapts_t_from_each_steps_distillation_term(tmp_path, tiny_pair, tiny_tokenizer):
+    """A real TAID run (tiny models, 6 steps, 2 micro-batches per step): the logged t after every step
+    equals the official rule applied to the logged per-step distillation terms (token means over the
+    step's micro-batches), with progress = steps finished before the step."""
+    import json
+
+    from trl import SFTConfig
+
+    from distillkit_scd.callbacks import StepLossCallback
+    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.formatting import tokenize_dataset
+    from distillkit_scd.losses import LossSpec
+    from distillkit_scd.models import load_model
+    from distillkit_scd.tasks import load_task
+    from distillkit_scd.trainer import DistillationTrainer
+
+    rows, _ = tokenize_dataset(load_task("synthetic", num_train=48, num_test=4, seed=1)["train"], tiny_tokenizer, 64)
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=6, logging_steps=1,
+                     per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
+                     remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
+                     save_strategy="no", seed=0)
+    # alpha 1, beta 0: Δt = σ(last relative change)·(1 − t) outruns the floor, so t depends on the terms fed
+    state = TAIDState(alpha=1.0, beta=0.0)
+    trainer = DistillationTrainer(
+        model=load_model(str(tiny_pair[1])), args=args, train_dataset=rows, processing_class=tiny_tokenizer,
+        data_collator=DistillationCollator(tiny_tokenizer.pad_token_id), teacher_model=load_model(str(tiny_pair[0])),
+        loss_spec=LossSpec(divergence="taid", alpha=0.5), taid_state=state)
+    trainer.add_callback(StepLossCallback(trainer))
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "taid_t" in e]
+    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5, 6]
+    ref = official_trajectory([e["loss_distill"] for e in logs], steps=range(6), total=6, alpha=1.0, beta=0.0)
+    assert [e["taid_t"] for e in logs] == pytest.approx(ref, abs=2e-5), json.dumps(logs)
+    assert any(e["loss_distill"] != pytest.approx(e["loss"], rel=1e-3) for e in logs)  # not the total loss

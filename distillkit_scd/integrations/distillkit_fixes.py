@@ -219,6 +219,8 @@ class SCDDistillationTrainer(DistillationTrainer):
         self.taid_state = TAIDState(**dataclasses.asdict(settings.taid)) if use_taid else None
         self.last_batch_ids: list[int] = []
         self._step_loss: torch.Tensor | float = 0.0
+        self._step_taid: torch.Tensor | float = 0.0  # the step's `taid` loss term (what TAID's update reads)
+        self.last_step_distill: float | None = None
         self._log_sums: dict[str, torch.Tensor] = {}
         self._prepare_teacher()
         self.stage_callback = self._schedule_callback()
@@ -317,6 +319,8 @@ class SCDDistillationTrainer(DistillationTrainer):
             total = total + loss * cfg.weight
             weights += cfg.weight
             parts[f"distillation_loss/{i + 1}_{cfg.function.value}"] = loss.detach().float()
+            if isinstance(fn, TAIDLoss) and self.model.training:
+                self._step_taid = self._step_taid + loss.detach().float() / self.args.gradient_accumulation_steps
             if isinstance(fn, AWKLLoss) and fn.last_parts:
                 parts["distillation_loss/aw_mean"] = fn.last_parts["weight_mean"].detach().float()
         total = total / weights
@@ -328,10 +332,15 @@ class SCDDistillationTrainer(DistillationTrainer):
         return total
 
     def pop_step_loss(self) -> float:
-        """The finished optimizer step's loss, averaged over processes (one host sync per step)."""
-        value = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.accelerator.device)
-        self._step_loss = 0.0
-        return self.accelerator.reduce(value, reduction="mean").item()
+        """The finished optimizer step's loss, averaged over processes (one host sync per step); also sets
+        `last_step_distill` to the step's `taid` term when TAID is in the loss list."""
+        device = self.accelerator.device
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device)
+                              for v in (self._step_loss, self._step_taid)])
+        self._step_loss = self._step_taid = 0.0
+        loss, taid = self.accelerator.reduce(values, reduction="mean").tolist()
+        self.last_step_distill = taid if self.taid_state is not None else None
+        return loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._log_sums:  # a training log line: add the loss parts since the last one
