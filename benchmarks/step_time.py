@@ -10,6 +10,7 @@ in the same process, `DistillationTrainer.compute_loss` (forward, loss) + backwa
   fwd    the teacher's forward pass alone (decoder + lm_head at label positions, no grad),
   td / taid / aw   a full distillation step with the online teacher,
   cached           TD reading top-k teacher signals (`--top-k`) instead of running the teacher,
+  liger            TD with `fused_loss="liger"` (Liger-Kernel's fused loss; where it is installed),
   distillkit       (`--distillkit`, where arcee-ai DistillKit is installed) DistillKit's own
                    `DistillationTrainer` with its default losses (0.5 CE + 0.5 KL, T = 1) — the same
                    objective as our TD at α = 0.5 — on the same models and batches.
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from distillkit_scd.liger_loss import liger_available
 
 SHAPES = {  # name: (student, teacher) LlamaConfig kwargs
     "tiny": ({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
@@ -97,7 +100,8 @@ def make_trainer(student, teacher, method: str, out: str):
     spec = LossSpec(divergence="taid" if method == "taid" else "forward_kl", alpha=0.0 if method == "sft" else 0.5)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=dummy, processing_class=_tokenizer(),
                                   teacher_model=None if method == "sft" else teacher, loss_spec=spec,
-                                  use_aw=method == "aw", taid_state=TAIDState() if method == "taid" else None)
+                                  use_aw=method == "aw", taid_state=TAIDState() if method == "taid" else None,
+                                  fused_loss="liger" if method == "liger" else "none")
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     return trainer
 
@@ -215,7 +219,8 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
     for i, b in enumerate(data):  # row ids: batch i holds rows 10_000·i + r (the cached method's lookup)
         b["sample_index"] = torch.arange(batch, device=device) + 10_000 * i
     initial = {k: v.clone() for k, v in student.state_dict().items()}
-    methods = ["sft", "td", "taid", "aw", "cached"] + (["distillkit"] if with_distillkit else [])
+    methods = ["sft", "td", "taid", "aw", "cached"] + (["liger"] if liger_available() else []) + (
+        ["distillkit"] if with_distillkit else [])
     teacher.eval()
 
     @torch.no_grad()
@@ -275,7 +280,7 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
 def mfu(results: dict, method: str, tokens: int, peak_tflops: float) -> float:
     """Model FLOPs utilisation of one step: student 6·P per token (+ teacher 2·P for online methods)."""
     f = results["flops_per_token"]
-    per_token = f["student"] + (f["teacher"] if method in ("td", "taid", "aw", "distillkit") else 0)
+    per_token = f["student"] + (f["teacher"] if method in ("td", "taid", "aw", "liger", "distillkit") else 0)
     return per_token * tokens / results[method] / (peak_tflops * 1e12)
 
 
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
                         help="also time arcee-ai DistillKit's DistillationTrainer (must be installed)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="accelerator peak for MFU (default: known GPUs' dense bf16 peak; none on CPU)")
-    parser.add_argument("--profile", default=None, choices=["sft", "td", "taid", "aw", "cached", "distillkit"],
+    parser.add_argument("--profile", default=None, choices=["sft", "td", "taid", "aw", "cached", "liger", "distillkit"],
                         help="also print a torch.profiler table of one step of this method (not recorded)")
     parser.add_argument("--interleave", action="store_true",
                         help="step all methods in turn on each batch (robust ratios on a shared machine; "
@@ -304,8 +309,10 @@ def main(argv=None) -> int:
     if peak is None and device.type == "cuda":
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
-    methods = ["td", "taid", "aw", "cached"] + (["distillkit"] if args.distillkit else [])
-    labels = {"td": "TD", "taid": "TAID", "aw": "AW", "cached": f"TD cached k={args.top_k}", "distillkit": "DistillKit"}
+    methods = ["td", "taid", "aw", "cached"] + (["liger"] if liger_available() else []) + (
+        ["distillkit"] if args.distillkit else [])
+    labels = {"td": "TD", "taid": "TAID", "aw": "AW", "cached": f"TD cached k={args.top_k}", "liger": "TD Liger",
+              "distillkit": "DistillKit"}
     header = ("| shape | sft step (ms) | teacher fwd (ms) | floor (ms) | "
               + " | ".join(f"{labels[m]} (ms)" for m in methods) + " | "
               + " | ".join(f"{labels[m]}/floor" for m in methods) + " |")
