@@ -59,6 +59,16 @@ def build_sft_config(recipe: Recipe, output_dir: str | Path, learning_rate: floa
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are tokenised by formatting.py
         disable_tqdm=False,
     )
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        # A CPU-only machine: the processes of an `accelerate launch` must form one job over gloo (otherwise
+        # each trains alone on the same batches; the trainer refuses that). DDP needs use_cpu; DeepSpeed
+        # (from the recipe or `accelerate launch --use_deepspeed`) needs the gloo backend instead.
+        deepspeed = recipe.launcher.deepspeed_config or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+        kwargs["ddp_backend" if deepspeed else "use_cpu"] = "gloo" if deepspeed else True
     kwargs.update(overrides)
     known = {f.name for f in dataclasses.fields(SFTConfig)}
     for key, value in recipe.training_args.items():

@@ -19,8 +19,9 @@ an element whose gradient is ~0 turns reduction-order noise into a visible updat
 2.3e-6). A lost gradient (e.g. the lm_head's under ZeRO-3) moves weights by ~lr, 500× that.
 
 Without a GPU, accelerate only forms a process group from the launched processes when told the run is on
-CPU: `training_args.use_cpu: true` (DDP) or `training_args.ddp_backend: gloo` (DeepSpeed); without them
-`DistillationTrainer` refuses to start (each process would train alone on the full data).
+CPU: `use_cpu` (DDP) or `ddp_backend: gloo` (DeepSpeed). `training_args.build_sft_config` sets them on a
+CPU-only machine, so these launches use the recipe as written; without them `DistillationTrainer` refuses
+to start (each process would train alone on the full data).
 
 Timing on the shared 2-core box, 1 thread per process (whole file, the 6 launch-mode tests run 8 launches):
 ~105 s on transformers 5.23 / trl 1.16, ~145 s on 4.57 / 0.25; of that the SFT fixture ~8 s, plain runs
@@ -79,11 +80,11 @@ def _launcher(mode: str) -> tuple[list[str], list[str]]:
     port = ["--main_process_port", str(_free_port())]
     if mode == "ddp_2":
         return (accelerate + ["--multi_gpu", "--num_processes", "2", *port, "-m", "distillkit_scd"],
-                half + ["training_args.use_cpu=true"])
+                half)  # training_args.build_sft_config sets use_cpu on a CPU-only machine
     if mode == "zero3_2":
         config = str(REPO / "recipes" / "deepspeed" / "zero3.json")
         return (accelerate + ["--use_deepspeed", "--deepspeed_config_file", config, "--num_processes", "2", *port,
-                              "-m", "distillkit_scd"], half + ["training_args.ddp_backend=gloo"])
+                              "-m", "distillkit_scd"], half)  # and ddp_backend gloo under DeepSpeed
     raise ValueError(f"unknown launch mode {mode!r}")
 
 

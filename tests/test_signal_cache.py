@@ -156,7 +156,9 @@ def test_cached_distillation_matches_online_and_runs_teacher_only_for_validation
     got_losses = _logged_losses(folder)
     assert len(got_losses) == len(want_losses) > 0
     for step, (a, b) in enumerate(zip(got_losses, want_losses)):
-        for key in ("loss", "loss_distill", "loss_ce"):
+        # transformers 4.57 logs `loss` rounded to 4 decimals; our parts carry 6
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-4), step
+        for key in ("loss_distill", "loss_ce"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (step, key)
     from distillkit_scd.workspace import Workspace
 
