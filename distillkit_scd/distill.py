@@ -27,6 +27,7 @@ from distillkit_scd.callbacks import ExtraStateCallback, SaveAtStepsCallback, St
 from distillkit_scd.collate import DistillationCollator
 from distillkit_scd.config import METHODS, Recipe
 from distillkit_scd.losses import LossSpec, TAIDState
+from distillkit_scd.scd import probe_batches
 from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
 from distillkit_scd.sft import (
     check_resume_checkpoint,
@@ -51,25 +52,18 @@ def stage_steps(recipe: Recipe, num_train_rows: int) -> int:
     return max(1, math.ceil(d.epochs_per_stage * steps_per_epoch(num_train_rows, recipe)))
 
 
-def build_schedule(method: str, pool: CheckpointPool, teacher, probe_batches, recipe: Recipe):
+def build_schedule(method: str, pool: CheckpointPool, teacher, probes: list[dict], recipe: Recipe):
+    """The teacher schedule of a method: p(best) throughout (TD, TAID), CD's progression, or SCD's choice
+    on the fixed probe batches."""
     if method in ("td", "taid"):
         return FixedSchedule(pool.best_index)
     if method == "cd":
         return ProgressiveSchedule(pool.num_checkpoints)
     from distillkit_scd.scd import SCDSelector
 
-    selector = SCDSelector(pool, teacher, probe_batches, top_k=recipe.distill.scd.top_k,
+    selector = SCDSelector(pool, teacher, probes, top_k=recipe.distill.scd.top_k,
                            chunk_size=recipe.distill.chunk_size)
     return ScheduledSelection(selector)
-
-
-def probe_batches(train, collator, size: int, seed: int, batch_size: int) -> list[dict]:
-    """A fixed probe subset of the train split (seeded), collated once."""
-    import random
-
-    indices = sorted(random.Random(seed).sample(range(len(train)), min(size, len(train))))
-    rows = [train[i] for i in indices]
-    return [collator(rows[s:s + batch_size]) for s in range(0, len(rows), batch_size)]
 
 
 def attach_aw(train, table, num_checkpoints: int):

@@ -153,6 +153,17 @@ def reset_optimizer_state(optimizer) -> None:
     inner.state.clear()
 
 
+def schedule_log_fields(active_checkpoint: int | None, taid_state) -> dict:
+    """The teacher-schedule fields of a training log line: the active checkpoint (when there is a teacher
+    schedule) and TAID's t (when TAID runs). Shared with the DistillKit integration's trainer."""
+    out: dict = {}
+    if active_checkpoint is not None:
+        out["active_checkpoint"] = active_checkpoint
+    if taid_state is not None:
+        out["taid_t"] = round(float(taid_state.t), 6)
+    return out
+
+
 class DistillationTrainer(SFTTrainer):
     """SFTTrainer + frozen teacher + compound loss (TD, TAID, AW; CE only when `teacher_model` is None).
 
@@ -355,10 +366,8 @@ class DistillationTrainer(SFTTrainer):
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:  # training log line
             logs.update({f"loss_{k}": round(v, 6) for k, v in self.pop_loss_parts().items()})
-            if self.teacher_model is not None:
-                logs["active_checkpoint"] = self.active_checkpoint
-            if self.taid_state is not None:
-                logs["taid_t"] = round(float(self.taid_state.t), 6)
+            logs.update(schedule_log_fields(self.active_checkpoint if self.teacher_model is not None else None,
+                                            self.taid_state))
         super().log(logs, *args, **kwargs)
 
     # -- staged optimisation ------------------------------------------------------------------------

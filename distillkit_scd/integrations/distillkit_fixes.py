@@ -37,7 +37,7 @@ from distillkit_scd.losses import (
     compound_loss_from_logits,
 )
 from distillkit_scd.trainer import DistillationTrainer as _OurTrainer
-from distillkit_scd.trainer import unwrap
+from distillkit_scd.trainer import schedule_log_fields, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -351,10 +351,8 @@ class SCDDistillationTrainer(DistillationTrainer):
             values = torch.stack([torch.as_tensor(sums[k], device=self.accelerator.device) for k in keys])
             values = self.accelerator.reduce(values, reduction="mean") / count  # one host sync per log line
             logs.update({k: round(v, 6) for k, v in zip(keys, values.tolist())})
-            if self.stage_callback is not None:
-                logs["active_checkpoint"] = self.active_checkpoint
-            if self.taid_state is not None:
-                logs["taid_t"] = round(float(self.taid_state.t), 6)
+            logs.update(schedule_log_fields(self.active_checkpoint if self.stage_callback is not None else None,
+                                            self.taid_state))
         super().log(logs, *args, **kwargs)
 
     # -- staged optimisation and resume ---------------------------------------------------------------
