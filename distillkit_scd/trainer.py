@@ -211,6 +211,7 @@ class DistillationTrainer(SFTTrainer):
         self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
         self._step_distill = torch.zeros(2)  # this step's (distillation-term sum, label tokens), for TAID
         self.last_step_distill: float | None = None  # its token mean over processes, set by pop_step_loss
+        self._eval_sums = torch.zeros(2)  # (Σ loss·tokens, tokens) of the running evaluation
         self.teacher_model = None
         if teacher_model is not None:
             self.set_teacher(teacher_model)
@@ -314,6 +315,11 @@ class DistillationTrainer(SFTTrainer):
         # accumulated into a whole parameter and then reduce-scattered.
         loss, parts, outputs = call_as_forward(model, student, self._loss_in_forward, student, inputs,
                                                num_items_in_batch)
+        if not self.model.training:  # evaluation: keep this batch's loss sum and tokens (`evaluation_loop`)
+            denom = parts["tokens"] if num_items_in_batch is None else num_items_in_batch
+            denom = torch.as_tensor(denom, dtype=torch.float32, device=loss.device).clamp_min(1)
+            tokens = torch.tensor(float(parts["tokens"]), device=loss.device)
+            self._eval_sums = self._eval_sums.to(loss.device) + torch.stack([loss.detach().float() * denom, tokens])
         # num_items_in_batch counts every rank's tokens while DDP averages gradients over ranks.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
@@ -325,6 +331,18 @@ class DistillationTrainer(SFTTrainer):
                 self._step_distill = self._step_distill.to(loss.device) + torch.stack(
                     [parts["distill_sum"].detach().float(), tokens])
         return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        """transformers averages per-batch mean losses weighted by rows, so `eval_loss` (which picks
+        p(best)) would depend on the eval batch size and process count; report the token mean over the
+        whole split instead (sums reduced over processes)."""
+        self._eval_sums = torch.zeros(2)
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        total, tokens = self.accelerator.reduce(self._eval_sums.to(self.accelerator.device), reduction="sum").tolist()
+        if tokens > 0 and f"{prefix}_loss" in output.metrics:
+            output.metrics[f"{prefix}_loss"] = total / tokens
+        return output
 
     def _accumulate(self, parts: dict, loss: torch.Tensor) -> None:
         # Detached device tensors; no .item() here (a host sync per micro-batch). Synced at log time.

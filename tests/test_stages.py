@@ -71,3 +71,39 @@ def test_teacher_sft_saves_n_checkpoints_with_manifest(tmp_path):
     assert manifest["best_index"] == min(range(3), key=lambda j: (losses[j], -j))
     for c in manifest["checkpoints"]:
         assert (out / c["path"] / "model.safetensors").is_file()  # absolute paths stay absolute under `/`
+
+
+def test_eval_loss_is_the_token_mean_whatever_the_batching(tmp_path, tiny_pair, tiny_tokenizer):
+    """`eval_loss` (it picks p(best)) is the CE token mean over the whole split — equal for eval batch sizes
+    1, 3 and 8 and to a float64 loop over rows — not transformers' row-weighted mean of batch means."""
+    import torch.nn.functional as F
+    from trl import SFTConfig
+
+    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.formatting import tokenize_dataset
+    from distillkit_scd.models import load_model
+    from distillkit_scd.tasks import load_task
+    from distillkit_scd.trainer import DistillationTrainer
+
+    rows, _ = tokenize_dataset(load_task("synthetic", num_train=12, num_test=4, seed=5)["train"], tiny_tokenizer, 64)
+    model = load_model(str(tiny_pair[1]))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1].double()
+            labels = torch.tensor(row["labels"][1:])
+            keep = labels != -100
+            total += F.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+            count += int(keep.sum())
+    want = total / count
+    got = []
+    for batch in (1, 3, 8):
+        args = SFTConfig(output_dir=str(tmp_path / str(batch)), report_to="none", use_cpu=True,
+                         per_device_eval_batch_size=batch, remove_unused_columns=False,
+                         dataset_kwargs={"skip_prepare_dataset": True})
+        trainer = DistillationTrainer(model=model, args=args, train_dataset=rows, eval_dataset=rows,
+                                      processing_class=tiny_tokenizer,
+                                      data_collator=DistillationCollator(tiny_tokenizer.pad_token_id))
+        got.append(trainer.evaluate()["eval_loss"])
+    assert got == pytest.approx([got[0]] * 3, rel=1e-6)  # the batching does not matter
+    assert got[0] == pytest.approx(want, rel=3e-5)  # float32 model vs float64 sums (transformers 4.57: 1.1e-5)
