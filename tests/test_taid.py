@@ -130,7 +130,7 @@ def test_trainer_adapts_t_from_each_steps_distillation_term(tmp_path, tiny_pair,
     from distillkit_scd.trainer import DistillationTrainer
 
     rows, _ = tokenize_dataset(load_task("synthetic", num_train=48, num_test=4, seed=1)["train"], tiny_tokenizer, 64)
-    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=6, logging_steps=1,
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, max_steps=6, logging_steps=1,
                      per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},
                      save_strategy="no", seed=0)
