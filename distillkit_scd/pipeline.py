@@ -241,10 +241,6 @@ def select_stages(stages: list[Stage], only: list[str] | None, start: str | None
     return list(stages), set()
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    atomic_write_json(path, data, default=str)
-
-
 def read_stamp(out: Path, stage: str) -> dict:
     path = out / "stages" / f"{stage}.json"
     try:
@@ -305,7 +301,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
 
     def save_summary() -> None:
         if not dry_run:
-            _atomic_json(summary_path, {"recipe": str(recipe_path), "overrides": overrides or [],
+            atomic_write_json(summary_path, default=str, data={"recipe": str(recipe_path), "overrides": overrides or [],
                                         "stages": [vars(r) for r in results]})
 
     logger.info("%s: %d stages (%s), run directory %s", recipe.name, len(chosen),
@@ -347,7 +343,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
             _remove(out / stage.output, tag)
         logger.info("%s running (%s)", tag, res.reason)
         res.status = "running"
-        _atomic_json(out / "stages" / f"{stage.name}.json", {
+        atomic_write_json(out / "stages" / f"{stage.name}.json", default=str, data={
             "stage": stage.name, "fingerprint": prints[stage.name], "status": "running",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": res.command, "inputs": inputs})
         save_summary()
@@ -356,7 +352,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         res.seconds = round(time.time() - began, 2)
         if code != 0:
             res.status = "failed"
-            _atomic_json(out / "stages" / f"{stage.name}.json", {
+            atomic_write_json(out / "stages" / f"{stage.name}.json", default=str, data={
                 "stage": stage.name, "fingerprint": prints[stage.name], "status": "failed", "exit_code": code,
                 "seconds": res.seconds, "command": res.command, "inputs": inputs})
             save_summary()
@@ -365,7 +361,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
                 f"kept in {out / 'stages'} — fix the cause and re-run the same command to continue. "
                 f"Command: {res.command}"
             )
-        _atomic_json(out / "stages" / f"{stage.name}.json", {
+        atomic_write_json(out / "stages" / f"{stage.name}.json", default=str, data={
             "stage": stage.name, "fingerprint": prints[stage.name], "status": "done", "seconds": res.seconds,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": res.command, "inputs": inputs,
             "upstream": {n: prints[n] for n in stage.needs},

@@ -166,10 +166,6 @@ def render_csv(table: Table) -> str:
     return buf.getvalue()
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    return atomic_write_text(path, text)
-
-
 def _pyplot():
     import matplotlib
 
@@ -285,8 +281,8 @@ def write_report(run_dir, out_dir=None, extra_run_dirs=()) -> dict[str, Path]:
     table = build_table(files)
     if not table.cells:
         raise ValueError(f"{run_dir}: no results/<row>/<task>.json files to report (rows: {', '.join(ROWS)})")
-    written = {"markdown": _atomic_text(out / "table1.md", render_markdown(table)),
-               "csv": _atomic_text(out / "table1.csv", render_csv(table))}
+    written = {"markdown": atomic_write_text(out / "table1.md", render_markdown(table)),
+               "csv": atomic_write_text(out / "table1.csv", render_csv(table))}
     for method in ("scd", "scd_aw"):
         log = run_dir / "distill" / method / "schedule_log.json"
         if log.is_file():

@@ -254,10 +254,6 @@ def _summary(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    atomic_write_json(path, data, trailing_newline=True)
-
-
 def plot(detail: dict, summary: dict, path: Path, seed: int) -> None:
     """Fig. 2 analogue: decision regions of every row (seed `seed`), the soft AW map, accuracy bars."""
     import matplotlib
@@ -354,7 +350,7 @@ def run_toy(seeds: Sequence[int] = (0, 1, 2, 3, 4), out_dir: str | Path = "runs/
         "soft_aw_beats_teacher": summary["soft_aw"]["mean"] > summary["teacher_sft"]["mean"],
         "soft_aw_beats_student_sft": summary["soft_aw"]["mean"] > summary["student_sft"]["mean"],
     }
-    _write_json_atomic(out / RESULTS_NAME, result)
+    atomic_write_json(out / RESULTS_NAME, result, trailing_newline=True)
     if figure:
         plot(first, summary, out / FIGURE_NAME, seeds[0])
     return result

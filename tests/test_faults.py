@@ -236,32 +236,22 @@ def _write_manifest(path: Path, version: int) -> None:
     write_manifest(path.parent, [CheckpointEntry(0, version, 1.0, f"checkpoint-{version}")], 0, "test")
 
 
-def _write_stamp(path: Path, version: int) -> None:
-    from distillkit_scd.pipeline import _atomic_json
+def _write_json(path: Path, version: int) -> None:
+    """What stage stamps, `distill_state.json`, the toy results, AW/signal metadata are written with."""
+    from distillkit_scd.atomic import atomic_write_json
 
-    _atomic_json(path, {"status": "done", "version": version})
-
-
-def _write_state(path: Path, version: int) -> None:
-    from distillkit_scd.callbacks import atomic_write_json  # what ExtraStateCallback writes with
-
-    atomic_write_json(path, {"trainer": {"active_checkpoint": version}})
+    atomic_write_json(path, {"status": "done", "version": version})
 
 
-def _write_report(path: Path, version: int) -> None:
-    from distillkit_scd.report import _atomic_text
+def _write_text(path: Path, version: int) -> None:
+    """What Table 1 (md/csv) and resolved recipes are written with."""
+    from distillkit_scd.atomic import atomic_write_text
 
-    _atomic_text(path, json.dumps({"table": version}))
-
-
-def _write_toy(path: Path, version: int) -> None:
-    from distillkit_scd.toy import _write_json_atomic
-
-    _write_json_atomic(path, {"version": version})
+    atomic_write_text(path, json.dumps({"table": version}))
 
 
-WRITERS = {"results": _write_results, "manifest": _write_manifest, "stage stamp": _write_stamp,
-           "distill_state": _write_state, "report": _write_report, "toy": _write_toy}
+WRITERS = {"results": _write_results, "manifest": _write_manifest, "json artifact": _write_json,
+           "text artifact": _write_text}
 
 
 def _fail_fsync(err: OSError):
