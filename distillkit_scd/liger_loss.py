@@ -35,10 +35,15 @@ def liger_applies(divergence: str, use_aw: bool, cached: bool) -> bool:
 
 
 def check_liger_available() -> None:
-    """Raise ValueError naming `distill.fused_loss` when Liger-Kernel is not installed."""
+    """Raise ValueError naming `distill.fused_loss` when Liger-Kernel is not installed or too old."""
     if not liger_available():
         raise ValueError("distill.fused_loss: 'liger' needs Liger-Kernel: pip install liger-kernel "
                          "(or the extra: pip install 'distillkit-scd[liger]')")
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    if "return_soft_hard_loss" not in inspect.signature(LigerFusedLinearJSDLoss).parameters:
+        raise ValueError("distill.fused_loss: this Liger-Kernel cannot return the loss terms separately; "
+                         "upgrade: pip install -U liger-kernel")
 
 
 def liger_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.Tensor, targets: torch.Tensor,
@@ -54,15 +59,12 @@ def liger_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.Ten
         compiled: torch.compile Liger's chunk function (default: only on CUDA).
         student_bias / teacher_bias: (V,) optional lm_head biases.
     Returns: (loss scalar, parts dict of detached sums as `losses.chunked_compound_loss`).
-    Raises: ValueError for a divergence Liger cannot express or a Liger without separate soft/hard losses.
+    Raises: ValueError for a divergence Liger cannot express (call `check_liger_available` first).
     """
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
     if spec.divergence not in LIGER_BETA:
         raise ValueError(f"liger_compound_loss: divergence {spec.divergence!r} is not forward_kl or reverse_kl")
-    if "return_soft_hard_loss" not in inspect.signature(LigerFusedLinearJSDLoss).parameters:
-        raise ValueError("distill.fused_loss: this Liger-Kernel cannot return the loss terms separately; "
-                         "upgrade: pip install -U liger-kernel")
     n = targets.shape[0]
     if n == 0:  # an all-ignored micro-batch: zero loss still connected to the graph (DDP)
         zero = (student_hidden.sum() + student_lm_head.sum()) * 0.0

@@ -292,7 +292,7 @@ class DistillationTrainer(SFTTrainer):
         # ZeRO-3: the teacher's head (read-only, no gradient) is gathered here; the student's already is.
         weights = self._token_weights(inputs, flat_idx, length)
         with gathered_for_loss(student_head.weight, student_head.bias, t_weight, t_bias):
-            if self.use_liger and teacher_hidden is not None and weights is None and torch.is_grad_enabled():
+            if self.use_liger and teacher_hidden is not None and torch.is_grad_enabled():  # (no AW: use_liger)
                 loss, parts = liger_compound_loss(
                     student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, t_weight,
                     num_items=num_items_in_batch, student_bias=student_head.bias, teacher_bias=t_bias)
@@ -315,19 +315,18 @@ class DistillationTrainer(SFTTrainer):
         # accumulated into a whole parameter and then reduce-scattered.
         loss, parts, outputs = call_as_forward(model, student, self._loss_in_forward, student, inputs,
                                                num_items_in_batch)
+        tokens = torch.tensor(float(parts["tokens"]), device=loss.device)
         if not self.model.training:  # evaluation: keep this batch's loss sum and tokens (`evaluation_loop`)
-            denom = parts["tokens"] if num_items_in_batch is None else num_items_in_batch
+            denom = tokens if num_items_in_batch is None else num_items_in_batch
             denom = torch.as_tensor(denom, dtype=torch.float32, device=loss.device).clamp_min(1)
-            tokens = torch.tensor(float(parts["tokens"]), device=loss.device)
             self._eval_sums = self._eval_sums.to(loss.device) + torch.stack([loss.detach().float() * denom, tokens])
         # num_items_in_batch counts every rank's tokens while DDP averages gradients over ranks.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         if self.model.training:
-            self._accumulate(parts, loss.detach())
+            self._accumulate(parts, tokens)
             self._step_loss = self._step_loss + loss.detach().float()
             if self.taid_state is not None:
-                tokens = torch.tensor(float(parts["tokens"]), device=loss.device)
                 self._step_distill = self._step_distill.to(loss.device) + torch.stack(
                     [parts["distill_sum"].detach().float(), tokens])
         return (loss, outputs) if return_outputs else loss
@@ -344,9 +343,8 @@ class DistillationTrainer(SFTTrainer):
             output.metrics[f"{prefix}_loss"] = total / tokens
         return output
 
-    def _accumulate(self, parts: dict, loss: torch.Tensor) -> None:
+    def _accumulate(self, parts: dict, tokens: torch.Tensor) -> None:
         # Detached device tensors; no .item() here (a host sync per micro-batch). Synced at log time.
-        tokens = torch.as_tensor(parts["tokens"], dtype=torch.float32, device=loss.device)
         for key, value in (("distill", parts["distill_sum"]), ("ce", parts["ce_sum"]),
                            ("weight", parts["weight_sum"]), ("tokens", tokens)):
             value = value.float()

@@ -67,8 +67,10 @@ def build_sft_config(recipe: Recipe, output_dir: str | Path, learning_rate: floa
         # A CPU-only machine: the processes of an `accelerate launch` must form one job over gloo (otherwise
         # each trains alone on the same batches; the trainer refuses that). DDP needs use_cpu; DeepSpeed
         # (from the recipe or `accelerate launch --use_deepspeed`) needs the gloo backend instead.
-        deepspeed = recipe.launcher.deepspeed_config or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-        kwargs["ddp_backend" if deepspeed else "use_cpu"] = "gloo" if deepspeed else True
+        if recipe.launcher.deepspeed_config or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            kwargs["ddp_backend"] = "gloo"
+        else:
+            kwargs["use_cpu"] = True
     kwargs.update(overrides)
     known = {f.name for f in dataclasses.fields(SFTConfig)}
     for key, value in recipe.training_args.items():
