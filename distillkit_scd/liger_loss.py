@@ -19,7 +19,8 @@ import inspect
 
 import torch
 
-from distillkit_scd.losses import IGNORE_INDEX, LossSpec, _denominator, _parts
+from distillkit_scd.chunked_loss import _denominator, _parts
+from distillkit_scd.losses import IGNORE_INDEX, LossSpec
 
 LIGER_BETA = {"forward_kl": 0.0, "reverse_kl": 1.0}  # Liger's generalised JSD at its endpoints
 
