@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from distillkit_scd.atomic import atomic_write_json
+from distillkit_scd.interrupts import note_step
 from distillkit_scd.trainer import reset_optimizer_state
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class StepLossCallback(TrainerCallback):
         self._check(args, state, state.global_step + 1, can_skip=True)  # global_step counts finished steps
 
     def on_step_end(self, args, state, control, **kwargs):
+        note_step(state.global_step)  # what an interrupt reports (`interrupts`)
         if self._checked is None:  # no pre-optimizer event on this path: check after the fact (loss only)
             self._check(args, state, state.global_step, can_skip=False)
         loss, skipped = self._checked

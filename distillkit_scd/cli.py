@@ -5,7 +5,8 @@ Stages (what `run` launches, one process each):  sft | aw-table | signals | dist
 
 Every RECIPE command takes `--set key.path=value` (repeatable; values are YAML). A bad recipe prints
 one line naming the file, the field path and what was expected, and exits with code 2. A failed
-pipeline stage exits with code 1 and names the stage; re-running the same command continues.
+pipeline stage exits with code 1 and names the stage; re-running the same command continues. Ctrl-C
+or SIGTERM prints where the run stopped and exits with code 130; re-running resumes.
 
 The quickstart recipe is package data (`distillkit_scd/recipes/quickstart.yaml`), so it works from an
 installed wheel; `recipes/quickstart.yaml` in the repository extends it.
@@ -19,6 +20,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from distillkit_scd import interrupts
 from distillkit_scd.atomic import DiskFullError
 from distillkit_scd.config import METHODS, RecipeError, check_local_files, load_recipe
 from distillkit_scd.logging_utils import is_main_process, setup_logging
@@ -109,13 +111,18 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 1 a stage failed, 2 bad input)."""
+    """Entry point; returns the exit code (0 ok, 1 a stage failed, 2 bad input, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     words = [a for a in argv if not a.startswith("-")]
     args = build_parser(with_toy=bool(words) and words[0] == "toy").parse_args(argv)
     setup_logging(args.verbose)
     try:
-        return _dispatch(args)
+        with interrupts.handlers():
+            return _dispatch(args)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line (from the pipeline, not its stages)
+        if not interrupts.report_as_child(err):
+            print(interrupts.current(err).message(), file=sys.stderr)
+        return interrupts.EXIT_CODE
     except (RecipeError, ValueError) as err:  # bad input: one clear line, no traceback
         if args.verbose:
             raise

@@ -32,14 +32,17 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillkit_scd import interrupts
 from distillkit_scd.atomic import atomic_write_json, atomic_write_text
 from distillkit_scd.config import METHODS, Recipe, RecipeError, check_local_files, load_recipe
 from distillkit_scd.model_refs import prepare_models
@@ -83,7 +86,7 @@ class Stage:
 @dataclass
 class StageResult:
     stage: str
-    status: str  # pending | running | done | skipped | failed | would run | would skip
+    status: str  # pending | running | done | skipped | failed | interrupted | would run | would skip
     seconds: float = 0.0
     reason: str = ""
     command: str = ""
@@ -184,11 +187,18 @@ def launch_command(recipe: Recipe, stage: Stage, recipe_path: Path) -> list[str]
     return [sys.executable, *tail]
 
 
+def stage_name(command: tuple[str, ...] | list[str]) -> str:
+    """The pipeline's name of a stage command: `("sft", "--role", "teacher")` → `sft-teacher`."""
+    prefix = {"evaluate": "eval"}.get(command[0], command[0])
+    return "-".join([prefix, *command[2:3]])
+
+
 def run_stage_command(recipe: Recipe, command: tuple[str, ...] | list[str]) -> Path | dict:
     """Run one stage command (`("sft", "--role", "teacher")`, …) in this process; shared by the CLI's
     stage commands and the in-process pipeline. Stage modules are imported here, lazily."""
     name, opts = command[0], list(command[1:])
     value = opts[1] if len(opts) == 2 else None
+    interrupts.note_stage(stage_name(command))
     if name not in ("sft", "aw-table", "signals", "distill", "evaluate", "report"):
         raise ValueError(f"stage command: expected sft, aw-table, signals, distill, evaluate or report, got {name!r}")
     if name != "report":
@@ -281,6 +291,8 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
     Raises:
         RecipeError: the recipe is invalid.  ValueError: unknown stage names.
         StageFailed: a stage failed; earlier stamps are kept and `OUT/stages/summary.json` says which.
+        interrupts.Interrupted: SIGINT/SIGTERM during a stage, recorded `interrupted` in its stamp and
+            the summary (re-running resumes it from its own checkpoints).
     """
     recipe = load_recipe(recipe_path, overrides)
     check_local_files(recipe, str(recipe_path))
@@ -348,7 +360,16 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": res.command, "inputs": inputs})
         save_summary()
         began = time.time()
-        code = runner(stage, cmd)
+        try:
+            code = runner(stage, cmd)
+        except KeyboardInterrupt as err:  # SIGINT/SIGTERM (`interrupts`): record it, the CLI prints one line
+            stop = interrupts.Interrupted(stage.name, interrupts.current(err).step)
+            res.status, res.seconds = "interrupted", round(time.time() - began, 2)
+            atomic_write_json(out / "stages" / f"{stage.name}.json", default=str, data={
+                "stage": stage.name, "fingerprint": prints[stage.name], "status": "interrupted",
+                "step": stop.step, "seconds": res.seconds, "command": res.command, "inputs": inputs})
+            save_summary()
+            raise stop from None
         res.seconds = round(time.time() - began, 2)
         if code != 0:
             res.status = "failed"
@@ -382,9 +403,36 @@ def _remove(path: Path, tag: str) -> None:
 
 
 def _subprocess_runner(stage: Stage, cmd: list[str]) -> int:
+    """Run a stage process and return its exit code. A SIGINT/SIGTERM sent to this process is forwarded
+    to it (a second one kills it); once it has exited, `Interrupted` names the stage and the step it
+    reported (see `interrupts`)."""
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return subprocess.run(cmd, env=env).returncode
+    with tempfile.TemporaryDirectory(prefix="distillkit-scd-") as tmp:
+        report = Path(tmp) / "interrupt.json"
+        env[interrupts.CHILD_ENV] = str(report)
+        proc = subprocess.Popen(cmd, env=env)
+        received: list[int] = []
+
+        def forward(signum, frame) -> None:
+            received.append(signum)
+            try:
+                proc.kill() if len(received) > 1 else proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+        try:
+            previous = {sig: signal.signal(sig, forward) for sig in interrupts.SIGNALS}
+        except ValueError:  # not the main thread: no forwarding
+            previous = {}
+        try:
+            code = proc.wait()
+        finally:
+            for sig, handler in previous.items():  # after a forwarded signal, ignore more during clean-up
+                signal.signal(sig, signal.SIG_IGN if received else handler)
+        if received or code in (interrupts.EXIT_CODE, -signal.SIGINT, -signal.SIGTERM):
+            raise interrupts.Interrupted(stage.name, interrupts.read_child_report(report))
+        return code
 
 
 def _in_process_runner(recipe: Recipe) -> Runner:
