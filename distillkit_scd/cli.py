@@ -143,7 +143,7 @@ def _dispatch(args) -> int:
     cmd = args.command
     if cmd == "validate":
         recipe = _recipe(args)
-        check_local_files(recipe, args.recipe)
+        check_local_files(recipe, args.recipe, args.overrides)
         print(recipe.to_yaml(), end="")
         print(f"# {args.recipe}: valid", file=sys.stderr)
         return 0
@@ -199,6 +199,10 @@ def _run(args) -> int:
     try:
         results = run_pipeline(path, overrides, only=only, start=start, dry_run=args.dry_run,
                                in_process=in_process)
+    except RecipeError as err:  # quickstart's --out is passed on as --set output_dir=…: say what was typed
+        if args.command == "quickstart":
+            raise RecipeError(str(err).replace(f"--set output_dir={args.out}:", f"--out {args.out}:")) from None
+        raise
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

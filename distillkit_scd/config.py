@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -279,8 +281,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data = _load_with_extends(path, chain=())
     for item in overrides or []:
         _apply_override(data, item, source=path)
-    recipe = recipe_from_dict(data, source=str(path))
-    return recipe
+    try:
+        return recipe_from_dict(data, source=str(path))
+    except RecipeError as err:
+        raise _blame_override(err, str(path), overrides or []) from None
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>") -> Recipe:
@@ -353,6 +357,22 @@ def _apply_override(data: dict[str, Any], item: str, source: Path) -> None:
             raise RecipeError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _blame_override(err: RecipeError, source: str, overrides: list[str]) -> RecipeError:
+    """An error about a field that a `--set` wrote names that `--set KEY=VALUE`, not the recipe file
+    (which, for `quickstart`, is a path inside the installed package)."""
+    message = str(err)
+    if not message.startswith(f"{source}: "):
+        return err
+    rest = message[len(source) + 2:]
+    match = re.match(r"(?:unknown key |missing required key )?([\w.\[\]]+)", rest)
+    field = re.sub(r"\[\d+\]", "", match.group(1)) if match else ""
+    for item in reversed(overrides):  # the last --set of a key is the one that counts
+        key = item.split("=", 1)[0].strip()
+        if field and (field == key or field.startswith(key + ".") or key.startswith(field + ".")):
+            return RecipeError(f"--set {item}: {rest}")
+    return err
 
 
 def _type_name(tp: Any) -> str:
@@ -537,8 +557,16 @@ def is_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
 
 
-def check_local_files(recipe: Recipe, source: str = "<recipe>") -> None:
-    """Check that every local path a recipe names exists (used by `validate`, before any launch)."""
+def check_local_files(recipe: Recipe, source: str = "<recipe>", overrides: list[str] | None = None) -> None:
+    """Check that every local path a recipe names exists and that `output_dir` can be written (used by
+    `validate` and `run`, before any launch); an error about a field a `--set` wrote names that `--set`."""
+    try:
+        _check_local_files(recipe, source)
+    except RecipeError as err:
+        raise _blame_override(err, source, overrides or []) from None
+
+
+def _check_local_files(recipe: Recipe, source: str) -> None:
     refs = {
         "models.teacher": recipe.models.teacher,
         "models.student": recipe.models.student,
@@ -552,3 +580,16 @@ def check_local_files(recipe: Recipe, source: str = "<recipe>") -> None:
         local = key.startswith("launcher.") or ref.startswith((".", "/", "~"))
         if local and not Path(ref).expanduser().exists():
             raise RecipeError(f"{source}: {key}: local path {ref!r} does not exist")
+    check_output_dir(recipe.output_dir, source)
+
+
+def check_output_dir(output_dir: str, source: str = "<recipe>") -> None:
+    """`output_dir` must be a folder, or a path whose nearest existing ancestor is a writable folder."""
+    path = Path(output_dir).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise RecipeError(f"{source}: output_dir: {output_dir!r} {what}; expected a folder (or a new path)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RecipeError(f"{source}: output_dir: {output_dir!r} is not writable ({existing} does not let this "
+                          "user create files); choose another output_dir")

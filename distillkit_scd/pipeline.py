@@ -295,7 +295,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
             the summary (re-running resumes it from its own checkpoints).
     """
     recipe = load_recipe(recipe_path, overrides)
-    check_local_files(recipe, str(recipe_path))
+    check_local_files(recipe, str(recipe_path), overrides)
     out = Path(recipe.output_dir)
     stages = build_stages(recipe)
     prints = fingerprints(recipe, stages)

@@ -1,5 +1,6 @@
 """The command line: exit codes, one-line errors for bad recipes, stage commands reach their functions."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,48 @@ def test_help_is_fast_and_needs_no_stage_modules():
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout and "quickstart" in out.stdout
+
+
+@pytest.mark.parametrize("command, overrides, needle", [
+    (["validate", "{recipe}"], ["distill.methods=[foo]"], "--set distill.methods=[foo]: distill.methods[0]: expected one of"),
+    (["validate", "{recipe}"], ["distill.bogus=1"], "--set distill.bogus=1: unknown key distill.bogus"),
+    (["validate", "{recipe}"], ["distill.alpha=0.2", "distill.alpha=7"], "--set distill.alpha=7: distill.alpha:"),
+    (["quickstart", "--dry-run"], ["distill.alpha=3"], "--set distill.alpha=3: distill.alpha: expected a number"),
+])
+def test_set_errors_name_the_set_not_the_recipe_file(tmp_path, capsys, command, overrides, needle):
+    """A field written by `--set KEY=VALUE` is blamed on that `--set` (the last one for the key), not on the
+    recipe file, nor, for `quickstart`, on the recipe inside the installed package."""
+    recipe = write(tmp_path, GOOD)
+    argv = [a.format(recipe=recipe) for a in command] + [a for o in overrides for a in ("--set", o)]
+    assert cli.main(argv) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: ") and needle in line, line
+    assert str(recipe) not in line and "quickstart.yaml" not in line
+
+
+def test_recipe_file_errors_still_name_the_file_when_other_fields_are_set(tmp_path, capsys):
+    """An error in a field no `--set` touched names the recipe file."""
+    recipe = write(tmp_path, {**GOOD, "distill": {"alpha": 5}})
+    assert cli.main(["validate", str(recipe), "--set", "distill.temperature=2"]) == 2
+    assert f"error: {recipe}: distill.alpha" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["file", "under a file", "not writable"])
+def test_validate_refuses_an_output_dir_that_cannot_be_a_folder(tmp_path, capsys, monkeypatch, where):
+    """`validate --set output_dir=…` (and `run`, which checks the same) exits 2 with one line naming the
+    path: a file, a path below a file, or a folder this user cannot write (faked: tests run as root)."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    target = {"file": afile, "under a file": afile / "run", "not writable": tmp_path / "ro" / "run"}[where]
+    if where == "not writable":
+        (tmp_path / "ro").mkdir()
+        real_access = os.access
+        monkeypatch.setattr("os.access", lambda p, mode: Path(p) != tmp_path / "ro" and real_access(p, mode))
+    recipe = write(tmp_path, GOOD)
+    assert cli.main(["validate", str(recipe), "--set", f"output_dir={target}"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: --set output_dir={target}: output_dir: {str(target)!r}"), line
+    assert {"file": "is a file", "under a file": f"{afile} is a file", "not writable": "not writable"}[where] in line
+    if where == "file":
+        assert cli.main(["run", str(recipe), "--set", f"output_dir={target}", "--dry-run"]) == 2
+        assert "is a file" in capsys.readouterr().err
