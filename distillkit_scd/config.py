@@ -123,12 +123,15 @@ class SFTConfig:
     """Domain SFT of teacher and student.
 
     num_checkpoints (`int`, defaults to `4`): N, teacher checkpoints saved evenly over its training.
-    select_by (`str`, defaults to `"val_loss"`): how p(best) is picked: the lowest validation loss.
+    select_by (`str`, defaults to `"val_score"`): how p(best) (and the student's SFT starting point) is
+        picked on the selection split (`evaluation.select_by`): `val_score`, the task score by generation
+        (the paper: "the teacher checkpoint with the best performance"), or `val_loss`, the lowest CE
+        (ours). Ties go to the earlier checkpoint (ours).
     teacher (`RoleSFTConfig`): teacher SFT settings.  student (`RoleSFTConfig`): student SFT settings.
     """
 
     num_checkpoints: int = 4
-    select_by: Literal["val_loss"] = "val_loss"
+    select_by: Literal["val_score", "val_loss"] = "val_score"
     teacher: RoleSFTConfig = field(default_factory=RoleSFTConfig)
     student: RoleSFTConfig = field(default_factory=RoleSFTConfig)
 
@@ -204,8 +207,10 @@ class EvaluationConfig:
 
     max_new_tokens (`int`, *optional*): generation budget; unset uses the task's default.
     batch_size (`int`, defaults to `16`): prompts per generation batch.
-    select_by (`str`, defaults to `"validation"`): checkpoint selection for a training run; the paper's
-        protocol ("test") is always recorded beside it, labelled.
+    select_by (`str`, defaults to `"validation"`): the selection split of every "best checkpoint" —
+        p(best) and the reported checkpoint of each trained row. `test` is the paper's protocol ("the
+        student model checkpoint with the best performance is selected"; optimistic), `validation` ours
+        (clean; needs a validation carve-out). Results record both choices, labelled.
     zero_shot (`bool`, defaults to `True`): evaluate the base models (zero-shot rows).
     """
 

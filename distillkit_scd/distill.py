@@ -29,8 +29,10 @@ from distillkit_scd.config import METHODS, Recipe
 from distillkit_scd.losses import LossSpec, TAIDState
 from distillkit_scd.scd import probe_batches
 from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
+from distillkit_scd.selection import selection_split
 from distillkit_scd.sft import (
     check_resume_checkpoint,
+    eval_loss_history,
     last_checkpoint,
     steps_per_epoch,
     write_checkpoint_manifest,
@@ -146,6 +148,6 @@ def run_distill(recipe: Recipe, method: str) -> Path:
         atomic_write_json(out / SCHEDULE_LOG, {"method": method, "steps_per_stage": T, "stages": stages.log,
                                                "teacher_signal": d.teacher_signal,
                                                "teacher_forward_rows": trainer.teacher_forward_rows})
-        write_checkpoint_manifest(out, stage_ends, max(1, steps_per_epoch(len(train), recipe)), saver.eval_losses,
-                                  trainer)
+        write_checkpoint_manifest(out, stage_ends, max(1, steps_per_epoch(len(train), recipe)),
+                                  eval_loss_history(trainer, saver.eval_losses), split=selection_split(recipe))
     return out

@@ -13,8 +13,9 @@ import logging
 from pathlib import Path
 
 from distillkit_scd.config import METHODS, Recipe
-from distillkit_scd.evaluation import PRIMARY_METRICS, score_task
+from distillkit_scd.evaluation import score_task
 from distillkit_scd.results import build_results, write_results
+from distillkit_scd.selection import best_index, primary_score, protocol_name, selection_split
 from distillkit_scd.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,22 @@ def candidates(ws: Workspace, row: str) -> list[tuple[str, str]]:
     return [(f"step-{e.step}", e.path) for e in entries]
 
 
-def primary_score(task: str, metrics: dict) -> float:
-    """The selection score: the mean of the task's Table 1 metrics."""
-    keys = PRIMARY_METRICS[task]
-    return sum(metrics[k] for k in keys) / len(keys)
+def generation_budget(recipe: Recipe) -> int:
+    """`evaluation.max_new_tokens`, else the task's default budget."""
+    from distillkit_scd.tasks import get_task
+
+    return recipe.evaluation.max_new_tokens or get_task(recipe.task.name).max_new_tokens
+
+
+def evaluation_tokenizer(ws: Workspace, row: str):
+    """The tokenizer (and chat template) a row's model was trained with: the training tokenizer
+    (`Workspace.tokenizer`, the student's, checked against the teacher's) for every trained row, the
+    base model's own for the zero-shot rows."""
+    from distillkit_scd.models import load_tokenizer
+
+    if row in ZERO_SHOT_ROWS:
+        return load_tokenizer(ws.base_model(row.split("_")[0]), ws.recipe.models.trust_remote_code)
+    return ws.tokenizer()
 
 
 def score_model(model, tokenizer, split, task: str, recipe: Recipe, max_new_tokens: int):
@@ -61,44 +74,54 @@ def score_model(model, tokenizer, split, task: str, recipe: Recipe, max_new_toke
 
 
 def run_evaluation(recipe: Recipe, row: str) -> Path:
-    """Score a row on the test split (and, for trained rows, select the checkpoint on validation)."""
-    from distillkit_scd.models import load_model, load_tokenizer
-    from distillkit_scd.tasks import get_task
+    """Score every checkpoint of a row on test (and validation, when there is one) and report the one
+    the recipe's protocol selects; the other protocol's choice is recorded beside it.
+
+    Protocols (`selection.py`): `paper` selects on test (the paper's "checkpoint with the best
+    performance"), `clean` on validation. The SFT rows report the manifest's p(best) under the recipe's
+    protocol, so the Teacher SFT row is the same checkpoint TD/TAID distil from.
+    """
+    from distillkit_scd.models import load_model
+    from distillkit_scd.teachers import read_manifest
 
     ws = Workspace(recipe)
     task = recipe.task.name
-    spec = get_task(task)
-    max_new = recipe.evaluation.max_new_tokens or spec.max_new_tokens
+    max_new = generation_budget(recipe)
     splits = ws.task_splits()
     m = recipe.models
-    tokenizer = load_tokenizer(ws.base_model("student" if row.startswith("student") or row in METHODS
-                                             else "teacher"), m.trust_remote_code)
+    tokenizer = evaluation_tokenizer(ws, row)
+    has_val = row not in ZERO_SHOT_ROWS and len(splits["validation"]) > 0
     scored = []
     for label, path in candidates(ws, row):
         model = load_model(path, m.dtype, m.trust_remote_code, m.attn_implementation)
         if _cuda():
             model = model.to("cuda")
         entry = {"checkpoint": label, "path": str(path)}
-        if row not in ZERO_SHOT_ROWS and len(splits["validation"]):
-            val_metrics, _ = score_model(model, tokenizer, splits["validation"], task, recipe, max_new)
-            entry["validation"] = val_metrics
+        if has_val:
+            entry["validation"], _ = score_model(model, tokenizer, splits["validation"], task, recipe, max_new)
         entry["test"], entry["samples"] = score_model(model, tokenizer, splits["test"], task, recipe, max_new)
         logger.info("%s %s: test %s", row, label, {k: round(v, 4) for k, v in entry["test"].items()})
         scored.append(entry)
         del model
 
-    # Ties go to the later checkpoint (more training at equal score).
-    if all("validation" in e for e in scored):
-        by_val = max(range(len(scored)), key=lambda i: (primary_score(task, scored[i]["validation"]), i))
-    else:
-        by_val = len(scored) - 1  # zero-shot rows, or no validation split: the final model
-    by_test = max(range(len(scored)), key=lambda i: (primary_score(task, scored[i]["test"]), i))
-    chosen = scored[by_val]
+    choice = {"paper": best_index([primary_score(task, e["test"]) for e in scored]),
+              "clean": best_index([primary_score(task, e["validation"]) for e in scored]) if has_val else None}
+    protocol = protocol_name(recipe.evaluation.select_by)
+    by = f"best score on the {selection_split(recipe)} split (ties: earlier checkpoint)"
+    if row in SFT_ROWS:  # the manifest's p(best) (same selection split, same rule; or val_loss if asked)
+        _, best, selected_by = read_manifest(ws.sft_dir(row.split("_")[0]))
+        choice[protocol], by = best, f"manifest p(best): {selected_by}"
+    if choice[protocol] is None:  # clean protocol without a validation split
+        choice[protocol], by = len(scored) - 1, "final checkpoint (no validation split)"
+    if len(scored) == 1:
+        by = "only checkpoint"
+    chosen = scored[choice[protocol]]
     info = getattr(splits, "split_info", {})
     selection = {
-        "by": "validation" if "validation" in chosen else "only checkpoint",
-        "paper_protocol": {"checkpoint": scored[by_test]["checkpoint"], "metrics": scored[by_test]["test"],
-                           "note": "best test score over checkpoints (the paper's protocol; optimistic)"},
+        "by": by, "select_by": recipe.evaluation.select_by, "protocol": protocol,
+        "protocols": {name: None if j is None else {
+            "checkpoint": scored[j]["checkpoint"], "index": j, "metrics": scored[j]["test"],
+            "samples": scored[j]["samples"]} for name, j in choice.items()},
         "candidates": [{k: v for k, v in e.items() if k != "samples"} for e in scored],
     }
     result = build_results(

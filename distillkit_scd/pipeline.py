@@ -107,7 +107,10 @@ def build_stages(recipe: Recipe) -> list[Stage]:
     if recipe.evaluation.zero_shot:
         stages += [evaluation(f"{role}_zero_shot", ()) for role in ("teacher", "student")]
     for role in ("teacher", "student"):
-        own = ("sft.num_checkpoints", "sft.select_by") if role == "teacher" else ()
+        own = ("sft.num_checkpoints",) if role == "teacher" else ()
+        own += ("sft.select_by", "evaluation.select_by")  # the selection split
+        if recipe.sft.select_by == "val_score":  # p(best) by generation
+            own += ("evaluation.max_new_tokens", "evaluation.batch_size")
         stages.append(Stage(f"sft-{role}", ("sft", "--role", role), (), (*_TRAIN, *own, f"sft.{role}"),
                             f"sft/{role}/manifest.json", f"sft/{role}"))
     stages += [evaluation(f"{role}_sft", (f"sft-{role}",)) for role in ("teacher", "student")]

@@ -10,7 +10,9 @@ One file per Table 1 cell group, `RUN_DIR/results/<row>/<task>.json`:
  "samples": [{"id", "gold", "generation", "prediction", "parsed", "scores": {"accuracy": 1.0}}, ...],
  "generation": {"max_new_tokens": .., "batch_size": .., "decoding": "greedy"},
  "versions": {"python", "torch", "transformers", "trl", "distillkit_scd"},
- "selection": {"by": "validation", "paper_protocol": {...}, "candidates": [...]}}   # optional
+ "selection": {"by": "...", "select_by": "validation", "protocol": "clean",       # optional
+               "protocols": {"paper": {"checkpoint", "index", "metrics", "samples"}, "clean": {...} | null},
+               "candidates": [...]}}
 ```
 
 Every primary metric (`evaluation.PRIMARY_METRICS`) is the mean of the per-sample score of the same

@@ -16,6 +16,7 @@ from pathlib import Path
 from distillkit_scd.callbacks import SaveAtStepsCallback, StepLossCallback
 from distillkit_scd.collate import DistillationCollator
 from distillkit_scd.config import Recipe
+from distillkit_scd.selection import selection_split
 from distillkit_scd.teachers import CheckpointEntry, write_manifest
 from distillkit_scd.training_args import build_sft_config
 from distillkit_scd.workspace import Workspace, save_resolved_recipe
@@ -106,30 +107,63 @@ def run_sft(recipe: Recipe, role: str) -> Path:
         check_resume_checkpoint(resume)
         logger.info("SFT %s: resuming from %s", role, resume)
     trainer.train(resume_from_checkpoint=resume)
-    write_checkpoint_manifest(out, save_steps, per_epoch, saver.eval_losses, trainer)
+    if not trainer.is_world_process_zero():  # the main process scores and writes; the others are done
+        return out
+    losses = eval_loss_history(trainer, saver.eval_losses)
+    scores = None
+    if recipe.sft.select_by == "val_score":
+        del trainer, model  # free the training copy before loading checkpoints one by one
+        scores = checkpoint_scores(recipe, out, save_steps, tokenizer)
+    write_checkpoint_manifest(out, save_steps, per_epoch, losses, scores=scores, split=selection_split(recipe))
     return out
 
 
-def write_checkpoint_manifest(out: Path, save_steps: list[int], per_epoch: int, eval_losses: dict[int, float],
-                              trainer) -> Path:
-    """Manifest of the saved checkpoints; p(best) = lowest validation loss (last one if no validation).
+def checkpoint_scores(recipe: Recipe, out: Path, save_steps: list[int], tokenizer) -> list[float]:
+    """The selection score (`selection.primary_score`) of each saved checkpoint, by generation, scored
+    with the tokenizer and chat template the model was trained with."""
+    import gc
 
-    Validation losses of checkpoints saved before a resume are read back from the trainer's log history.
-    """
+    from distillkit_scd.selection import primary_score, score_checkpoints
+
+    gc.collect()
+    try:  # after a DeepSpeed ZeRO-3 run, models loaded from here on must not be partitioned
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    except ImportError:
+        pass
+    metrics = score_checkpoints(recipe, out, [str(out / f"checkpoint-{s}") for s in save_steps], tokenizer)
+    return [primary_score(recipe.task.name, m) for m in metrics]
+
+
+def eval_loss_history(trainer, eval_losses: dict[int, float]) -> dict[int, float]:
+    """Validation loss per step; those of checkpoints saved before a resume come from the log history."""
     history = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e}
     history.update(eval_losses)
+    return history
+
+
+def write_checkpoint_manifest(out: Path, save_steps: list[int], per_epoch: int, losses: dict[int, float],
+                              scores: list[float] | None = None, split: str = "validation") -> Path:
+    """Manifest of the saved checkpoints. p(best): the highest `scores` when given, else the lowest loss,
+    else (no selection split) the final checkpoint; ties to the earlier checkpoint (`selection.best_index`).
+    """
+    from distillkit_scd.selection import best_index
+
     entries = []
     for j, step in enumerate(save_steps):
         folder = out / f"checkpoint-{step}"
         if not folder.is_dir():
             raise ValueError(f"{folder}: expected checkpoint missing after training")
         entries.append(CheckpointEntry(index=j, step=step, epoch=step / per_epoch, path=str(folder),
-                                       val_loss=history.get(step)))
-    losses = [e.val_loss for e in entries]
-    if all(v is not None for v in losses):
-        best = min(range(len(entries)), key=lambda j: (losses[j], -j))
-        selected_by = "lowest validation loss"
+                                       val_loss=losses.get(step), val_score=None if scores is None else scores[j]))
+    if scores is not None:
+        best, selected_by = best_index(scores), f"highest task score on the {split} split (val_score)"
+    elif all(e.val_loss is not None for e in entries):
+        best = best_index([e.val_loss for e in entries], higher_is_better=False)
+        selected_by = f"lowest loss on the {split} split (val_loss)"
     else:
-        best, selected_by = len(entries) - 1, "final checkpoint (no validation split)"
-    logger.info("checkpoints %s; p(best) = %d (%s)", [(e.step, e.val_loss) for e in entries], best, selected_by)
+        best, selected_by = len(entries) - 1, "final checkpoint (no selection split)"
+    logger.info("checkpoints (1-based) %s; p(best) = checkpoint %d (%s)",
+                [(j + 1, e.step, e.val_loss, e.val_score) for j, e in enumerate(entries)], best + 1, selected_by)
     return write_manifest(out, entries, best, selected_by)

@@ -66,17 +66,22 @@ class Workspace:
         return load_task(t.name, t.source, **options)
 
     def tokenized_splits(self, tokenizer):
-        """(train, validation) tokenised with assistant-only labels; truncation counts are logged."""
+        """(train, selection split) tokenised with assistant-only labels; truncation counts are logged.
+
+        The selection split (`selection.selection_split`: validation, or test under the paper's protocol)
+        is what training evaluates its loss on; None when it is empty.
+        """
         from distillkit_scd.formatting import tokenize_dataset
+        from distillkit_scd.selection import selection_split
 
         splits = self.task_splits()
         train, report = tokenize_dataset(splits["train"], tokenizer, self.recipe.task.max_length, name="train")
+        name = selection_split(self.recipe)
         val = None
-        if len(splits["validation"]):
-            val, _ = tokenize_dataset(splits["validation"], tokenizer, self.recipe.task.max_length,
-                                      name="validation")
-        logger.info("data: %d train rows (%d prompts cut, %d dropped), %d validation rows", len(train),
-                    len(report.truncated), len(report.dropped), 0 if val is None else len(val))
+        if len(splits[name]):
+            val, _ = tokenize_dataset(splits[name], tokenizer, self.recipe.task.max_length, name=name)
+        logger.info("data: %d train rows (%d prompts cut, %d dropped), %d %s rows", len(train),
+                    len(report.truncated), len(report.dropped), 0 if val is None else len(val), name)
         return train, val
 
 

@@ -55,7 +55,16 @@ def test_all_rows_results_and_table_recomputable(tmp_path):
         scores = [s["scores"]["accuracy"] for s in data["samples"]]
         assert table[row]["synthetic"] == pytest.approx(sum(scores) / len(scores))
         assert data["metrics"]["accuracy"] == pytest.approx(sum(scores) / len(scores))
-        assert "paper_protocol" in data["selection"]
+        protocols = data["selection"]["protocols"]
+        assert data["selection"]["protocol"] == "clean" and protocols["clean"]["checkpoint"] == data["model"]["checkpoint"]
+        assert protocols["paper"]["metrics"] == max((c["test"] for c in data["selection"]["candidates"]),
+                                                    key=lambda m: m["accuracy"])
+    manifest = json.loads((run / "sft" / "teacher" / "manifest.json").read_text())
+    scores = [c["val_score"] for c in manifest["checkpoints"]]
+    assert all(isinstance(c["val_loss"], float) for c in manifest["checkpoints"])
+    assert all(isinstance(v, float) for v in scores) and manifest["best_index"] == scores.index(max(scores))
+    teacher_sft = raw["teacher_sft/synthetic"]["model"]["checkpoint"]  # the Teacher SFT row is p(best)
+    assert teacher_sft == f"step-{manifest['checkpoints'][manifest['best_index']]['step']}"
     md = (run / "report" / "table1.md").read_text()
     assert "SCD w/ AW" in md and "The paper's Table 1" in md
     for fig in ("fig3_scd.png", "fig3_scd_aw.png", "fig4_aw.png", "fig5_synthetic.png"):

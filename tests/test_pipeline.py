@@ -96,8 +96,8 @@ def test_second_run_skips_everything(recipe_path, tmp_path):
     # the student's SFT: its eval, the AW table, every distillation
     ("sft.student.num_train_epochs=2", ["sft-student", "eval-student_sft", "aw-table",
                                         *[x for m in METHODS for x in (f"distill-{m}", f"eval-{m}")], "report"]),
-    # generation budget: evaluations only
-    ("evaluation.max_new_tokens=4", [s for s in ALL if s.startswith("eval-")] + ["report"]),
+    # generation budget: p(best) is chosen by generation (sft.select_by: val_score), so every stage
+    ("evaluation.max_new_tokens=4", ALL),
 ])
 def test_changed_field_reruns_only_dependants(recipe_path, override, expected):
     """A changed recipe field re-runs the stages that read it and everything downstream, nothing else."""
@@ -271,3 +271,12 @@ def test_changed_inputs_clear_stage_output_but_interrupted_attempt_keeps_it(reci
     seen.clear()
     run_pipeline(recipe_path, ["distill.alpha=0.2"], only=["distill-td"], runner=runner)
     assert seen == {"distill-td": False}
+
+
+def test_generation_budget_reruns_only_evaluations_under_val_loss(recipe_path):
+    """With p(best) by loss (`sft.select_by: val_loss`) no training stage reads the generation budget."""
+    base = ["sft.select_by=val_loss"]
+    run_pipeline(recipe_path, base, runner=FakeRunner())
+    again = FakeRunner()
+    run_pipeline(recipe_path, [*base, "evaluation.max_new_tokens=4"], runner=again)
+    assert again.ran == [s for s in ALL if s.startswith("eval-")] + ["report"]

@@ -66,11 +66,48 @@ def test_teacher_sft_saves_n_checkpoints_with_manifest(tmp_path):
     steps = [c["step"] for c in manifest["checkpoints"]]
     total = -(-72 // 8)  # 72 train rows after the 10 % validation carve, batch 8
     assert steps == evenly_spaced_steps(total, 3)
-    assert all(c["val_loss"] is not None for c in manifest["checkpoints"])
-    losses = [c["val_loss"] for c in manifest["checkpoints"]]
-    assert manifest["best_index"] == min(range(3), key=lambda j: (losses[j], -j))
+    assert all(isinstance(c["val_loss"], float) for c in manifest["checkpoints"])
+    assert all(isinstance(c["val_score"], float) for c in manifest["checkpoints"])
+    scores = [c["val_score"] for c in manifest["checkpoints"]]
+    assert manifest["best_index"] == scores.index(max(scores))  # p(best) by task score, ties to the earlier
+    assert "val_score" in manifest["selected_by"]
     for c in manifest["checkpoints"]:
         assert (out / c["path"] / "model.safetensors").is_file()  # absolute paths stay absolute under `/`
+
+
+def _fake_checkpoints(root, steps):
+    for step in steps:
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+
+
+def test_manifest_p_best_by_score_wins_over_loss(tmp_path):
+    """When loss and task score disagree, p(best) is the best *score* (the paper's "best performance");
+    `val_loss` and `val_score` are both recorded for every checkpoint; ties go to the earlier one."""
+    from distillkit_scd.sft import write_checkpoint_manifest
+
+    _fake_checkpoints(tmp_path, (2, 4, 6))
+    losses = {2: 0.9, 4: 0.5, 6: 0.3}  # loss keeps falling: loss alone would pick checkpoint 3
+    write_checkpoint_manifest(tmp_path, [2, 4, 6], 2, losses, scores=[0.4, 0.7, 0.6], split="test")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["best_index"] == 1
+    assert [c["val_loss"] for c in manifest["checkpoints"]] == [0.9, 0.5, 0.3]
+    assert [c["val_score"] for c in manifest["checkpoints"]] == [0.4, 0.7, 0.6]
+    assert "test split" in manifest["selected_by"]
+    write_checkpoint_manifest(tmp_path, [2, 4, 6], 2, losses, scores=[0.5, 0.7, 0.7])
+    assert json.loads((tmp_path / "manifest.json").read_text())["best_index"] == 1  # tie: the earlier
+    write_checkpoint_manifest(tmp_path, [2, 4, 6], 2, {2: 0.3, 4: 0.3, 6: 0.5})  # val_loss: lowest, earlier
+    assert json.loads((tmp_path / "manifest.json").read_text())["best_index"] == 0
+
+
+def test_best_index_rule():
+    """Highest (or lowest) value, ties to the earliest; a missing or NaN value is refused, not skipped."""
+    from distillkit_scd.selection import best_index
+
+    assert best_index([0.2, 0.5, 0.5, 0.1]) == 1
+    assert best_index([0.2, 0.1, 0.1], higher_is_better=False) == 1
+    for bad in ([0.1, None], [float("nan")], []):
+        with pytest.raises(ValueError, match="best_index"):
+            best_index(bad)
 
 
 def test_eval_loss_is_the_token_mean_whatever_the_batching(tmp_path, tiny_pair, tiny_tokenizer):
