@@ -543,6 +543,10 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
     if e.max_new_tokens is not None:
         _require(e.max_new_tokens >= 1, source, "evaluation.max_new_tokens", e.max_new_tokens, ">= 1")
     _require(e.batch_size >= 1, source, "evaluation.batch_size", e.batch_size, "an integer >= 1")
+    if e.select_by == "validation" and r.task.options.get("validation_fraction", 0.1) == 0:
+        raise RecipeError(f"{source}: evaluation.select_by: 'validation' selects checkpoints on the validation "
+                          "split, but task.options.validation_fraction is 0; use select_by: test (the paper's "
+                          "protocol) or a validation_fraction > 0 (the clean protocol)")
     la = r.launcher
     _require(la.num_processes >= 1, source, "launcher.num_processes", la.num_processes, "an integer >= 1")
     if la.deepspeed_config is not None and la.mixed_precision == "fp16" and r.models.dtype == "bfloat16":

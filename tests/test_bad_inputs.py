@@ -57,6 +57,7 @@ RECIPE_CASES = [
     ("sft.teacher.num_train_epochs", -1, r"sft\.teacher\.num_train_epochs"),
     ("distill.steps_per_stage", 0, r"distill\.steps_per_stage"),
     ("evaluation.select_by", "train", r"evaluation\.select_by"),
+    ("task.options", {"validation_fraction": 0}, r"evaluation\.select_by: .validation. selects"),
 ]
 
 

@@ -84,6 +84,36 @@ def test_jmed_split_sizes_and_no_shared_source_text(shared_data, task, pool):
         assert sum(len(t) for t in texts.values()) == JMED_GROUPS[task]
 
 
+PAPER_TEST_SIZES = {"jmmlu": 137, "crade": 326, "rrtnm": 65, "smdis": 3072, "nrner": 308}
+"""The paper's Table 1 denominators: every printed JMED score is k/n for these n (⌈0.2·n⌉ of the pools)."""
+
+
+@pytest.mark.parametrize("task", JMED)
+def test_row_split_gives_the_papers_test_sizes(shared_data, task):
+    """`split: rows` with no validation carve-out: test = ⌈0.2·n⌉ rows (137/326/65/3072/308), train the rest,
+    every row in exactly one part, the same ids for the same seed and other ids for another seed."""
+    dd = load_task(task, str(shared_data), split="rows", validation_fraction=0.0)
+    n = sum(len(dd[s]) for s in dd)
+    assert len(dd["test"]) == PAPER_TEST_SIZES[task] == -(-n // 5)
+    assert len(dd["validation"]) == 0 and len(dd["train"]) == n - PAPER_TEST_SIZES[task]
+    assert len({*_ids(dd["train"]), *_ids(dd["test"])}) == n
+    assert _ids(load_task(task, str(shared_data), split="rows", validation_fraction=0.0)["test"]) == _ids(dd["test"])
+    other = load_task(task, str(shared_data), split="rows", validation_fraction=0.0, seed=1)
+    assert _ids(other["test"]) != _ids(dd["test"])
+    assert dd.split_info["split"] == "rows" and "by row" in dd.split_info["definition"]
+
+
+def test_pubmedqa_rows_split_is_the_official_500_500(shared_data):
+    """PubMedQA's split is the official one under either split name (each row is its own abstract)."""
+    for split in ("rows", "by_source"):
+        dd = load_task("pubmedqa", str(shared_data), split=split, validation_fraction=0.0)
+        assert (len(dd["train"]), len(dd["validation"]), len(dd["test"])) == (500, 0, 500)
+    with pytest.raises(ValueError, match="option split"):
+        load_task("pubmedqa", str(shared_data), split="random")
+    with pytest.raises(ValueError, match="option split"):
+        load_task("crade", str(shared_data), split="random")
+
+
 def test_jmed_split_is_reproducible_and_seeded(shared_data):
     """Same data + seed → same id lists (also in split_definition); another seed → another split."""
     a = load_task("rrtnm", str(shared_data))

@@ -33,7 +33,8 @@ def get_task(name: str) -> TaskSpec:
 def load_task(name: str, source: str | None = None, **options) -> DatasetDict:
     """Load a registered task with its official split (see the module docstring).
 
-    Common options: `validation_fraction` (0.1, carved from train), `seed` (42), `limit_train` /
+    Common options: `split` ("by_source", ours, or "rows", the paper's row-level split), `validation_fraction`
+    (0.1, carved from train), `seed` (42), `limit_train` /
     `limit_test` (caps for smoke runs); JMED tasks also `pool` ("all" or "benchmark") and
     `test_fraction` (0.2); `synthetic` takes `num_train` / `num_test`.
 

@@ -54,11 +54,42 @@ def group_split(rows: list[dict[str, Any]], group_of: Callable[[dict], str], tes
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(group_of(row), []).append(row)
-    quota = len(rows) - int(len(rows) * (1 - test_fraction))  # n − ⌊0.8·n⌋ as the data README counts
+    quota = test_quota(len(rows), test_fraction)
     test, train = [], []
     for key in stable_shuffle(list(groups), seed):
         (test if len(test) + len(groups[key]) <= quota else train).extend(groups[key])
     return train, test
+
+
+def test_quota(n: int, test_fraction: float) -> int:
+    """Test rows of an n-row pool: n − ⌊(1−f)·n⌋, which is ⌈f·n⌉ (scikit-learn's `train_test_split`)."""
+    return n - int(n * (1 - test_fraction))
+
+
+def row_split(rows: list[dict[str, Any]], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """A plain row-level split: ⌈f·n⌉ rows, chosen by a seeded hash order of their ids, go to test.
+
+    The paper's split (its printed scores are exact fractions of these test sizes); rows that share a
+    source text may land on both sides. Each part keeps the input order.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    chosen = set(stable_shuffle([str(r["id"]) for r in rows], seed)[: test_quota(len(rows), test_fraction)])
+    return [r for r in rows if str(r["id"]) not in chosen], [r for r in rows if str(r["id"]) in chosen]
+
+
+SPLITS = ("rows", "by_source")
+"""`rows`: the paper's plain row-level split. `by_source`: ours, no source text on both sides."""
+
+
+def split_rows(rows: list[dict], split: str, group_of: Callable[[dict], str], test_fraction: float, seed: int,
+               task: str) -> tuple[list[dict], list[dict]]:
+    """(train, test) by `split` ("rows" or "by_source")."""
+    if split not in SPLITS:
+        raise ValueError(f"task {task}: option split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "rows":
+        return row_split(rows, test_fraction, seed)
+    return group_split(rows, group_of, test_fraction, seed)
 
 
 def carve_validation(train: list[dict], fraction: float, seed: int, group_of=None) -> tuple[list, list]:

@@ -4,7 +4,9 @@ Prompts are the official JMED-LLM ones (upstream `src/utils.py`), byte for byte:
 a user message; the gold assistant turn is the `answer` cell. Two pools exist: the 100-item benchmark
 files (`pool: benchmark`) and the full pools (`pool: all`, default, what the paper recipes use). Both
 are split 80/20 **by source text**, so no text appears in train and test; seed 42; the id lists are
-recorded in `split_info`. The source text is the 「…」 block after the instruction line: RRTNM asks 3
+recorded in `split_info`. Option `split: rows` is the paper's plain row-level 80/20 split instead (test =
+⌈0.2·n⌉: 137/326/65/3072/308 rows on the full pools; rows sharing a text may sit on both sides; the
+paper recipes use it with `validation_fraction: 0`). The source text is the 「…」 block after the instruction line: RRTNM asks 3
 questions (T/N/M) per radiology report (108 reports), SMDIS 8 (one per disease) per tweet (1920), CRADE
 one per entity of a case report (147 reports), NRNER up to 3 (d, m-key, m-val) per nursing record (934).
 JMMLU-Med questions stand alone and are grouped by their full text (identical questions stay together).
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .common import carve_validation, chat_messages, group_split, limit_rows, pick_source, to_dataset_dict
+from .common import carve_validation, chat_messages, limit_rows, pick_source, split_rows, to_dataset_dict
 
 MC_SYSTEM = (
     "与えられた医学に関する質問と選択肢から、最も適切な回答を選択してください。"
@@ -133,12 +135,14 @@ def _records(task: str, source: str | None, pool: str) -> tuple[list[dict], str]
     return list(_read_csv(file)), str(file)
 
 
-def build_task(task: str, source: str | None = None, pool: str = "all", test_fraction: float = 0.2,
-               validation_fraction: float = 0.1, seed: int = 42, limit_train: int | None = None,
-               limit_test: int | None = None, use_system_role: bool = True, **unknown) -> DatasetDict:
-    """Load one JMED task; `use_system_role=False` merges the system prompt into the user turn (upstream)."""
+def build_task(task: str, source: str | None = None, pool: str = "all", split: str = "by_source",
+               test_fraction: float = 0.2, validation_fraction: float = 0.1, seed: int = 42,
+               limit_train: int | None = None, limit_test: int | None = None, use_system_role: bool = True,
+               **unknown) -> DatasetDict:
+    """Load one JMED task; `split` is "by_source" (ours, leak-free) or "rows" (the paper's plain row split);
+    `use_system_role=False` merges the system prompt into the user turn (upstream)."""
     if unknown:
-        raise ValueError(f"task {task}: unknown option(s) {sorted(unknown)}; allowed: pool, test_fraction, "
+        raise ValueError(f"task {task}: unknown option(s) {sorted(unknown)}; allowed: pool, split, test_fraction, "
                          "validation_fraction, seed, limit_train, limit_test, use_system_role")
     if pool not in ("all", "benchmark"):
         raise ValueError(f"task {task}: option pool: expected 'all' or 'benchmark', got {pool!r}")
@@ -147,11 +151,12 @@ def build_task(task: str, source: str | None = None, pool: str = "all", test_fra
         raise ValueError(f"task {task}: {where} has no rows")
     rows = [_row(task, i, rec, where, pool, use_system_role) for i, rec in enumerate(records)]
     group = lambda r: source_text(task, r["question"])  # noqa: E731
-    train, test = group_split(rows, group, test_fraction, seed)
-    train, val = carve_validation(train, validation_fraction, seed, group_of=group)
+    train, test = split_rows(rows, split, group, test_fraction, seed, task)
+    train, val = carve_validation(train, validation_fraction, seed, group_of=group if split == "by_source" else None)
     train = limit_rows(train, limit_train, "limit_train")
     test = limit_rows(test, limit_test, "limit_test")
-    info = {"task": task, "source": where, "pool": pool,
-            "definition": f"{pool} pool, {1 - test_fraction:.0%}/{test_fraction:.0%} split by source text, "
-            f"seed {seed}; validation {validation_fraction} of train by source text"}
+    how = "by source text" if split == "by_source" else "by row (the paper's split)"
+    info = {"task": task, "source": where, "pool": pool, "split": split,
+            "definition": f"{pool} pool, {1 - test_fraction:.0%}/{test_fraction:.0%} split {how}, "
+            f"seed {seed}; validation {validation_fraction} of train {how.split(' (')[0]}"}
     return to_dataset_dict(train, val, test, info)

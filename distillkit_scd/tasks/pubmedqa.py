@@ -12,7 +12,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .common import carve_validation, chat_messages, limit_rows, pick_source, to_dataset_dict
+from .common import SPLITS, carve_validation, chat_messages, limit_rows, pick_source, to_dataset_dict
 
 SYSTEM = (
     "You are a biomedical research assistant. Read the abstract and answer the research question "
@@ -98,11 +98,17 @@ def _row(pmid: str, item: dict, where: str, use_system_role: bool = True) -> dic
 
 def build(source: str | None = None, validation_fraction: float = 0.1, seed: int = 42,
           limit_train: int | None = None, limit_test: int | None = None, test_ids_file: str | None = None,
-          use_system_role: bool = True, **unknown) -> DatasetDict:
-    """Load PubMedQA PQA-L; a Hub source needs `test_ids_file` (the official test_ground_truth.json)."""
+          use_system_role: bool = True, split: str = "by_source", **unknown) -> DatasetDict:
+    """Load PubMedQA PQA-L; a Hub source needs `test_ids_file` (the official test_ground_truth.json).
+
+    `split` ("rows" or "by_source", as the JMED tasks take it) changes nothing: every PubMedQA row is its
+    own abstract, and the test split is always the official one (the paper: "official 500/500").
+    """
     if unknown:
         raise ValueError(f"task pubmedqa: unknown option(s) {sorted(unknown)}; allowed: validation_fraction, "
-                         "seed, limit_train, limit_test, test_ids_file, use_system_role")
+                         "seed, limit_train, limit_test, test_ids_file, use_system_role, split")
+    if split not in SPLITS:
+        raise ValueError(f"task pubmedqa: option split: expected one of {', '.join(SPLITS)}, got {split!r}")
     kind, path = pick_source(source, "pubmedqa", "pubmedqa", expected="ori_pqal.json and test_ground_truth.json")
     pqal, test_ids = _load_local(path) if kind == "local" else _load_hub(source, test_ids_file)
     where = str(path or source)
@@ -112,7 +118,7 @@ def build(source: str | None = None, validation_fraction: float = 0.1, seed: int
     train, val = carve_validation(train, validation_fraction, seed)
     train = limit_rows(train, limit_train, "limit_train")
     test = limit_rows(test, limit_test, "limit_test")
-    info = {"task": "pubmedqa", "source": where,
+    info = {"task": "pubmedqa", "source": where, "split": split,
             "definition": "official PQA-L split: test = test_ground_truth.json (500), train = other 500; "
             f"validation {validation_fraction} of train, seed {seed}"}
     return to_dataset_dict(train, val, test, info)
