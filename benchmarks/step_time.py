@@ -48,13 +48,13 @@ SHAPES = {  # name: (student, teacher) LlamaConfig kwargs
 VOCAB = {"tiny": 1000, "llama-small": 32000, "llama-1b-3b": 128256}
 
 
-def build(shape: str, dtype, device):
+def build(shape: str, dtype, device, vocab: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     models = []
     for i, kw in enumerate(SHAPES[shape]):
         torch.manual_seed(i)
-        cfg = LlamaConfig(vocab_size=VOCAB[shape], max_position_embeddings=2048, tie_word_embeddings=False,
+        cfg = LlamaConfig(vocab_size=vocab or VOCAB[shape], max_position_embeddings=2048, tie_word_embeddings=False,
                           **{"num_key_value_heads": kw["num_attention_heads"], **kw})
         models.append(LlamaForCausalLM(cfg).to(device=device, dtype=dtype))
     return models
@@ -205,7 +205,8 @@ def profile_step(step, batch, device, rows: int = 15) -> str:
 
 
 def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_k: int,
-            with_distillkit: bool, profile: str | None = None, interleave: bool = False) -> dict:
+            with_distillkit: bool, profile: str | None = None, interleave: bool = False,
+            vocab: int | None = None) -> dict:
     """Seconds per step of every method and of the teacher forward (+ peak memory on CUDA).
 
     Sequential (default): each method in turn from the same initial weights, one optimizer per method
@@ -214,8 +215,9 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
     """
     from distillkit_scd.losses import label_positions
 
-    student, teacher = build(shape, dtype, device)
-    data = [{k: v.to(device) for k, v in b.items()} for b in batches(VOCAB[shape], batch, length, length // 2, steps)]
+    student, teacher = build(shape, dtype, device, vocab)
+    data = [{k: v.to(device) for k, v in b.items()}
+            for b in batches(vocab or VOCAB[shape], batch, length, length // 2, steps)]
     for i, b in enumerate(data):  # row ids: batch i holds rows 10_000·i + r (the cached method's lookup)
         b["sample_index"] = torch.arange(batch, device=device) + 10_000 * i
     initial = {k: v.clone() for k, v in student.state_dict().items()}
@@ -301,6 +303,9 @@ def main(argv=None) -> int:
     parser.add_argument("--interleave", action="store_true",
                         help="step all methods in turn on each batch (robust ratios on a shared machine; "
                              "no per-method peak memory)")
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="vocabulary size of both models instead of the shape's (e.g. 128256 with --shapes "
+                             "tiny: Llama 3's vocabulary, small hidden sizes, on CPU)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -321,14 +326,15 @@ def main(argv=None) -> int:
     tokens = args.batch * args.length
     for shape in args.shapes:
         r = measure(shape, args.steps + 2, args.batch, args.length, dtype, device, args.top_k, args.distillkit,
-                    args.profile, args.interleave)
+                    args.profile, args.interleave, args.vocab)
         if "profile" in r:
             print(f"profile of one {args.profile} step, shape {shape}:\n{r['profile']}")
         ms = {m: 1000 * r[m] for m in ["sft", "fwd", *methods]}
-        lines.append(f"| {shape} | {ms['sft']:.1f} | {ms['fwd']:.1f} | {ms['sft'] + ms['fwd']:.1f} | "
+        name = shape if args.vocab is None else f"{shape} V={args.vocab:,}"
+        lines.append(f"| {name} | {ms['sft']:.1f} | {ms['fwd']:.1f} | {ms['sft'] + ms['fwd']:.1f} | "
                      + " | ".join(f"{ms[m]:.1f}" for m in methods) + " | "
                      + " | ".join(f"{r[f'{m}_ratio']:.3f}" for m in methods) + " |")
-        note = f"{shape}: tokens/s " + ", ".join(f"{labels.get(m, m)} {v:,.0f}" for m, v in r["tokens_per_s"].items())
+        note = f"{name}: tokens/s " + ", ".join(f"{labels.get(m, m)} {v:,.0f}" for m, v in r["tokens_per_s"].items())
         if args.distillkit:
             note += f"; DistillKit / ours (TD) = {r['distillkit'] / r['td']:.2f}"
         if device.type == "cuda" and not args.interleave:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distillkit_scd.chunk_kernel import Workspace, chunk_terms
 from distillkit_scd.divergences import DIVERGENCES, _acc_dtype, _check_t, _upcast, token_divergence
 from distillkit_scd.teacher_signal import TopKSignal
 
@@ -31,7 +32,7 @@ class LossSpec:
     divergence (`str`, defaults to `forward_kl`): forward_kl, reverse_kl or taid.
     temperature (`float`, defaults to 1.0): softmax temperature of the divergence (T² scaled); CE uses 1.
     alpha (`float`, defaults to 0.5): weight of the distillation term when no per-token weights are given.
-    chunk_size (`int`, defaults to 1024): label positions per chunk; peak extra memory ≈ 4–5·chunk_size·V floats
+    chunk_size (`int`, defaults to 1024): label positions per chunk; peak extra memory ≈ 3–4·chunk_size·V floats
     """
 
     divergence: str = "forward_kl"
@@ -97,53 +98,13 @@ def compound_loss_from_logits(student_logits: torch.Tensor, teacher_logits: torc
     return total / _denominator(num_items, n, total.dtype, device), _parts(div.sum(), ce.sum(), w.sum(), n)
 
 
-def _chunk_terms(z: torch.Tensor, teacher_box: list, targets: torch.Tensor, w: torch.Tensor,
-                 spec: LossSpec, t: float, need_grad: bool):
-    """Per-position divergence and CE of one chunk, and d(Σ w·D + (1−w)·CE)/dz in closed form.
-
-    z: (c, V) student logits in the accumulation dtype (modified in place). teacher_box: a one-element list
-    holding (c, V) fresh teacher logits or log-probs in the same dtype, or None; the box is emptied so the
-    buffer is freed as soon as it is used (an argument would stay referenced by the caller's frame).
-    Gradients with respect to z:
-      CE: softmax(z) − onehot(y);  forward KL and TAID (p_t is stop-grad): T·(q_T − p);
-      reverse KL: T·q_T ⊙ (log q_T − log p − KL/T²).
-    In-place arithmetic keeps about four (c, V) buffers alive at once.
-    """
-    temp = spec.temperature
-    lse = torch.logsumexp(z, dim=-1)  # (c,)
-    ce = lse - z.gather(1, targets.unsqueeze(1)).squeeze(1)  # (c,)
-    div = torch.zeros_like(ce)
-    g_div = None
-    teacher = teacher_box.pop()
-    if teacher is not None:
-        log_q = F.log_softmax(z / temp if temp != 1.0 else z, dim=-1)  # (c, V)
-        if spec.divergence == "taid":
-            teacher = teacher.mul_(t).add_(z, alpha=1.0 - t)  # (1−t)·stopgrad(z_s) + t·z_t
-        log_p = F.log_softmax(teacher.div_(temp) if temp != 1.0 else teacher, dim=-1)
-        del teacher
-        if spec.divergence == "reverse_kl":
-            d = log_p.neg_().add_(log_q)  # log q − log p
-            q = log_q.exp_()
-            raw = (q * d).sum(-1)  # (c,) KL(q‖p) at temperature T
-            div = raw * temp**2
-            if need_grad:
-                g_div = d.sub_(raw.unsqueeze(1)).mul_(q).mul_(temp)
-        else:
-            p = log_p.exp()
-            raw = log_p.sub_(log_q).mul_(p).sum(-1)  # Σ p (log p − log q)
-            div = raw * temp**2
-            if need_grad:
-                g_div = log_q.exp_().sub_(p).mul_(temp)
-            del p
-        del log_q, log_p
-    if not need_grad:
-        return div, ce, None
-    grad = z.sub_(lse.unsqueeze(1)).exp_()  # softmax(z), reusing z's buffer
-    grad.scatter_add_(1, targets.unsqueeze(1), -torch.ones_like(grad[:, :1]))  # − onehot(y)
-    grad.mul_((1 - w).unsqueeze(1))
-    if g_div is not None:
-        grad.add_(g_div.mul_(w.unsqueeze(1)))
-    return div, ce, grad
+def _logits_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """hidden @ weightᵀ (+ bias) written into `out` (accumulation dtype; bf16 products are computed in bf16)."""
+    if weight.dtype == out.dtype and hidden.dtype == out.dtype:
+        if bias is None:
+            return torch.mm(hidden, weight.t(), out=out)
+        return torch.addmm(bias.to(out.dtype), hidden, weight.t(), out=out)
+    return out.copy_(F.linear(hidden, weight, bias))
 
 
 class _ChunkedCompoundLoss(torch.autograd.Function):
@@ -155,7 +116,7 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
-                teacher_signal, targets, token_weights, spec: LossSpec, taid_t: float, denom, needs):
+                teacher_signal, targets, token_weights, spec: LossSpec, taid_t: float, denom, needs, workspace):
         need_h, need_w, need_b = needs
         need_grad = need_h or need_w or need_b
         n, vocab = targets.shape[0], student_weight.shape[0]
@@ -165,20 +126,21 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
         grad_bias = torch.zeros_like(student_bias) if need_b else None  # (V,)
         total = torch.zeros((), dtype=acc, device=student_hidden.device)
         distill_sum, ce_sum = torch.zeros_like(total), torch.zeros_like(total)
+        ws = workspace if workspace is not None else Workspace()
         for start in range(0, n, spec.chunk_size):
             rows = slice(start, min(start + spec.chunk_size, n))
             h = student_hidden[rows]  # (c, H)
-            z = F.linear(h, student_weight, student_bias).to(acc)  # (c, V)
+            c = h.shape[0]
+            z = _logits_into(ws.take("z", c, vocab, acc, h.device), h, student_weight, student_bias)  # (c, V)
+            teacher = None
             if teacher_signal is not None:
-                teacher = teacher_signal.dense_logprobs(rows, vocab).to(device=z.device, dtype=acc)
+                teacher = teacher_signal.dense_logprobs(rows, vocab, out=ws.take("t", c, vocab, acc, h.device))
             elif teacher_hidden is not None:
-                teacher = F.linear(teacher_hidden[rows], teacher_weight, teacher_bias).to(acc)  # (c, V)
-            else:
-                teacher = None
+                teacher = _logits_into(ws.take("t", c, vocab, acc, h.device), teacher_hidden[rows], teacher_weight,
+                                       teacher_bias)
             w = token_weights[rows].to(acc)
-            box = [teacher]
-            del teacher
-            div, ce, grad_z = _chunk_terms(z, box, targets[rows], w, spec, taid_t, need_grad)
+            div, ce, grad_z = chunk_terms(z, teacher, targets[rows], w, spec.divergence, spec.temperature, taid_t,
+                                          need_grad, ws.take("s", c, vocab, acc, h.device))
             total += (w * div + (1 - w) * ce).sum()
             distill_sum += div.sum()
             ce_sum += ce.sum()
@@ -190,7 +152,7 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
                     grad_weight.addmm_(grad_z.t(), h)
                 if need_b:
                     grad_bias.add_(grad_z.sum(0))
-            del z, grad_z
+            del z, teacher, grad_z
         scale = 1.0 / denom
         saved = []
         for g in (grad_hidden, grad_weight, grad_bias):
@@ -205,14 +167,15 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
             raise RuntimeError("chunked_compound_loss: backward ran twice (retain_graph is not supported)")
         out = [g.mul_(grad_loss.to(g.dtype)) if g is not None else None for g in ctx.grads]
         ctx.grads = None
-        return (out[0], out[1], out[2]) + (None,) * 10
+        return (out[0], out[1], out[2]) + (None,) * 11
 
 
 def chunked_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.Tensor, targets: torch.Tensor,
                           spec: LossSpec, teacher_hidden: torch.Tensor | None = None,
                           teacher_lm_head: torch.Tensor | None = None, teacher_signal: TopKSignal | None = None,
                           weights=None, taid_t: float = 1.0, num_items: int | torch.Tensor | None = None,
-                          student_bias: torch.Tensor | None = None, teacher_bias: torch.Tensor | None = None):
+                          student_bias: torch.Tensor | None = None, teacher_bias: torch.Tensor | None = None,
+                          workspace: Workspace | None = None):
     """The compound loss without materialising (N, V) logits.
 
     Args:
@@ -225,6 +188,8 @@ def chunked_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.T
         taid_t: TAID's t (used when spec.divergence == "taid").
         num_items: normaliser (label tokens of the accumulated batch); defaults to N.
         student_bias / teacher_bias: (V,) optional lm_head biases.
+        workspace: a `chunk_kernel.Workspace` to keep the three (chunk, V) buffers in between calls (the
+        trainer passes one on CPU, where fresh 64 MB+ buffers cost page faults); None: buffers for this call.
     Returns: (loss scalar, parts dict of detached sums, as `compound_loss_from_logits`). Values and
     gradients equal `compound_loss_from_logits` on the full logits. N = 0 gives a zero loss still
     connected to the graph (DDP expects every parameter to get a gradient), with zero gradients.
@@ -246,7 +211,7 @@ def chunked_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.T
              grad_on and student_bias is not None and student_bias.requires_grad)
     loss, distill_sum, ce_sum = _ChunkedCompoundLoss.apply(
         student_hidden, student_lm_head, student_bias, teacher_hidden, teacher_lm_head, teacher_bias,
-        teacher_signal, targets, w, spec, float(taid_t), denom, needs,
+        teacher_signal, targets, w, spec, float(taid_t), denom, needs, workspace,
     )
     return loss, _parts(distill_sum, ce_sum, w.sum(), n)
 

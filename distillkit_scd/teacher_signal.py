@@ -27,8 +27,8 @@ class TopKSignal:
     indices: torch.Tensor
     tail_logmass: torch.Tensor | None = None
 
-    def dense_logprobs(self, rows: slice, vocab_size: int) -> torch.Tensor:
-        """(n, V) float32 log p̃ for the given rows."""
+    def dense_logprobs(self, rows: slice, vocab_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, V) float32 log p̃ for the given rows (written into `out`, an (n, V) buffer, when given)."""
         lp = self.logprobs[rows].float()
         idx = self.indices[rows].long()
         k = lp.shape[-1]
@@ -37,8 +37,11 @@ class TopKSignal:
         else:
             tail = torch.log1p(-lp.exp().sum(-1).clamp(max=1.0))  # −inf when the top k hold all the mass
         fill = (tail - math.log(max(vocab_size - k, 1))).clamp_min(_TAIL_FLOOR)  # (n,)
-        out = fill.unsqueeze(-1).expand(lp.shape[0], vocab_size).clone()
-        out.scatter_(1, idx, lp)
+        if out is None:
+            out = fill.unsqueeze(-1).expand(lp.shape[0], vocab_size).clone()
+        else:
+            out.copy_(fill.unsqueeze(-1))
+        out.scatter_(1, idx.to(out.device), lp.to(out))
         return out
 
 

@@ -34,6 +34,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from trl import SFTTrainer
 
+from distillkit_scd.chunk_kernel import Workspace
 from distillkit_scd.liger_loss import check_liger_available, liger_applies, liger_compound_loss
 from distillkit_scd.losses import LossSpec, chunked_compound_loss, label_positions
 from distillkit_scd.models import check_plain_lm_head
@@ -206,6 +207,9 @@ class DistillationTrainer(SFTTrainer):
         self.use_liger = fused_loss == "liger" and liger_applies(self.loss_spec.divergence, use_aw,
                                                                    teacher_signals is not None)
         self.teacher_forward_rows = 0
+        # CPU: the loss's three (chunk, V) buffers live as long as the trainer (fresh ones cost page faults
+        # every micro-batch); CUDA's caching allocator already reuses blocks, so buffers there are per call.
+        self._loss_workspace = Workspace() if self.accelerator.device.type == "cpu" else None
         self.last_batch_ids: list[int] = []  # sample_index of the last micro-batch, for error messages
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
@@ -300,7 +304,7 @@ class DistillationTrainer(SFTTrainer):
                 loss, parts = chunked_compound_loss(
                     student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, t_weight,
                     teacher_signal=signal, weights=weights, taid_t=taid_t, num_items=num_items_in_batch,
-                    student_bias=student_head.bias, teacher_bias=t_bias,
+                    student_bias=student_head.bias, teacher_bias=t_bias, workspace=self._loss_workspace,
                 )
         return loss, parts, outputs
 
