@@ -98,6 +98,8 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="Table 1 (Markdown, CSV) and figures from a run directory")
     p.add_argument("run_dir", nargs="+", help="run directory (several: one table across tasks)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    p.add_argument("--protocol", choices=("paper", "clean"),
+                   help="checkpoints selected on test (paper) or validation (clean); default: as each run was")
 
     p = sub.add_parser("toy", help="the paper's Fig. 2 sine-boundary experiment (`toy --help`: options)")
     if with_toy:  # the toy imports torch; only pay for it when the toy is the command
@@ -169,6 +171,7 @@ def _dispatch(args) -> int:
         from distillkit_scd.report import write_report
 
         kwargs = {"extra_run_dirs": args.run_dir[1:]} if len(args.run_dir) > 1 else {}
+        kwargs.update({"protocol": args.protocol} if args.protocol else {})
         written = write_report(args.run_dir[0], args.out, **kwargs)
         if "markdown" in written:
             print(Path(written["markdown"]).read_text(encoding="utf-8"))

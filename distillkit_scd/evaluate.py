@@ -15,7 +15,7 @@ from pathlib import Path
 from distillkit_scd.config import METHODS, Recipe
 from distillkit_scd.evaluation import score_task
 from distillkit_scd.results import build_results, write_results
-from distillkit_scd.selection import best_index, primary_score, protocol_name, selection_split
+from distillkit_scd.selection import best_index, primary_score, protocol_name
 from distillkit_scd.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -104,26 +104,13 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
         scored.append(entry)
         del model
 
-    choice = {"paper": best_index([primary_score(task, e["test"]) for e in scored]),
-              "clean": best_index([primary_score(task, e["validation"]) for e in scored]) if has_val else None}
-    protocol = protocol_name(recipe.evaluation.select_by)
-    by = f"best score on the {selection_split(recipe)} split (ties: earlier checkpoint)"
+    manifest_best = None
     if row in SFT_ROWS:  # the manifest's p(best) (same selection split, same rule; or val_loss if asked)
         _, best, selected_by = read_manifest(ws.sft_dir(row.split("_")[0]))
-        choice[protocol], by = best, f"manifest p(best): {selected_by}"
-    if choice[protocol] is None:  # clean protocol without a validation split
-        choice[protocol], by = len(scored) - 1, "final checkpoint (no validation split)"
-    if len(scored) == 1:
-        by = "only checkpoint"
-    chosen = scored[choice[protocol]]
+        manifest_best = (best, f"manifest p(best): {selected_by}")
+    selection = choose_checkpoint(scored, task, recipe.evaluation.select_by, manifest_best)
+    chosen = scored[selection["protocols"][selection["protocol"]]["index"]]
     info = getattr(splits, "split_info", {})
-    selection = {
-        "by": by, "select_by": recipe.evaluation.select_by, "protocol": protocol,
-        "protocols": {name: None if j is None else {
-            "checkpoint": scored[j]["checkpoint"], "index": j, "metrics": scored[j]["test"],
-            "samples": scored[j]["samples"]} for name, j in choice.items()},
-        "candidates": [{k: v for k, v in e.items() if k != "samples"} for e in scored],
-    }
     result = build_results(
         task, row, {"definition": info.get("definition", ""), "sizes": info.get("sizes", {})},
         {"path": chosen["path"], "checkpoint": chosen["checkpoint"]}, chosen["test"], chosen["samples"],
@@ -132,6 +119,35 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     path = ws.results_path(row)
     write_results(path, result)
     return path
+
+
+def choose_checkpoint(scored: list[dict], task: str, select_by: str,
+                      manifest_best: tuple[int, str] | None = None) -> dict:
+    """The `selection` record of a results file: each protocol's checkpoint among `scored` (entries with
+    `test` metrics, `samples` and, when there is a validation split, `validation` metrics).
+
+    `paper` takes the best test score, `clean` the best validation score (None without validation);
+    ties go to the earlier checkpoint. `manifest_best` (index, how), for the SFT rows, replaces the
+    recipe's own protocol's choice with the manifest's p(best). The recipe's protocol is the reported one.
+    """
+    has_val = all("validation" in e for e in scored)
+    choice = {"paper": best_index([primary_score(task, e["test"]) for e in scored]),
+              "clean": best_index([primary_score(task, e["validation"]) for e in scored]) if has_val else None}
+    protocol = protocol_name(select_by)
+    by = f"best score on the {'test' if select_by == 'test' else 'validation'} split (ties: earlier checkpoint)"
+    if manifest_best is not None:
+        choice[protocol], by = manifest_best
+    if choice[protocol] is None:  # clean protocol without a validation split
+        choice[protocol], by = len(scored) - 1, "final checkpoint (no validation split)"
+    if len(scored) == 1:  # zero-shot rows: one model, whatever the protocol
+        choice, by = {"paper": 0, "clean": 0}, "only checkpoint"
+    return {
+        "by": by, "select_by": select_by, "protocol": protocol,
+        "protocols": {name: None if j is None else {
+            "checkpoint": scored[j]["checkpoint"], "index": j, "metrics": scored[j]["test"],
+            "samples": scored[j]["samples"]} for name, j in choice.items()},
+        "candidates": [{k: v for k, v in e.items() if k != "samples"} for e in scored],
+    }
 
 
 def _cuda() -> bool:

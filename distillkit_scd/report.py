@@ -58,9 +58,14 @@ FOOTNOTE = (
     "every paper row but SCD, whose printed 0.742 is not the mean of its numbers, 0.738); over the "
     "paper's columns present here (all columns if none is), '—' when a row lacks one. NRNER partial is the "
     "JMED-LLM upstream definition (set membership; can exceed 1 per item). Classification columns are "
-    "accuracy. Scores are on the test split at the checkpoint selected on validation unless a results file "
-    "says otherwise; each results JSON also records the paper's protocol (best test checkpoint)."
+    "accuracy. Scores are on the test split, at the checkpoint the protocol in the title selects; each "
+    "results JSON records both protocols' checkpoints (`report --protocol paper|clean`)."
 )
+
+PROTOCOLS = {
+    "paper": "paper protocol: checkpoints selected on test, as the paper does",
+    "clean": "clean protocol: checkpoints selected on validation",
+}
 
 
 @dataclass
@@ -71,6 +76,13 @@ class Table:
     cells: dict[str, dict[str, float]] = field(default_factory=dict)
     results: dict[str, dict] = field(default_factory=dict)  # "row/task" → results dict
     sources: dict[str, Path] = field(default_factory=dict)  # "row/task" → file
+    protocols: set[str] = field(default_factory=set)  # protocols the cells were selected under
+
+    def protocol_label(self) -> str:
+        """The table's protocol, for its title ("mixed" when results files disagree)."""
+        if len(self.protocols) == 1:
+            return PROTOCOLS.get(next(iter(self.protocols)), next(iter(self.protocols)))
+        return "mixed protocols: " + ", ".join(sorted(self.protocols)) if self.protocols else "protocol unrecorded"
 
     def avg_columns(self) -> list[str]:
         paper = [c for c in self.columns if c in PAPER_COLUMNS]
@@ -99,12 +111,33 @@ def _results_files(source) -> list[Path]:
     return [Path(p) for p in source]
 
 
-def build_table(source) -> Table:
-    """Table 1 from a run directory or a list of results files (several run dirs: concatenate lists).
+def protocol_samples(data: dict, protocol: str | None, where) -> tuple[list[dict], str | None]:
+    """(samples, protocol) of a results file under `protocol` (None: the protocol it was run with).
 
     Raises:
-        ValueError: a file is malformed, names a row outside `ROWS`, or two files give the same cell.
+        ValueError: the file records no checkpoint for that protocol (clean without a validation split).
     """
+    selection = data.get("selection") or {}
+    own = selection.get("protocol")
+    if protocol is None or protocol == own:
+        return data["samples"], own
+    chosen = (selection.get("protocols") or {}).get(protocol)
+    if chosen is None:
+        raise ValueError(f"{where}: records no checkpoint for the {protocol} protocol (no validation split, or "
+                         "written before both protocols were recorded)")
+    return chosen["samples"], protocol
+
+
+def build_table(source, protocol: str | None = None) -> Table:
+    """Table 1 from a run directory or a list of results files (several run dirs: concatenate lists),
+    under `protocol` ("paper" or "clean"; None: as each results file was run).
+
+    Raises:
+        ValueError: a file is malformed, names a row outside `ROWS`, lacks the protocol asked for, or two
+            files give the same cell.
+    """
+    if protocol not in (None, *PROTOCOLS):
+        raise ValueError(f"report --protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     table = Table()
     for path in _results_files(source):
         data = load_results(path)
@@ -115,8 +148,11 @@ def build_table(source) -> Table:
         if key in table.results:
             raise ValueError(f"report: {path} and {table.sources[key]} both give row {row!r}, task {task!r}")
         table.results[key], table.sources[key] = data, path
+        samples, used = protocol_samples(data, protocol, path)
+        if used and row not in ("teacher_zero_shot", "student_zero_shot"):  # zero-shot rows select nothing
+            table.protocols.add(used)
         for column, metric in TASK_COLUMNS[task]:
-            scores = [s["scores"][metric] for s in data["samples"]]
+            scores = [s["scores"][metric] for s in samples]
             table.cells.setdefault(row, {})[column] = sum(scores) / len(scores)
             if column not in table.columns:
                 table.columns.append(column)
@@ -143,7 +179,7 @@ def render_markdown(table: Table, with_paper: bool = True) -> str:
     """Our table, its footnote, and the paper's Table 1 for comparison."""
     ours = [[ROWS[row]] + [_fmt(table.cells[row].get(c)) for c in table.columns] + [_fmt(table.average(row))]
             for row in ROWS if row in table.cells]
-    lines = ["## Table 1 (this run)", "", *_md_table(["Method", *table.columns, table.avg_label()], ours), "", FOOTNOTE]
+    lines = [f"## Table 1 (this run; {table.protocol_label()})", "", *_md_table(["Method", *table.columns, table.avg_label()], ours), "", FOOTNOTE]
     if with_paper:
         paper = [[ROWS[row]] + [_fmt(PAPER_TABLE[row][c]) for c in PAPER_COLUMNS] + [_fmt(PAPER_TABLE[row]["Avg"])]
                  for row in ROWS]
@@ -268,7 +304,7 @@ def plot_score_difference(teacher_results: dict, student_results: dict, path, me
     return Path(path)
 
 
-def write_report(run_dir, out_dir=None, extra_run_dirs=()) -> dict[str, Path]:
+def write_report(run_dir, out_dir=None, extra_run_dirs=(), protocol: str | None = None) -> dict[str, Path]:
     """Write table1.md, table1.csv and the figures the run's artifacts allow; returns name → path.
 
     Figures: fig3_<method>.png from distill/<method>/schedule_log.json (SCD rows), fig4_aw.png from
@@ -278,7 +314,7 @@ def write_report(run_dir, out_dir=None, extra_run_dirs=()) -> dict[str, Path]:
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     files = [p for d in (run_dir, *map(Path, extra_run_dirs)) for p in _results_files(d)]
-    table = build_table(files)
+    table = build_table(files, protocol)
     if not table.cells:
         raise ValueError(f"{run_dir}: no results/<row>/<task>.json files to report (rows: {', '.join(ROWS)})")
     written = {"markdown": atomic_write_text(out / "table1.md", render_markdown(table)),
