@@ -146,8 +146,11 @@ def _dispatch(args) -> int:
     if cmd == "validate":
         recipe = _recipe(args)
         check_local_files(recipe, args.recipe, args.overrides)
+        from distillkit_scd.launch import check_launch, describe
+
+        launch = check_launch(recipe, args.recipe)
         print(recipe.to_yaml(), end="")
-        print(f"# {args.recipe}: valid", file=sys.stderr)
+        print(f"# {args.recipe}: valid; {describe(launch)}", file=sys.stderr)
         return 0
     if cmd in ("run", "quickstart"):
         return _run(args)

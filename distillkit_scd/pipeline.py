@@ -15,9 +15,11 @@ so it never resumes from checkpoints trained with other settings. A stage re-run
 unchanged inputs (`--only`, or a lost artifact) keeps its fingerprint, so its dependants are not
 re-run: use `--from STAGE` to redo everything after it.
 
-Launching: a recipe with `launcher.num_processes > 1` or an accelerate config runs `sft` and `distill`
-under `accelerate launch … -m distillkit_scd <stage> OUT/resolved_recipe.yaml …`, so each DeepSpeed
-engine starts fresh; evaluation and the AW table run as one plain process. A single-process recipe runs
+Launching (launch.py): a recipe with `launcher.num_processes > 1`, an accelerate config or a DeepSpeed
+config runs `sft` and `distill` under `accelerate launch … -m distillkit_scd <stage> OUT/resolved_recipe.yaml
+…`, so each DeepSpeed engine starts fresh, and the forward-only stages as data-parallel processes (rows
+sharded, see sharding.py). `validate` and the pipeline check the launch first (batch arithmetic, precision,
+the DeepSpeed JSON) and the pipeline logs how it will run. A single-process recipe runs
 each stage in a fresh `python -m distillkit_scd …` (clean state; a crash cannot take the pipeline's
 bookkeeping with it) or, with `in_process=True` (the quickstart's default), in this process: that
 saves the ~7 s import of torch/transformers/TRL per stage, a third of the CPU quickstart's time.
@@ -45,6 +47,7 @@ from typing import Any
 from distillkit_scd import interrupts
 from distillkit_scd.atomic import atomic_write_json, atomic_write_text
 from distillkit_scd.config import METHODS, Recipe, RecipeError, check_local_files, load_recipe
+from distillkit_scd.launch import accelerate_command, check_launch, describe
 from distillkit_scd.model_refs import prepare_models
 
 logger = logging.getLogger(__name__)
@@ -163,31 +166,19 @@ def fingerprints(recipe: Recipe, stages: list[Stage]) -> dict[str, str]:
 
 
 def is_multiprocess(recipe: Recipe) -> bool:
+    """Whether any stage runs under `accelerate launch` (see launch.py); such stages cannot run in-process."""
     la = recipe.launcher
-    return la.num_processes > 1 or la.accelerate_config is not None
+    return la.num_processes > 1 or la.accelerate_config is not None or la.deepspeed_config is not None
 
 
 def launch_command(recipe: Recipe, stage: Stage, recipe_path: Path) -> list[str]:
-    """The command that runs a stage: `python -m distillkit_scd …`, or `accelerate launch` for training
-    stages of a multi-process recipe."""
+    """The command that runs a stage: `python -m distillkit_scd …`, or `accelerate launch … -m distillkit_scd …`
+    as `launch.accelerate_command` decides (training stages with the recipe's launcher, forward-only stages
+    data-parallel)."""
     if stage.command[0] == "report":
-        tail = ["-m", "distillkit_scd", "report", str(recipe.output_dir)]
-    else:
-        tail = ["-m", "distillkit_scd", stage.command[0], str(recipe_path), *stage.command[1:]]
-    la = recipe.launcher
-    if stage.command[0] in ("sft", "distill") and is_multiprocess(recipe):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-        if la.accelerate_config:
-            cmd += ["--config_file", la.accelerate_config]
-        else:  # no config: ask for torchrun-style processes (without it accelerate starts one on a CPU box)
-            cmd += ["--multi_gpu"] if la.num_processes > 1 else []
-        cmd += ["--num_processes", str(la.num_processes)]
-        # With a config file, precision comes from it (accelerate refuses --mixed_precision beside a
-        # DeepSpeed config file); the trainer reads `launcher.mixed_precision` in either case.
-        if la.mixed_precision != "no" and not la.accelerate_config:
-            cmd += ["--mixed_precision", la.mixed_precision]
-        return cmd + tail
-    return [sys.executable, *tail]
+        return [sys.executable, "-m", "distillkit_scd", "report", str(recipe.output_dir)]
+    tail = ["-m", "distillkit_scd", stage.command[0], str(recipe_path), *stage.command[1:]]
+    return accelerate_command(recipe, stage.command[0]) + tail
 
 
 def stage_name(command: tuple[str, ...] | list[str]) -> str:
@@ -299,6 +290,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
     """
     recipe = load_recipe(recipe_path, overrides)
     check_local_files(recipe, str(recipe_path), overrides)
+    launch = check_launch(recipe, str(recipe_path))
     out = Path(recipe.output_dir)
     stages = build_stages(recipe)
     prints = fingerprints(recipe, stages)
@@ -321,6 +313,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
 
     logger.info("%s: %d stages (%s), run directory %s", recipe.name, len(chosen),
                 ", ".join(s.name for s in chosen), out)
+    logger.info("%s", describe(launch))
     for i, (stage, res) in enumerate(zip(chosen, results), 1):
         tag = f"[{i}/{len(chosen)}] {stage.name:24}"
         stamp = read_stamp(out, stage.name)

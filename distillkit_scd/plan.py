@@ -208,12 +208,18 @@ def _count(n: int) -> str:
 
 def format_plan(recipe: Recipe) -> str:
     """The text `distillkit-scd plan` prints."""
-    from distillkit_scd.pipeline import build_stages, is_multiprocess
+    from distillkit_scd.launch import accelerate_command, describe, resolve_launch
+    from distillkit_scd.pipeline import build_stages
 
     lines = [f"recipe {recipe.name}: task {recipe.task.name}, output {recipe.output_dir}", "", "stages:"]
     for s in build_stages(recipe):
-        how = "accelerate launch" if s.command[0] in ("sft", "distill") and is_multiprocess(recipe) else "python"
+        prefix = accelerate_command(recipe, s.command[0]) if s.command[0] != "report" else []
+        if "--main_process_port" in prefix:  # a fresh free port per launch; not part of the plan
+            at = prefix.index("--main_process_port")
+            prefix = prefix[:at] + prefix[at + 2:]
+        how = "python" if len(prefix) <= 1 else " ".join(["accelerate launch", *prefix[3:]])
         lines.append(f"  {s.name:26} {how}")
+    lines += ["", describe(resolve_launch(recipe))]
     rows, where = train_rows(recipe)
     lines.append("")
     if rows is None:

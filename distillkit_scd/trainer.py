@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from contextlib import nullcontext
 from typing import Any
 
@@ -35,6 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from trl import SFTTrainer
 
 from distillkit_scd.chunk_kernel import Workspace
+from distillkit_scd.launch import check_world_size, check_zero3_saves_weights
 from distillkit_scd.liger_loss import check_liger_available, liger_applies, liger_compound_loss
 from distillkit_scd.losses import LossSpec, chunked_compound_loss, label_positions
 from distillkit_scd.models import check_plain_lm_head
@@ -95,36 +95,6 @@ def call_as_forward(wrapper, module, fn, *args, **kwargs):
         return wrapper(*args, **kwargs)
     finally:
         restore()
-
-
-def check_world_size(num_processes: int) -> None:
-    """Refuse a launch whose processes do not form one training job.
-
-    `accelerate launch --num_processes 2` without a GPU starts two processes, but accelerate only forms a
-    process group from them when told the run is on CPU: otherwise every process trains alone on the full
-    data (same batches on every rank, duplicated writes), silently. Raises ValueError naming the fix.
-    """
-    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if launched > 1 and num_processes != launched:
-        raise ValueError(
-            f"launched with WORLD_SIZE={launched} processes but the trainer sees {num_processes}: the processes "
-            "do not form one job. Without a GPU: for DDP set training_args.use_cpu: true (or ACCELERATE_USE_CPU=1); "
-            "for DeepSpeed launch with `accelerate launch --use_deepspeed --deepspeed_config_file FILE` (transformers "
-            "ignores ddp_backend when training_args.deepspeed is set) and set training_args.ddp_backend: gloo."
-        )
-
-
-def check_zero3_saves_weights(ds_config: dict) -> None:
-    """Under ZeRO-3 a checkpoint holds model weights only when they are gathered on save; our checkpoints
-    are read back as model folders (teacher checkpoints, stage ends, evaluation). Raises ValueError."""
-    zero = ds_config.get("zero_optimization", {})
-    if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
-        raise ValueError(
-            "DeepSpeed zero_optimization.stage3_gather_16bit_weights_on_model_save is not true: ZeRO-3 "
-            "checkpoints would hold no model weights (only DeepSpeed shards), and later stages load checkpoints "
-            "as model folders. Set it to true in the DeepSpeed JSON (recipes/deepspeed/zero3.json does), or pass "
-            "`--zero3_save_16bit_model true` to `accelerate launch --zero_stage 3`."
-        )
 
 
 def staged_lr_lambda(steps_per_stage: int, warmup_ratio: float, kind: str = "cosine"):

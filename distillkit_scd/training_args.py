@@ -8,6 +8,7 @@ clear error rather than a silent typo.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from distillkit_scd.config import Recipe
@@ -56,7 +57,7 @@ def build_sft_config(recipe: Recipe, output_dir: str | Path, learning_rate: floa
         max_steps=max_steps,
         bf16=mp == "bf16",
         fp16=mp == "fp16",
-        deepspeed=recipe.launcher.deepspeed_config,
+        deepspeed=_deepspeed_for_transformers(recipe),
         report_to="none",
         remove_unused_columns=False,  # our collator needs `aw` and `sample_index`
         save_strategy="no",  # checkpoints are requested by our callbacks at the steps that matter
@@ -66,15 +67,13 @@ def build_sft_config(recipe: Recipe, output_dir: str | Path, learning_rate: floa
         dataset_kwargs={"skip_prepare_dataset": True},  # rows are tokenised by formatting.py
         disable_tqdm=False,
     )
-    import os
-
     import torch
 
     if not torch.cuda.is_available():
         # A CPU-only machine: the processes of an `accelerate launch` must form one job over gloo (otherwise
         # each trains alone on the same batches; the trainer refuses that). DDP needs use_cpu; DeepSpeed
         # (from the recipe or `accelerate launch --use_deepspeed`) needs the gloo backend instead.
-        if recipe.launcher.deepspeed_config or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        if recipe.launcher.deepspeed_config or _accelerate_deepspeed():
             kwargs["ddp_backend"] = "gloo"
         else:
             kwargs["use_cpu"] = True
@@ -95,3 +94,33 @@ def build_sft_config(recipe: Recipe, output_dir: str | Path, learning_rate: floa
     if "warmup_ratio" not in known:
         kwargs["warmup_steps"] = kwargs.pop("warmup_ratio")
     return SFTConfig(**kwargs)
+
+
+def _accelerate_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def _deepspeed_for_transformers(recipe: Recipe) -> str | None:
+    """The DeepSpeed JSON to hand to transformers itself: none when accelerate launched the process with
+    DeepSpeed (its plugin carries the JSON and fills "auto" once the process group exists; transformers'
+    own copy is filled earlier, with world size 1 on CPU, and fails DeepSpeed's batch assertion), the
+    recipe's otherwise (e.g. a plain `python -m distillkit_scd` on one GPU, or torchrun).
+
+    Raises:
+        ValueError: accelerate launched with another DeepSpeed JSON than the recipe's, or several CPU processes
+            without accelerate's DeepSpeed launch (they would not form one job).
+    """
+    wanted = recipe.launcher.deepspeed_config
+    if _accelerate_deepspeed():
+        given = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+        if wanted and given and Path(given).resolve() != Path(wanted).resolve():
+            raise ValueError(f"launcher.deepspeed_config is {wanted} but accelerate was launched with "
+                             f"--deepspeed_config_file {given}; launch with the recipe's file (distillkit-scd run does)")
+        return None
+    import torch
+
+    if wanted and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not torch.cuda.is_available():
+        raise ValueError(f"launcher.deepspeed_config {wanted}: several CPU processes need accelerate's DeepSpeed launch "
+                         f"(`accelerate launch --use_deepspeed --deepspeed_config_file {wanted} …`, as "
+                         "`distillkit-scd run` does)")
+    return wanted

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillkit_scd.config import METHODS, recipe_from_dict
+from distillkit_scd.config import METHODS
 from distillkit_scd.pipeline import (
     StageFailed,
     build_stages,
     fingerprints,
     format_summary,
-    launch_command,
     run_pipeline,
 )
 
@@ -168,28 +167,6 @@ def test_fingerprint_depends_on_upstream_not_unrelated(recipe_path):
     assert fa == fingerprints(a, build_stages(a))
     assert fa["sft-teacher"] == fb["sft-teacher"] and fa["eval-teacher_sft"] == fb["eval-teacher_sft"]
     assert fa["sft-student"] != fb["sft-student"] and fa["distill-td"] != fb["distill-td"]
-
-
-def test_launch_commands(tmp_path):
-    """Single process: `python -m distillkit_scd <stage> RECIPE …`; multi-process training stages go through
-    `accelerate launch` with the config file and process count; evaluation stays one process."""
-    base = {"name": "t", "output_dir": str(tmp_path), "task": {"name": "synthetic"},
-            "models": {"teacher": "tiny:teacher", "student": "tiny:student"}}
-    one = recipe_from_dict(base)
-    stages = {s.name: s for s in build_stages(one)}
-    cmd = launch_command(one, stages["sft-teacher"], Path("R.yaml"))
-    assert cmd == [sys.executable, "-m", "distillkit_scd", "sft", "R.yaml", "--role", "teacher"]
-    many = recipe_from_dict({**base, "launcher": {"num_processes": 8, "accelerate_config": "acc.yaml",
-                                                  "mixed_precision": "bf16"}})
-    cmd = launch_command(many, stages["distill-scd"], Path("R.yaml"))
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
-    assert cmd[3:7] == ["--config_file", "acc.yaml", "--num_processes", "8"]
-    assert "--mixed_precision" not in cmd  # the config file owns precision
-    assert cmd[-5:] == ["distillkit_scd", "distill", "R.yaml", "--method", "scd"]
-    assert launch_command(many, stages["eval-scd"], Path("R.yaml"))[1:4] == ["-m", "distillkit_scd", "evaluate"]
-    plain = recipe_from_dict({**base, "launcher": {"num_processes": 2, "mixed_precision": "bf16"}})
-    cmd = launch_command(plain, stages["sft-student"], Path("R.yaml"))
-    assert "--mixed_precision" in cmd and "--multi_gpu" in cmd  # without it accelerate starts 1 process on CPU
 
 
 def test_missing_artifact_reruns_stage(recipe_path, tmp_path):
