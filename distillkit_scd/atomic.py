@@ -8,6 +8,8 @@ anything fails before the rename — an exception in the writer, a full disk, a 
 file is removed (a SIGKILL cannot run cleanup: it leaves a hidden `.NAME.PID.tmp` beside the target,
 which no reader looks at) and the previous artifact is untouched.
 
+JSON artifacts are strict JSON (`atomic_write_json`): NaN/inf are written as null and recorded.
+
 A full disk (ENOSPC, or EDQUOT: over quota) raises `DiskFullError`, an `OSError` whose message names the
 file being written; other write errors name it too.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -103,9 +106,38 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+def strict_json_data(data: Any) -> tuple[Any, dict[str, str]]:
+    """`data` with every NaN/±inf float replaced by None (JSON null), and what was replaced: a map from
+    the value's dotted path (`metrics.kappa`, `stages.0.loss`) to its repr (`nan`, `inf`, `-inf`).
+
+    Python's `json` writes NaN and Infinity, which are not JSON: strict parsers (JavaScript, jq, Go, Rust)
+    reject the whole file. Values inside numpy/torch scalars are not seen here; callers pass floats.
+    """
+    replaced: dict[str, str] = {}
+
+    def clean(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced[where or "<top level>"] = repr(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(value)]
+        return value
+
+    return clean(data, ""), replaced
+
+
 def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2, ensure_ascii: bool = True,
                       default: Callable[[Any], Any] | None = None, trailing_newline: bool = False) -> Path:
-    """Serialise `data` as JSON (before touching the disk, so a serialisation error writes nothing) and
-    write it to `path` atomically (see `atomic_write`)."""
-    text = json.dumps(data, indent=indent, ensure_ascii=ensure_ascii, default=default)
+    """Serialise `data` as strict JSON (before touching the disk, so a serialisation error writes nothing)
+    and write it to `path` atomically (see `atomic_write`).
+
+    NaN and ±inf become null; when `data` is a mapping, its key `nonfinite` then records which values
+    they were (`{"metrics.kappa": "nan"}`), so a null never hides what happened.
+    """
+    data, replaced = strict_json_data(data)
+    if replaced and isinstance(data, dict):
+        data = {**data, "nonfinite": {**data.get("nonfinite", {}), **replaced}}
+    text = json.dumps(data, indent=indent, ensure_ascii=ensure_ascii, default=default, allow_nan=False)
     return atomic_write_text(path, text + ("\n" if trailing_newline else ""))

@@ -91,6 +91,8 @@ def report_as_child(err: BaseException) -> bool:
     path = os.environ.get(CHILD_ENV)
     if not path:
         return False
+    for sig in SIGNALS:  # the pipeline forwards the signal too: a late copy must not hit the interpreter's exit
+        signal.signal(sig, signal.SIG_IGN)
     if process_rank() != 0:  # under `accelerate launch` every rank has the variable; rank 0 reports
         return True
     where = current(err)

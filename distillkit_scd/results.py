@@ -7,6 +7,7 @@ One file per Table 1 cell group, `RUN_DIR/results/<row>/<task>.json`:
  "split": {"definition": "...", "sizes": {"train": .., "validation": .., "test": ..}},
  "model": {"path": "...", "checkpoint": "step-120"},
  "metrics": {"accuracy": .., "kappa": .., "unparsed": ..},          # on the test split
+ "undefined_metrics": {"kappa": "why"},    # optional: extra metrics that are null (0/0), and why
  "samples": [{"id", "gold", "generation", "prediction", "parsed", "scores": {"accuracy": 1.0}}, ...],
  "generation": {"max_new_tokens": .., "batch_size": .., "decoding": "greedy"},
  "versions": {"python", "torch", "transformers", "trl", "distillkit_scd"},
@@ -49,12 +50,34 @@ def versions() -> dict[str, str]:
 def build_results(task: str, row: str, split: dict, model: dict, metrics: dict, samples: list[dict],
                   generation: dict, selection: dict | None = None) -> dict:
     """Assemble a results dict in the schema above (versions filled in) and validate it."""
+    metrics, undefined = undefined_metrics(metrics)
     result = {"task": task, "row": row, "split": split, "model": model, "metrics": metrics, "samples": samples,
               "generation": generation, "versions": versions()}
+    if undefined:
+        result["undefined_metrics"] = undefined
     if selection is not None:
         result["selection"] = selection
     validate_results(result, "<build_results>")
     return result
+
+
+UNDEFINED_REASONS = {
+    "kappa": "Cohen's kappa is 0/0 (chance agreement 1): every prediction and every gold label fall in one "
+             "class; scikit-learn returns NaN",
+}
+"""Why a metric can be undefined; a NaN metric is written as null with this reason (strict JSON)."""
+
+
+def undefined_metrics(metrics: dict) -> tuple[dict, dict[str, str]]:
+    """(metrics with NaN/inf values as None, {name: why it is undefined}) for the results file."""
+    clean, why = {}, {}
+    for name, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            clean[name] = None
+            why[name] = UNDEFINED_REASONS.get(name, f"the value was {value!r}")
+        else:
+            clean[name] = value
+    return clean, why
 
 
 def _is_number(x) -> bool:
@@ -78,8 +101,9 @@ def validate_results(data: dict, where: str) -> None:
     if "selection" in data and not isinstance(data["selection"], dict):
         raise ValueError(f"{where}: field 'selection' is {type(data['selection']).__name__}, expected dict")
     for name, value in data["metrics"].items():
-        if not _is_number(value):
-            raise ValueError(f"{where}: metrics.{name} = {value!r}, expected a number")
+        if not _is_number(value) and not (value is None and name not in PRIMARY_METRICS[task]):
+            raise ValueError(f"{where}: metrics.{name} = {value!r}, expected a number (null only for an "
+                             "undefined extra metric such as kappa)")
     samples = data["samples"]
     if not samples:
         raise ValueError(f"{where}: 'samples' is empty (expected one record per test item)")

@@ -23,6 +23,7 @@ import pytest
 
 from distillkit_scd import interrupts, pipeline
 from distillkit_scd.cli import main
+from tests.test_strict_json import assert_strict_json_tree
 
 
 def _stamp(run: Path, stage: str) -> dict:
@@ -69,6 +70,7 @@ def test_ctrl_c_during_a_stage_process_prints_one_line_and_the_same_command_resu
     assert main(["run", str(recipe), "--in-process"]) == 0
     assert set(_summary(run).values()) == {"done"}
     assert (run / "results" / "td" / "synthetic.json").is_file()
+    assert assert_strict_json_tree(run) > 20  # results, manifests, stamps, summary, checkpoints' JSON
 
 
 CHILD = textwrap.dedent("""
