@@ -2,6 +2,7 @@
 
 Pipeline:  quickstart [--out DIR] | run RECIPE | validate RECIPE | plan RECIPE | report RUN_DIR | toy
 Stages (what `run` launches, one process each):  sft | aw-table | signals | distill | evaluate
+DistillKit:  distillkit CONFIG | distillkit-teacher CONFIG --checkpoints N | aw-table CONFIG (docs/distillkit.md)
 
 Every RECIPE command takes `--set key.path=value` (repeatable; values are YAML). A bad recipe prints
 one line naming the file, the field path and what was expected, and exits with code 2. A failed
@@ -84,7 +85,8 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("signals", help="stage: cache every teacher checkpoint's top-k signals over train")
     _add_recipe(p)
 
-    p = sub.add_parser("aw-table", help="stage: per-sample AW table for every teacher checkpoint")
+    p = sub.add_parser("aw-table", help="stage: per-sample AW table for every teacher checkpoint "
+                                        "(RECIPE, or a DistillKit config: see docs/distillkit.md)")
     _add_recipe(p)
 
     p = sub.add_parser("distill", help="stage: distil the student with one method")
@@ -109,6 +111,15 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
 
     p = sub.add_parser("distillkit", help="run an arcee-ai DistillKit config with our losses and schedules")
     p.add_argument("config", help="DistillKit YAML with a `distillkit_scd:` section")
+
+    p = sub.add_parser("distillkit-teacher", help="teacher SFT on a DistillKit config's data: N checkpoints + "
+                                                  "the manifest CD / SCD read")
+    p.add_argument("config", help="DistillKit YAML (its teacher, dataset, sequence_length, training_args)")
+    p.add_argument("--checkpoints", type=int, required=True, metavar="N", help="evenly spaced checkpoints to save")
+    p.add_argument("--out", help="folder for checkpoints and manifest.json (default: the config's "
+                                 "schedule.manifest folder, else OUTPUT_PATH/teacher_sft)")
+    p.add_argument("--epochs", type=float, help="default: training_args.max_steps, else num_train_epochs (3)")
+    p.add_argument("--learning-rate", type=float, help="default: training_args.learning_rate")
     return parser
 
 
@@ -159,6 +170,8 @@ def _dispatch(args) -> int:
 
         print(format_plan(_recipe(args)))
         return 0
+    if cmd in ("aw-table", "distillkit-teacher") and _distillkit_command(args) is not None:
+        return 0
     if cmd in ("sft", "aw-table", "signals", "distill", "evaluate"):
         from distillkit_scd.pipeline import run_stage_command
 
@@ -190,6 +203,32 @@ def _dispatch(args) -> int:
             raise ValueError(f"distillkit: the DistillKit integration is not available ({err})") from None
         return distillkit_main([args.config])
     raise AssertionError(f"unhandled command {cmd}")  # argparse restricts commands; unreachable
+
+
+def _distillkit_command(args) -> Path | None:
+    """`distillkit-teacher`, and `aw-table` given a DistillKit config; None when not one of those."""
+    from distillkit_scd.integrations.distillkit_checks import is_distillkit_config
+
+    if args.command == "aw-table" and not is_distillkit_config(args.recipe):
+        return None
+    path = args.recipe if args.command == "aw-table" else args.config
+    if getattr(args, "overrides", None):
+        raise ValueError(f"{path}: --set applies to our recipes, not to a DistillKit config; edit the YAML")
+    from distillkit_scd.integrations.distillkit import DistillKitUnavailable
+
+    try:
+        if args.command == "aw-table":
+            from distillkit_scd.integrations.distillkit_aw import build_table
+
+            result = build_table(path)
+        else:
+            from distillkit_scd.integrations.distillkit_teacher import run_teacher_sft
+
+            result = run_teacher_sft(path, args.checkpoints, args.out, args.epochs, args.learning_rate)
+    except DistillKitUnavailable as err:
+        raise ValueError(str(err)) from None
+    print(result)
+    return result
 
 
 def _run(args) -> int:

@@ -58,8 +58,12 @@ def test_settings_defaults_and_strict_keys(tmp_path):
     with pytest.raises(RecipeError, match=r"distillkit_scd.schedule.manifest: expected the teacher's manifest"):
         dk_int.parse_settings({"schedule": {"method": "cd", "steps_per_stage": 2}})
     (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(RecipeError, match=r"schedule.steps_per_stage: expected an integer >= 1 for method scd"):
+    with pytest.raises(RecipeError, match=r"manifest.json: checkpoints: expected a non-empty list"):
         dk_int.parse_settings({"schedule": {"method": "scd", "manifest": str(tmp_path)}})
+    with pytest.raises(RecipeError, match=r"schedule.steps_per_stage: expected an integer >= 1 for method scd"):
+        dk_int.parse_settings({"schedule": {"method": "scd", "manifest": str(tmp_path)}}, check_files=False)
+    with pytest.raises(RecipeError, match=r"distillkit_scd.labels: expected one of 'assistant', 'all'"):
+        dk_int.parse_settings({"labels": "prompt"})
     with pytest.raises(RecipeError, match=r"schedule.method: expected one of 'none', 'fixed', 'cd', 'scd'"):
         dk_int.parse_settings({"schedule": {"method": "progressive"}})
 
@@ -544,12 +548,13 @@ def test_main_cd_schedule_with_taid_and_reverse_kl(registered, tiny_pair, data_d
 
 
 def test_main_scd_with_aw_and_config_errors(registered, tiny_pair, data_dir, tmp_path, capture_trainer):
-    """SCD + scd_aw_kl through `main`: each stage logs the SCD terms of every checkpoint and picks their
-    argmin; AW stays in (0, 1). Bad combinations are refused before any model is loaded (exit 2)."""
+    """SCD + scd_aw_kl (online AW, our option) through `main`: each stage logs the SCD terms of every
+    checkpoint and picks their argmin; AW stays in (0, 1). Bad combinations are refused before any model is
+    loaded (exit 2)."""
     manifest = _checkpoint_pool(tiny_pair, tmp_path / "pool")
     config = _dk_config(tiny_pair, data_dir, tmp_path / "out", [{"function": "scd_aw_kl", "weight": 1.0}])
     config["distillkit_scd"] = {"schedule": {"method": "scd", "manifest": str(manifest), "steps_per_stage": 1,
-                                             "probe_size": 4}}
+                                             "probe_size": 4}, "aw": {"source": "online"}}
     assert dk_int.main([str(_write(tmp_path, config))]) == 0
     (trainer,) = capture_trainer
     for entry in trainer.stage_callback.log:

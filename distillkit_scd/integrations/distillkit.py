@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import logging
 import sys
@@ -25,10 +26,18 @@ from typing import Any, Literal
 import yaml
 
 from distillkit_scd.config import RecipeError, TAIDConfig, _build
+from distillkit_scd.integrations.distillkit_checks import (
+    MARKER,
+    SECTION,
+    check_checkpoint_shapes,
+    check_loss_entries,
+    check_top_level,
+    plain_run_hint,
+    validate_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
-SECTION = "distillkit_scd"
 TESTED_VERSIONS = ("1.0.0",)
 """DistillKit versions whose trainer, loss interface and config our patches were written against."""
 
@@ -67,23 +76,44 @@ class ScheduleSettings:
 
 
 @dataclass
+class AWSettings:
+    """Where `scd_aw_kl` takes each sample's AW from.
+
+    source (`str`, defaults to `"table"`): table: the paper's static AW, L_S and L_T^(j) computed once before
+        distillation from the SFT student (`model:`) and each teacher checkpoint (`distillkit-scd aw-table
+        CONFIG` writes it); online (ours): from the current student and teacher on each batch.
+    table (`str`, *optional*): the table's `aw_table.json` (or its folder); defaults to `OUTPUT_PATH/aw`.
+    """
+
+    source: Literal["table", "online"] = "table"
+    table: str | None = None
+
+
+@dataclass
 class IntegrationSettings:
     """The `distillkit_scd:` section of a DistillKit YAML.
 
+    labels (`str`, defaults to `"assistant"`): assistant: loss (CE and every distillation term) only on
+        assistant turns of `messages` / `conversations` rows and on the completion of prompt/completion rows
+        (tokenised by us, before DistillKit's trainer sees them); all: DistillKit's own behaviour, every token.
     taid (`TAIDConfig`): t_start, t_end, alpha, beta of the `taid` loss (official defaults).
     schedule (`ScheduleSettings`): the teacher checkpoint schedule (CD / SCD).
+    aw (`AWSettings`): static (paper) or online AW for `scd_aw_kl`.
     """
 
+    labels: Literal["assistant", "all"] = "assistant"
     taid: TAIDConfig = field(default_factory=TAIDConfig)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    aw: AWSettings = field(default_factory=AWSettings)
 
 
 def _fail(source: str, path: str, value: Any, expected: str) -> None:
     raise RecipeError(f"{source}: {path}: expected {expected}, got {value!r}")
 
 
-def parse_settings(section: Any, source: str = "<config>") -> IntegrationSettings:
-    """Validate the `distillkit_scd:` section (None → defaults).
+def parse_settings(section: Any, source: str = "<config>", check_files: bool = True) -> IntegrationSettings:
+    """Validate the `distillkit_scd:` section (None → defaults); `check_files=False` skips the manifest's
+    content (for `distillkit-teacher`, which writes it).
 
     Raises:
         RecipeError: unknown keys, wrong types or bad values, naming the file and field path.
@@ -101,8 +131,8 @@ def parse_settings(section: Any, source: str = "<config>") -> IntegrationSetting
     if s.method != "none":
         if s.manifest is None:
             _fail(source, f"{where}.manifest", None, f"the teacher's manifest.json for method {s.method}")
-        if not Path(s.manifest).exists():
-            _fail(source, f"{where}.manifest", s.manifest, "an existing manifest.json or its folder")
+        if check_files:
+            validate_manifest(s.manifest, f"{source}: {where}.manifest")
         if s.steps_per_stage is None or s.steps_per_stage < 1:
             _fail(source, f"{where}.steps_per_stage", s.steps_per_stage, f"an integer >= 1 for method {s.method}")
     for name, minimum in (("probe_size", 1), ("top_k", 0), ("chunk_size", 1)):
@@ -184,8 +214,9 @@ def register() -> None:
 
 
 def check_compatible(run_config, settings: IntegrationSettings, raw_section: dict | None,
-                     source: str = "<config>") -> None:
-    """Cross-checks between DistillKit's config and ours (done before any model is loaded)."""
+                     source: str = "<config>", check_files: bool = True) -> None:
+    """Cross-checks between DistillKit's config and ours (done before any model is loaded): loss names vs
+    teacher kind, the manifest's checkpoint folders and shapes against the teacher, the AW table."""
     from distillkit.configuration import TeacherModelConfig
 
     names = [lf.function.value for lf in run_config.loss_functions]
@@ -197,24 +228,56 @@ def check_compatible(run_config, settings: IntegrationSettings, raw_section: dic
                   "since this loss needs the teacher's full logits")
     if "scd_aw_kl" in names and len(names) > 1:
         _fail(source, "loss_functions", names, "scd_aw_kl alone (it already mixes KL and CE per sample)")
-    if raw_section and "taid" in raw_section and "taid" not in names:
-        _fail(source, f"{SECTION}.taid", raw_section["taid"], "no taid settings unless loss_functions uses taid")
-    if settings.schedule.method != "none" and not isinstance(run_config.teacher, TeacherModelConfig):
-        _fail(source, f"{SECTION}.schedule.method", settings.schedule.method,
+    for key, loss in (("taid", "taid"), ("aw", "scd_aw_kl")):
+        if raw_section and key in raw_section and loss not in names:
+            _fail(source, f"{SECTION}.{key}", raw_section[key], f"no {key} settings unless loss_functions uses {loss}")
+    if run_config.training_args.get("assistant_only_loss"):
+        _fail(source, "training_args.assistant_only_loss", True,
+              f"not set: TRL's option fails on DistillKit's pre-rendered text; {SECTION}.labels: assistant "
+              "(the default) puts the loss on assistant tokens only")
+    sched = settings.schedule
+    if sched.method != "none" and not isinstance(run_config.teacher, TeacherModelConfig):
+        _fail(source, f"{SECTION}.schedule.method", sched.method,
               "none unless the teacher is online (teacher.kind: hf): checkpoints swap into the live teacher")
+    if not check_files:
+        return
+    pool = None
+    if sched.method != "none":
+        from distillkit_scd.teachers import CheckpointPool
+
+        where = f"{source}: {SECTION}.schedule.manifest"
+        try:
+            pool = CheckpointPool(sched.manifest)
+        except ValueError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        check_checkpoint_shapes(pool, run_config.teacher.path, where)
+    if "scd_aw_kl" in names and settings.aw.source == "table":
+        from distillkit_scd.integrations.distillkit_aw import check_table
+
+        check_table(aw_table_path(run_config, settings), pool, run_config, source)
+
+
+def aw_table_path(run_config, settings: IntegrationSettings) -> Path:
+    """The AW table `scd_aw_kl` reads (and `aw-table CONFIG` writes): `aw.table`, else OUTPUT_PATH/aw."""
+    return Path(settings.aw.table) if settings.aw.table else Path(run_config.output_path) / "aw"
 
 
 @contextlib.contextmanager
-def patched_trainer(settings: IntegrationSettings):
-    """`distillkit.main` builds our trainer subclass (with `settings`) inside this block; restored after."""
+def patched_trainer(settings: IntegrationSettings, run_config=None):
+    """`distillkit.main` builds our trainer subclass (with `settings` and, for static AW, the AW table)
+    inside this block; restored after."""
     import distillkit.main as dk_main
 
     from distillkit_scd.integrations.distillkit_fixes import SCDDistillationTrainer
 
     original = dk_main.DistillationTrainer
+    names = [lf.function.value for lf in run_config.loss_functions] if run_config is not None else []
+    aw_table = None
+    if "scd_aw_kl" in names and settings.aw.source == "table":
+        aw_table = aw_table_path(run_config, settings)
 
     def make_trainer(*args, **kwargs):
-        return SCDDistillationTrainer(*args, settings=settings, **kwargs)
+        return SCDDistillationTrainer(*args, settings=settings, aw_table=aw_table, **kwargs)
 
     dk_main.DistillationTrainer = make_trainer
     try:
@@ -228,11 +291,15 @@ def patched_trainer(settings: IntegrationSettings):
 # --------------------------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path):
+def load_config(path: str | Path, check_files: bool = True):
     """Read a DistillKit YAML with our section → (DistillKit `DistillationRunConfig`, settings, YAML text).
 
+    `check_files=False` leaves out the manifest, checkpoints and AW table (commands that write them).
+
     Raises:
-        RecipeError: our section invalid, or DistillKit's part rejected by its own schema.
+        RecipeError: one line naming the file and key: a near miss of our section's name, an unknown option
+            in one of our loss entries, our section invalid (manifest included), a bad combination, or
+            DistillKit's own schema refusing its part.
     """
     path = Path(path)
     if not path.is_file():
@@ -241,31 +308,56 @@ def load_config(path: str | Path):
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+        raise RecipeError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    # Our checks first: they need neither DistillKit nor any model.
+    check_top_level(data, str(path))
+    check_loss_entries(data, LOSS_NAMES, None, str(path))
     raw_section = data.pop(SECTION, None)
-    settings = parse_settings(raw_section, source=str(path))
+    settings = parse_settings(raw_section, source=str(path), check_files=check_files)
     register()
-    from distillkit.configuration import DistillationRunConfig
+    from distillkit.configuration import DistillationRunConfig, LossFunctionConfig
     from pydantic import ValidationError
 
+    check_loss_entries(data, LOSS_NAMES, set(LossFunctionConfig.model_fields), str(path))  # warnings
     try:
         run_config = DistillationRunConfig.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(f"{path}: DistillKit rejected the config:\n{err}") from None
-    check_compatible(run_config, settings, raw_section if isinstance(raw_section, dict) else None, str(path))
+        first = err.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"]) or "<top level>"
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise RecipeError(f"{path}: {loc}: {first['msg']} (DistillKit's schema){more}") from None
+    check_compatible(run_config, settings, raw_section if isinstance(raw_section, dict) else None, str(path),
+                     check_files)
     return run_config, settings, text
 
 
+def uses_ours(run_config, settings: IntegrationSettings, raw_section) -> bool:
+    """True when plain `distillkit` could not run this config as meant (our section or loss names)."""
+    return bool(raw_section) or any(lf.function.value in LOSS_NAMES for lf in run_config.loss_functions)
+
+
 def run(path: str | Path) -> None:
-    """Train as `distillkit CONFIG` does, with our losses, schedule and fixes."""
+    """Train as `distillkit CONFIG` does, with our losses, schedule, data labelling and fixes."""
+    from distillkit_scd.atomic import atomic_write_json
+    from distillkit_scd.integrations.distillkit_data import patched_data, prepared_path_for
+
     run_config, settings, text = load_config(path)
     import distillkit.main as dk_main
 
-    logger.info("distillkit_scd: DistillKit %s, losses %s, schedule %s", distillkit_version(),
-                [lf.function.value for lf in run_config.loss_functions], settings.schedule.method)
-    with patched_trainer(settings):
+    raw = (yaml.safe_load(text) or {}).get(SECTION)
+    hint = plain_run_hint(run_config.output_path, uses_ours(run_config, settings, raw))
+    if hint:
+        print(hint, file=sys.stderr)
+    out = Path(run_config.output_path)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / MARKER, {"config": str(path), "distillkit": distillkit_version(),
+                                     "settings": dataclasses.asdict(settings)})
+    logger.info("distillkit_scd: DistillKit %s, losses %s, schedule %s, labels %s", distillkit_version(),
+                [lf.function.value for lf in run_config.loss_functions], settings.schedule.method, settings.labels)
+    prepared_path_for(run_config, settings.labels)
+    with patched_trainer(settings, run_config), patched_data(settings.labels):
         dk_main.do_distill(run_config, config_source=text)
 
 

@@ -54,11 +54,14 @@ class BatchContext:
     targets: (B, T') next-token ids aligned with the logits the losses receive (-100 = no loss).
     segments: (B, T') long, the sample each position belongs to (packed rows hold several samples).
     taid_t: TAID's current t.
+    aw: static AW: (B, T') float, the AW of each position's sample for the active checkpoint (the paper's
+        table); None: `scd_aw_kl` computes AW online from the batch's logits.
     """
 
     targets: torch.Tensor | None = None
     segments: torch.Tensor | None = None
     taid_t: float = 1.0
+    aw: torch.Tensor | None = None
 
 
 class SCDLossBase(LossFunctionBase):
@@ -80,7 +83,7 @@ class SCDLossBase(LossFunctionBase):
         self.context: BatchContext | None = None  # bound by SCDDistillationTrainer
         self.last_parts: dict = {}
 
-    def token_weights(self, student, teacher, targets, segments):
+    def token_weights(self, student, teacher, targets, segments, keep):
         """(N,) distillation weight per label token, or None for `alpha` (AW overrides this)."""
         return None
 
@@ -99,7 +102,7 @@ class SCDLossBase(LossFunctionBase):
                              f"{tuple(logits.shape)} differ; teacher and student must share one vocabulary")
         keep = ctx.targets != IGNORE_INDEX if mask is None else mask.reshape(ctx.targets.shape).bool()
         student, teacher, targets = logits[keep], signal.logits[keep], ctx.targets[keep]  # (N, V), (N, V), (N,)
-        weights = self.token_weights(student, teacher, targets, ctx.segments[keep])
+        weights = self.token_weights(student, teacher, targets, ctx.segments[keep], keep)
         loss, self.last_parts = compound_loss_from_logits(student, teacher, targets, self.spec, weights=weights,
                                                           taid_t=ctx.taid_t, num_items=num_items_in_batch)
         return loss
@@ -129,8 +132,10 @@ class AWKLLoss(SCDLossBase):
     """Σ_tokens [AW·KL(p‖q) + (1−AW)·CE] / N_tokens, AW = L_S / (L_S + L_T) per sample (paper section 6).
 
     The CE is inside this loss (each sample mixes its own): list it alone (weight 1) in `loss_functions`.
-    L_S and L_T are the sample's summed CE under the current student and the current teacher, computed
-    from this batch's logits (online AW; our own pipeline uses q_SFT and each p(j) once, before training).
+    Static AW (the paper's, `aw.source: table`): L_S and L_T^(j) come from the AW table computed once from
+    the SFT student and each checkpoint before training; the trainer puts the active checkpoint's AW of each
+    position's sample in the batch context. Online AW (ours, `aw.source: online`): the sample's summed CE
+    under the current student and teacher, from this batch's logits.
     """
 
     alpha = 0.0  # unused: every token gets its sample's AW
@@ -139,7 +144,9 @@ class AWKLLoss(SCDLossBase):
     def name(cls) -> str:
         return "scd_aw_kl"
 
-    def token_weights(self, student, teacher, targets, segments):
+    def token_weights(self, student, teacher, targets, segments, keep):
+        if self.context.aw is not None:  # static: the table's AW of each token's sample
+            return self.context.aw[keep]
         # (N,) token → sample; sequence CE of each sample under both models, then AW per sample.
         sample, inverse = torch.unique(segments, return_inverse=True)
         ce_s = F.cross_entropy(student.detach().float(), targets, reduction="none").double()
@@ -205,10 +212,11 @@ class SCDDistillationTrainer(DistillationTrainer):
     """DistillKit's `DistillationTrainer` + our losses' context, TAID's t, the CD/SCD teacher schedule
     (a `StageCallback` swapping checkpoints into the online teacher in place) and fixes (a)–(d).
 
-    Args (beyond DistillKit's): settings: the validated `distillkit_scd:` section (`IntegrationSettings`).
+    Args (beyond DistillKit's): settings: the validated `distillkit_scd:` section (`IntegrationSettings`);
+    aw_table: the static AW table `scd_aw_kl` reads (`distillkit_aw.build_table`), None for online AW.
     """
 
-    def __init__(self, *args, settings, **kwargs):
+    def __init__(self, *args, settings, aw_table=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.settings = settings
         self.batch_context = BatchContext()
@@ -224,6 +232,7 @@ class SCDDistillationTrainer(DistillationTrainer):
         self._log_sums: dict[str, torch.Tensor] = {}
         self._prepare_teacher()
         self.stage_callback = self._schedule_callback()
+        self.aw_weights = self._static_aw(aw_table)  # after the SCD probe batches are collated
         sched = settings.schedule
         self.steps_per_stage = sched.steps_per_stage if self.stage_callback and sched.reset_optimizer else None
         self.active_checkpoint = 0
@@ -257,6 +266,9 @@ class SCDDistillationTrainer(DistillationTrainer):
         if self.teacher_model_module is None:
             raise ValueError("distillkit_scd.schedule: needs an online teacher (teacher.kind: hf)")
         pool = CheckpointPool(sched.manifest)
+        from distillkit_scd.integrations.distillkit_checks import check_module_shapes
+
+        check_module_shapes(self.teacher_model_module, pool)  # every checkpoint now, not when its stage starts
         if sched.method == "fixed":
             schedule = FixedSchedule(pool.best_index)
         elif sched.method == "cd":
@@ -272,6 +284,20 @@ class SCDDistillationTrainer(DistillationTrainer):
                                  reset_optimizer=sched.reset_optimizer)
         self.add_callback(callback)
         return callback
+
+    def _static_aw(self, aw_table):
+        """Load the AW table, wrap the collator to tag each position with its sample's table row; returns the
+        (S, N) float32 AW on the device (None for online AW)."""
+        if aw_table is None:
+            return None
+        from distillkit_scd.integrations.distillkit_aw import AWRowCollator, rows_by_key
+        from distillkit_scd.weighting import AWTable
+
+        table = AWTable.load(aw_table)
+        self.data_collator = AWRowCollator(self.data_collator, rows_by_key(table))
+        logger.info("distillkit_scd: static AW from %s (%d samples x %d checkpoints)", aw_table, len(table.ids),
+                    table.num_checkpoints)
+        return table.weights.to(device=self.accelerator.device, dtype=torch.float32)
 
     def _teacher_signal(self, inputs: dict):
         # Fix (b), teacher side: DistillKit's OnlineSignalSource forwards only input_ids and attention_mask.
@@ -306,6 +332,14 @@ class SCDDistillationTrainer(DistillationTrainer):
         ctx = self.batch_context
         ctx.targets, ctx.segments = targets, segment_ids(inputs)
         ctx.taid_t = self.taid_state.t if self.taid_state is not None else 1.0
+        ctx.aw = None
+        if self.aw_weights is not None:
+            from distillkit_scd.integrations.distillkit_aw import AW_ROWS
+
+            if AW_ROWS not in inputs:
+                raise ValueError("scd_aw_kl (static AW): the batch has no AW rows; the trainer's collator was replaced")
+            rows = inputs[AW_ROWS][:, 1:]  # (B, T-1): the sample of token s+1, which position s predicts
+            ctx.aw = self.aw_weights[rows.clamp(min=0), self.active_checkpoint if self.stage_callback else 0]
 
         total, weights = 0.0, 0.0
         parts: dict[str, torch.Tensor] = {}

@@ -1,0 +1,168 @@
+"""Static Adaptive Weighting for DistillKit runs, as in the paper (section 6): AW^(j) of every train sample is
+computed once, before distillation, from the SFT student (the config's `model:`) and each teacher
+checkpoint p(j) (the schedule's manifest; without a schedule, the config's teacher alone), and
+`scd_aw_kl` reads the active checkpoint's column by sample.
+
+`distillkit-scd aw-table CONFIG` writes the table (our `AWTable` format, `weighting.py`) from the rows
+exactly as the trainer will see them (same loading, shuffling, labels and `max_length` cut). DistillKit
+rows carry no id, and TRL's collator passes only token columns, so a sample is identified by the sha256 of
+its token ids: `AWRowCollator` wraps the trainer's collator and adds, on the CPU before the batch moves to
+the device, the table row of every position's sample (packed rows: per packed sample), so the loss looks
+AW up without a host sync. Identical token sequences share one row (their AW is identical anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+
+from distillkit_scd.config import RecipeError
+
+logger = logging.getLogger(__name__)
+
+AW_ROWS = "distillkit_scd_aw_rows"
+"""Batch key the wrapped collator adds: (B, T) long, the AW table row of each position's sample (-1: padding)."""
+
+
+def sample_key(ids) -> str:
+    """Identity of a training sample: sha256 of its token ids (as int64), hex."""
+    return hashlib.sha256(torch.as_tensor(list(ids), dtype=torch.int64).numpy().tobytes()).hexdigest()
+
+
+def expected_checkpoints(run_config, pool) -> list[str]:
+    """The AW table's columns: the manifest's checkpoint folders, or the config's teacher alone."""
+    if pool is not None:
+        return [str(Path(pool.path(j)).resolve()) for j in range(pool.num_checkpoints)]
+    path = Path(run_config.teacher.path)
+    return [str(path.resolve()) if path.exists() else run_config.teacher.path]
+
+
+def check_table(path: Path, pool, run_config, source: str):
+    """Load the AW table `scd_aw_kl` will read and check its columns are this run's checkpoints.
+
+    Raises:
+        RecipeError: missing/unreadable table, or one computed for other checkpoints, naming the file.
+    """
+    from distillkit_scd.weighting import AWTable
+
+    where = f"{source}: distillkit_scd.aw.table"
+    file = path / "aw_table.json" if path.is_dir() or not path.suffix else path
+    if not file.is_file():
+        raise RecipeError(f"{where}: {file} not found; write it with `distillkit-scd aw-table {source}` "
+                          "(static AW, the paper's), or set distillkit_scd.aw.source: online")
+    try:
+        table = AWTable.load(file)
+    except ValueError as err:
+        raise RecipeError(f"{where}: {err}") from None
+    want = expected_checkpoints(run_config, pool)
+    got = table.metadata.get("checkpoints")
+    if got != want:
+        raise RecipeError(f"{where}: {file} was computed for checkpoints {got}, this run uses {want}; re-run "
+                          f"`distillkit-scd aw-table {source}`")
+    return table
+
+
+class AWRowCollator:
+    """Wraps a collator; adds `AW_ROWS` (B, T) from the sample key of each row or packed sample.
+
+    Raises (when called):
+        ValueError: a sample the table has no row for (table from other data, labels or sequence_length).
+    """
+
+    def __init__(self, collator, rows_by_key: dict[str, int]):
+        self.collator = collator
+        self.rows_by_key = rows_by_key
+
+    def _row(self, ids) -> int:
+        key = sample_key(ids)
+        if key not in self.rows_by_key:
+            raise ValueError("distillkit_scd.aw.table: a training sample is not in the AW table (computed on other "
+                             "data, labels or sequence_length?); re-run `distillkit-scd aw-table CONFIG`")
+        return self.rows_by_key[key]
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        ids, labels = batch["input_ids"], batch["labels"]  # (B, T), on the CPU here
+        rows = torch.full_like(ids, -1)
+        pos = batch.get("position_ids")
+        for b in range(ids.shape[0]):
+            if pos is not None:  # padding-free packing: a sample starts where its position restarts at 0
+                starts = (pos[b] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+            else:  # TRL pads on the right
+                n = int(batch["attention_mask"][b].sum()) if "attention_mask" in batch else ids.shape[1]
+                starts = [0, n]
+            for s, e in zip(starts[:-1], starts[1:]):
+                if bool((labels[b, s:e] != -100).any()):  # padding and label-free samples need no AW
+                    rows[b, s:e] = self._row(ids[b, s:e].tolist())
+        batch[AW_ROWS] = rows
+        return batch
+
+
+def build_table(config_path: str | Path, batch_size: int = 8) -> Path:
+    """`distillkit-scd aw-table CONFIG`: compute and save the static AW table of a DistillKit config.
+
+    Returns the table's JSON path (`distillkit_scd.aw.table`, else OUTPUT_PATH/aw/aw_table.json).
+    """
+    import transformers
+
+    from distillkit_scd import hashing
+    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.integrations.distillkit import aw_table_path, load_config
+    from distillkit_scd.integrations.distillkit_checks import check_checkpoint_shapes, validate_manifest
+    from distillkit_scd.integrations.distillkit_data import load_rows
+    from distillkit_scd.teachers import CheckpointPool
+    from distillkit_scd.weighting import compute_aw_table
+
+    run_config, settings, _ = load_config(config_path, check_files=False)  # the table is what we write
+    if run_config.teacher.kind != "hf":
+        raise RecipeError(f"{config_path}: teacher.kind: expected hf (an online teacher) for the AW table, "
+                          f"got {run_config.teacher.kind!r}")
+    pool = None
+    if settings.schedule.method != "none":
+        where = f"{config_path}: distillkit_scd.schedule.manifest"
+        validate_manifest(settings.schedule.manifest, where)
+        try:
+            pool = CheckpointPool(settings.schedule.manifest)
+        except ValueError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        check_checkpoint_shapes(pool, run_config.teacher.path, where)
+    tokenizer, rows, _ = load_rows(run_config, settings.labels)
+    keys, seen = [], set()
+    keep = []
+    for i, ids in enumerate(rows["input_ids"]):
+        key = sample_key(ids)
+        if key not in seen:
+            seen.add(key)
+            keys.append(key)
+            keep.append(i)
+    table_rows = rows.select(keep).add_column("id", keys)
+    logger.info("AW table: %d samples (%d duplicates merged), %d checkpoint(s)", len(keep), len(rows) - len(keep),
+                pool.num_checkpoints if pool else 1)
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    student = load(run_config.train_model, **run_config.model_kwargs)
+    teacher = load(run_config.teacher.path, **(run_config.teacher.kwargs or {}))
+    collator = DistillationCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    if pool is not None:
+        from distillkit_scd.integrations.distillkit_checks import check_module_shapes
+
+        check_module_shapes(teacher, pool)
+        table = compute_aw_table(student, pool, table_rows, batch_size, teacher=teacher, collator=collator)
+    else:
+        table = compute_aw_table(student, [teacher], table_rows, batch_size, collator=collator)
+    checkpoints = expected_checkpoints(run_config, pool)
+    local = [p for p in [run_config.train_model, *checkpoints] if Path(p).is_dir()]
+    table.key = hashing.combine(*[hashing.folder_hash(p) for p in local], hashing.dataset_hash(table_rows))
+    table.metadata = {"source": "distillkit", "config": str(config_path), "student": run_config.train_model,
+                      "checkpoints": checkpoints, "labels": settings.labels,
+                      "max_length": run_config.training_args.get("max_length", run_config.sequence_length)}
+    logger.info("AW table: mean AW per checkpoint %s", [round(x, 3) for x in table.weights.mean(0).tolist()])
+    return table.save(aw_table_path(run_config, settings))
+
+
+def rows_by_key(table) -> dict[str, int]:
+    """Sample key → table row."""
+    return {key: i for i, key in enumerate(table.ids)}
+
