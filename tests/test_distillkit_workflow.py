@@ -249,6 +249,7 @@ def _teacher_pool(capsys, tiny_pair, workspace, tmp_path):
                                                   "steps_per_stage": 1})
     cfg["output_path"] = str(tmp_path / "out")
     cfg["loss_functions"] = [{"function": "scd_aw_kl", "weight": 1.0}]
+    cfg["dataset"]["eval_dataset"] = cfg["dataset"]["train_dataset"]  # p(best) by loss on eval_dataset
     path = _write(tmp_path / "cfg.yaml", cfg)
     assert cli.main(["distillkit-teacher", str(path), "--checkpoints", "2"]) == 0
     manifest = Path(capsys.readouterr().out.strip().splitlines()[-1])
@@ -272,6 +273,8 @@ def test_teacher_command_aw_table_and_cd_run_with_static_aw(tiny_pair, workspace
     checks.validate_manifest(manifest, "test")
     entries = json.loads(manifest.read_text())["checkpoints"]
     assert [e["step"] for e in entries] == [1, 2] and all(Path(e["path"]).is_dir() for e in entries)
+    losses = [e["val_loss"] for e in entries]
+    assert json.loads(manifest.read_text())["best_index"] == min(range(2), key=losses.__getitem__)
 
     # Without the table, the run stops at once and says how to write it.
     err = _one_line_error(capsys, ["distillkit", str(path)])

@@ -7,7 +7,8 @@ datasets (`dataset.train_dataset`, and `eval_dataset` for choosing p(best)), `se
 loaded and labelled exactly as the distillation run will see them (`distillkit_data.load_rows`). The
 training is our pipeline's SFT stage (`sft.py`): plain CE on the label tokens, checkpoints at steps
 round(j·S/N), j = 1..N, each evaluated on `eval_dataset` when there is one; p(best) is the checkpoint
-with the lowest validation loss (else the last). The manifest goes where the config's
+with the lowest loss on it (else the last: a DistillKit dataset has no task metric to score generations
+with, so our pipeline's `val_score` selection does not apply). The manifest goes where the config's
 `schedule.manifest` points (else OUTPUT_PATH/teacher_sft) so the CD / SCD run finds it; re-running
 resumes from the newest checkpoint.
 """
@@ -80,6 +81,7 @@ def run_teacher_sft(config_path: str | Path, num_checkpoints: int, out: str | Pa
     from distillkit_scd.integrations.distillkit_data import load_rows
     from distillkit_scd.sft import (
         check_resume_checkpoint,
+        eval_loss_history,
         evenly_spaced_steps,
         last_checkpoint,
         world_size,
@@ -122,6 +124,9 @@ def run_teacher_sft(config_path: str | Path, num_checkpoints: int, out: str | Pa
         check_resume_checkpoint(resume)
         logger.info("teacher SFT: resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
-    manifest = write_checkpoint_manifest(out, save_steps, per_epoch, saver.eval_losses, trainer)
+    if not trainer.is_world_process_zero():  # the main process writes the manifest
+        return out / "manifest.json"
+    manifest = write_checkpoint_manifest(out, save_steps, per_epoch, eval_loss_history(trainer, saver.eval_losses),
+                                         split="eval_dataset")
     validate_manifest(manifest, "distillkit-teacher")  # what we write is what we document
     return manifest
