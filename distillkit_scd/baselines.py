@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from distillkit_scd.evaluation import score_task
+from distillkit_scd.scoring import score_task
 
 REAL_TASKS = ("jmmlu", "pubmedqa", "nrner", "crade", "rrtnm", "smdis")
 
@@ -39,12 +39,12 @@ def majority_baseline(task: str, train_answers: Sequence, test_answers: Sequence
 
 
 def table_row(metrics_by_task: dict[str, dict]) -> dict[str, float]:
-    """Table 1 columns (report.TASK_COLUMNS names) and the paper-style Avg from per-task metrics."""
+    """Table 1 columns (the tasks' registry `columns`) and the paper-style Avg from per-task metrics."""
     from distillkit_scd.paper_reference import PAPER_COLUMNS
-    from distillkit_scd.report import TASK_COLUMNS
+    from distillkit_scd.tasks import TASKS
 
     row = {column: metrics_by_task[task][key]
-           for task, cols in TASK_COLUMNS.items() if task in metrics_by_task for column, key in cols}
+           for task, spec in TASKS.items() if task in metrics_by_task for column, key in spec.columns}
     paper = [row[c] for c in PAPER_COLUMNS if c in row]
     row["Avg"] = sum(paper) / len(paper) if paper else sum(row.values()) / len(row)
     return row

@@ -60,7 +60,8 @@ class ModelsConfig:
 class TaskConfig:
     """The domain task.
 
-    name (`str`): registered task: pubmedqa, jmmlu, crade, rrtnm, smdis, nrner or synthetic.
+    name (`str`): registered task: pubmedqa, jmmlu, crade, rrtnm, smdis, nrner, synthetic, or chat (your
+        own data; `tasks/chat.py`, metric chosen by `options.metric`, see `chat_metrics.py`).
     source (`str`, *optional*): local path or Hub dataset id; unset means the task's default.
     options (`dict`, defaults to `{}`): task options passed to `load_task` (e.g. `pool: all`).
     max_length (`int`, defaults to `512`): token budget per example; prompts are cut, answers never.

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from distillkit_scd.config import METHODS, Recipe
-from distillkit_scd.evaluation import score_task
+from distillkit_scd.evaluation import Scoring
 from distillkit_scd.results import build_results, write_results
 from distillkit_scd.selection import best_index, primary_score, protocol_name
 from distillkit_scd.workspace import Workspace
@@ -60,14 +60,19 @@ def evaluation_tokenizer(ws: Workspace, row: str):
     return ws.tokenizer()
 
 
-def score_model(model, tokenizer, split, task: str, recipe: Recipe, max_new_tokens: int):
+def score_model(model, tokenizer, split, scoring: Scoring, recipe: Recipe, max_new_tokens: int):
+    """(metrics, samples) of one model on one split: generate and parse, or (loss-only metric) the loss."""
+    if not scoring.needs_generation:
+        from distillkit_scd.loss_scores import score_by_loss
+
+        return score_by_loss(model, tokenizer, split, recipe)
     from distillkit_scd.generation import generate
 
     prompts = [m[:-1] for m in split["messages"]]
     budget = max(8, recipe.task.max_length - max_new_tokens)
     generations = generate(model, tokenizer, prompts, max_new_tokens, recipe.evaluation.batch_size,
                            max_prompt_length=budget)
-    metrics, samples = score_task(task, list(split["answer"]), generations)
+    metrics, samples = scoring.score(list(split["answer"]), generations)
     for sample, rid, gold, text in zip(samples, split["id"], split["answer"], generations):
         sample.update({"id": rid, "gold": gold, "generation": text})
     return metrics, samples
@@ -82,10 +87,12 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     protocol, so the Teacher SFT row is the same checkpoint TD/TAID distil from.
     """
     from distillkit_scd.models import load_model
+    from distillkit_scd.scoring import scoring_for
     from distillkit_scd.teachers import read_manifest
 
     ws = Workspace(recipe)
     task = recipe.task.name
+    scoring = scoring_for(task, recipe.task.options)
     max_new = generation_budget(recipe)
     splits = ws.task_splits()
     m = recipe.models
@@ -98,8 +105,8 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
             model = model.to("cuda")
         entry = {"checkpoint": label, "path": str(path)}
         if has_val:
-            entry["validation"], _ = score_model(model, tokenizer, splits["validation"], task, recipe, max_new)
-        entry["test"], entry["samples"] = score_model(model, tokenizer, splits["test"], task, recipe, max_new)
+            entry["validation"], _ = score_model(model, tokenizer, splits["validation"], scoring, recipe, max_new)
+        entry["test"], entry["samples"] = score_model(model, tokenizer, splits["test"], scoring, recipe, max_new)
         logger.info("%s %s: test %s", row, label, {k: round(v, 4) for k, v in entry["test"].items()})
         scored.append(entry)
         del model
@@ -108,13 +115,14 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     if row in SFT_ROWS:  # the manifest's p(best) (same selection split, same rule; or val_loss if asked)
         _, best, selected_by = read_manifest(ws.sft_dir(row.split("_")[0]))
         manifest_best = (best, f"manifest p(best): {selected_by}")
-    selection = choose_checkpoint(scored, task, recipe.evaluation.select_by, manifest_best)
+    selection = choose_checkpoint(scored, task, recipe.evaluation.select_by, manifest_best, recipe.task.options)
     chosen = scored[selection["protocols"][selection["protocol"]]["index"]]
     info = getattr(splits, "split_info", {})
     result = build_results(
         task, row, {"definition": info.get("definition", ""), "sizes": info.get("sizes", {})},
         {"path": chosen["path"], "checkpoint": chosen["checkpoint"]}, chosen["test"], chosen["samples"],
         {"max_new_tokens": max_new, "batch_size": recipe.evaluation.batch_size, "decoding": "greedy"}, selection,
+        scoring.describe(),
     )
     path = ws.results_path(row)
     write_results(path, result)
@@ -122,17 +130,18 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
 
 
 def choose_checkpoint(scored: list[dict], task: str, select_by: str,
-                      manifest_best: tuple[int, str] | None = None) -> dict:
+                      manifest_best: tuple[int, str] | None = None, options: dict | None = None) -> dict:
     """The `selection` record of a results file: each protocol's checkpoint among `scored` (entries with
     `test` metrics, `samples` and, when there is a validation split, `validation` metrics).
 
     `paper` takes the best test score, `clean` the best validation score (None without validation);
     ties go to the earlier checkpoint. `manifest_best` (index, how), for the SFT rows, replaces the
     recipe's own protocol's choice with the manifest's p(best). The recipe's protocol is the reported one.
+    `options`: the task's options (a `chat` task's metric decides its score, and a loss is minimised).
     """
     has_val = all("validation" in e for e in scored)
-    choice = {"paper": best_index([primary_score(task, e["test"]) for e in scored]),
-              "clean": best_index([primary_score(task, e["validation"]) for e in scored]) if has_val else None}
+    choice = {"paper": best_index([primary_score(task, e["test"], options) for e in scored]),
+              "clean": best_index([primary_score(task, e["validation"], options) for e in scored]) if has_val else None}
     protocol = protocol_name(select_by)
     by = f"best score on the {'test' if select_by == 'test' else 'validation'} split (ties: earlier checkpoint)"
     if manifest_best is not None:

@@ -11,13 +11,17 @@ evaluator uses `eval`; for list literals the result is the same, for anything el
   the union of gold and predicted labels — is an extra class with F1 = 0 in the macro average.
 - NRNER: `parse_ner` + `ner_f1` per item in three modes, averaged over items (macro, not micro).
 - synthetic: exact match of the stripped generation against the gold answer.
+
+Which rule a task uses, its kappa weights and its Table 1 columns are facts of the task's registry entry
+(`tasks.TASKS`); `scoring.scoring_for` turns an entry (and, for `chat`, the chosen metric) into a scorer.
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 CHOICE_LETTERS = "ABCDEF"
 NONE_LABEL = "None"
@@ -162,27 +166,6 @@ def ner_scores(golds: Sequence[Sequence[str]], preds: Sequence[Sequence[str]]) -
     return {f"{m}_f1": sum(ner_f1(g, p, m) for g, p in zip(golds, preds)) / len(golds) for m in NER_MODES}
 
 
-CHOICE_TASKS = ("jmmlu", "crade", "rrtnm", "smdis")
-KAPPA_WEIGHTS = {"jmmlu": None, "crade": "linear", "rrtnm": None, "smdis": None}
-"""JMED-LLM's kappa per task: linear weights for the ordinal CRADE labels, unweighted otherwise."""
-
-PRIMARY_METRICS = {
-    "synthetic": ("accuracy",),
-    "pubmedqa": ("accuracy",),
-    "jmmlu": ("accuracy",),
-    "crade": ("accuracy",),
-    "rrtnm": ("accuracy",),
-    "smdis": ("accuracy",),
-    "nrner": ("exact_f1", "partial_f1"),
-}
-"""What Table 1 reports per task (the paper reports accuracy for every classification task; kappa and
-macro-F1 are recorded as extras). Every primary metric is the mean of a per-sample score of the same
-name, so a table cell can be recomputed from the samples of a results file."""
-
-PRIMARY_METRIC = {task: keys[0] if len(keys) == 1 else keys for task, keys in PRIMARY_METRICS.items()}
-"""The same as a name per task (a tuple for NRNER, which has two Table 1 columns)."""
-
-
 def _gold_list(gold, where: str) -> list:
     """An NRNER gold answer: a list, or the list literal of the data's `answer` cell."""
     value = gold
@@ -190,59 +173,99 @@ def _gold_list(gold, where: str) -> list:
         try:
             value = ast.literal_eval(gold.strip())
         except (ValueError, SyntaxError) as err:
-            raise ValueError(f"score_task nrner: {where}: gold {gold[:60]!r} is not a list literal ({err})") from None
+            raise ValueError(f"score nrner: {where}: gold {gold[:60]!r} is not a list literal ({err})") from None
     if not isinstance(value, list) or not value:
-        raise ValueError(f"score_task nrner: {where}: gold {gold!r}: expected a non-empty list of strings")
+        raise ValueError(f"score nrner: {where}: gold {gold!r}: expected a non-empty list of strings")
     return value
 
 
-def score_task(task: str, golds: Sequence, generations: Sequence[str]) -> tuple[dict, list[dict]]:
-    """Parse generations and score them with the task's official metrics.
-
-    Args:
-        task: one of `PRIMARY_METRICS` (synthetic, pubmedqa, jmmlu, crade, rrtnm, smdis, nrner).
-        golds: gold answers as in the data's `answer` field (a letter, yes/no/maybe, a list literal or
-            list for NRNER, a short string for synthetic).
-        generations: decoded model outputs, same order.
-    Returns:
-        (metrics, samples): metrics maps names to numbers (primary ones, extras such as `kappa`,
-        `macro_f1`, and `unparsed`, the number of outputs the parse rule found no answer in); samples has
-        one record per item: `prediction` (the label or list compared with gold; "None"/"invalid" when
-        unparsable), `parsed` (bool) and `scores` (per-sample values whose means are the primary metrics).
-    Raises:
-        ValueError: unknown task, unequal lengths, no items, or an unreadable NRNER gold.
-    """
-    if task not in PRIMARY_METRICS:
-        raise ValueError(f"score_task: unknown task {task!r}; expected one of {', '.join(PRIMARY_METRICS)}")
-    if len(golds) != len(generations) or not golds:
-        raise ValueError(f"score_task {task}: {len(golds)} gold answers but {len(generations)} generations "
-                         "(expected equal, non-zero counts)")
-    if task == "nrner":
-        gold_lists = [_gold_list(g, f"item {i}") for i, g in enumerate(golds)]
-        checked = [_parse_ner_checked(t) for t in generations]
-        preds = [items for items, _ in checked]
-        samples = [{"prediction": p, "parsed": ok,
-                    "scores": {f"{m}_f1": ner_f1(g, p, m) for m in NER_MODES}}
-                   for g, (p, ok) in zip(gold_lists, checked)]
-        metrics = ner_scores(gold_lists, preds)
-        metrics["unparsed"] = sum(not ok for _, ok in checked)
-        return metrics, samples
-    golds = [str(g) for g in golds]
-    if task == "pubmedqa":
-        preds = [parse_yes_no_maybe(t) for t in generations]
-        parsed = [p != INVALID for p in preds]
-        metrics = {"accuracy": accuracy(golds, preds), "macro_f1": macro_f1(golds, preds),
-                   "invalid": sum(not ok for ok in parsed)}
-    elif task == "synthetic":
-        preds = [t.strip() for t in generations]
-        parsed = [True] * len(preds)
-        metrics = {"accuracy": accuracy(golds, preds)}
-    else:  # multiple choice: the JMED letter rule, "None" when no letter (always wrong, its own kappa label)
-        letters = [parse_choice(t) for t in generations]
-        parsed = [x is not None for x in letters]
-        preds = [NONE_LABEL if x is None else x for x in letters]
-        metrics = {"accuracy": accuracy(golds, preds), "kappa": cohen_kappa(golds, preds, KAPPA_WEIGHTS[task])}
+def _per_sample_accuracy(preds: list, parsed: list[bool], golds: list[str], metrics: dict) -> tuple[dict, list]:
     metrics["unparsed"] = sum(not ok for ok in parsed)
     samples = [{"prediction": p, "parsed": ok, "scores": {"accuracy": float(p == g)}}
                for p, ok, g in zip(preds, parsed, golds)]
     return metrics, samples
+
+
+def score_ner(golds: Sequence, generations: Sequence[str]) -> tuple[dict, list[dict]]:
+    """NRNER: `parse_ner` and per-item exact / partial / substring F1 (see `ner_f1`)."""
+    gold_lists = [_gold_list(g, f"item {i}") for i, g in enumerate(golds)]
+    checked = [_parse_ner_checked(t) for t in generations]
+    samples = [{"prediction": p, "parsed": ok, "scores": {f"{m}_f1": ner_f1(g, p, m) for m in NER_MODES}}
+               for g, (p, ok) in zip(gold_lists, checked)]
+    metrics = ner_scores(gold_lists, [items for items, _ in checked])
+    metrics["unparsed"] = sum(not ok for _, ok in checked)
+    return metrics, samples
+
+
+def score_yes_no_maybe(golds: Sequence, generations: Sequence[str]) -> tuple[dict, list[dict]]:
+    """PubMedQA: `parse_yes_no_maybe`; accuracy, macro-F1 (invalid as its own class) and the invalid count."""
+    golds = [str(g) for g in golds]
+    preds = [parse_yes_no_maybe(t) for t in generations]
+    metrics = {"accuracy": accuracy(golds, preds), "macro_f1": macro_f1(golds, preds),
+               "invalid": sum(p == INVALID for p in preds)}
+    return _per_sample_accuracy(preds, [p != INVALID for p in preds], golds, metrics)
+
+
+def score_exact(golds: Sequence, generations: Sequence[str]) -> tuple[dict, list[dict]]:
+    """synthetic: exact match of the stripped generation."""
+    golds = [str(g) for g in golds]
+    preds = [t.strip() for t in generations]
+    return _per_sample_accuracy(preds, [True] * len(preds), golds, {"accuracy": accuracy(golds, preds)})
+
+
+def score_choice(golds: Sequence, generations: Sequence[str], kappa_weights: str | None = None
+                 ) -> tuple[dict, list[dict]]:
+    """Multiple choice: the JMED letter rule, "None" when no letter (always wrong, its own kappa label)."""
+    golds = [str(g) for g in golds]
+    letters = [parse_choice(t) for t in generations]
+    preds = [NONE_LABEL if x is None else x for x in letters]
+    metrics = {"accuracy": accuracy(golds, preds), "kappa": cohen_kappa(golds, preds, kappa_weights)}
+    return _per_sample_accuracy(preds, [x is not None for x in letters], golds, metrics)
+
+
+SCORERS = {"choice": score_choice, "yesno": score_yes_no_maybe, "ner": score_ner, "exact": score_exact}
+"""Built-in scoring kinds (a task registry entry's `kind`): `fn(golds, generations, **options)` →
+(metrics, samples). Metrics hold the primary ones, extras (`kappa`, `macro_f1`) and `unparsed`; each
+sample has `prediction`, `parsed` and `scores` (per-sample values whose means are the primary metrics)."""
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How one task's outputs are scored: built by `scoring.scoring_for` from the task's registry entry.
+
+    task, metric, options: what is recorded in every results file (`describe()`).
+    columns: Table 1 columns, `(column name, per-sample score key)`; the keys are the primary metrics.
+    scorer: `fn(golds, generations) -> (metrics, samples)`; None when `needs_generation` is False.
+    lower_is_better: the primary metrics are losses (metric `none`): selection takes the minimum.
+    needs_generation: False for loss-only scoring, whose per-sample scores come from the model's loss.
+    """
+
+    task: str
+    metric: str
+    options: dict
+    columns: tuple[tuple[str, str], ...]
+    scorer: Callable[[Sequence, Sequence[str]], tuple[dict, list[dict]]] | None = field(default=None, repr=False)
+    lower_is_better: bool = False
+    needs_generation: bool = True
+
+    @property
+    def primary(self) -> tuple[str, ...]:
+        return tuple(key for _, key in self.columns)
+
+    def selection_score(self, metrics: dict) -> float:
+        """Mean of the primary metrics, negated for losses, so that larger is always better."""
+        value = sum(metrics[k] for k in self.primary) / len(self.primary)
+        return -value if self.lower_is_better else value
+
+    def score(self, golds: Sequence, generations: Sequence[str]) -> tuple[dict, list[dict]]:
+        if self.scorer is None:
+            raise ValueError(f"task {self.task}: metric {self.metric!r} scores losses, not generations")
+        if len(golds) != len(generations) or not golds:
+            raise ValueError(f"score_task {self.task}: {len(golds)} gold answers but {len(generations)} generations "
+                             "(expected equal, non-zero counts)")
+        return self.scorer(golds, generations)
+
+    def describe(self) -> dict:
+        """The JSON record of this scoring (metric, its options, the Table 1 columns, the direction)."""
+        return {"metric": self.metric, "options": dict(self.options),
+                "columns": [list(c) for c in self.columns], "lower_is_better": self.lower_is_better}

@@ -1,7 +1,8 @@
 """`distillkit-scd plan RECIPE`: the stages, their optimizer steps, and GPU memory per device — before
 anything is downloaded or launched.
 
-Step counts use the task's train split when its data is on disk, else the documented sizes below.
+Step counts use the task's train split when its data is on disk, else the documented size on the
+task's registry entry (`TaskSpec.train_rows`).
 Memory comes from each model's architecture (a built-in table keyed by Hub id, or a local
 `config.json`; never weights) and is a planning estimate, not a measurement:
 
@@ -43,11 +44,6 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
 }
 for _name in list(KNOWN_CONFIGS):  # base models share the instruct models' architecture
     KNOWN_CONFIGS[_name.removesuffix("-Instruct")] = KNOWN_CONFIGS[_name]
-
-# Rows of each task's train split (after the validation carve-out) as the task loaders build them
-# with their defaults (seed 42, full JMED pools); used when the data is not on this machine.
-DOCUMENTED_TRAIN_ROWS = {"pubmedqa": 450, "jmmlu": 489, "crade": 1174, "rrtnm": 234, "smdis": 11064,
-                         "nrner": 1107, "synthetic": 540}
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -127,13 +123,13 @@ def parallel_setup(recipe: Recipe) -> Parallel:
 
 def train_rows(recipe: Recipe) -> tuple[int | None, str]:
     """(train rows, where the number comes from): the local data if it loads, else the documented size."""
-    try:
-        from distillkit_scd.tasks import load_task
+    from distillkit_scd.tasks import get_task, load_task
 
+    try:
         splits = load_task(recipe.task.name, recipe.task.source, **{"seed": recipe.seed, **recipe.task.options})
         return len(splits["train"]), "local data"
     except (ValueError, OSError, ImportError):
-        n = DOCUMENTED_TRAIN_ROWS.get(recipe.task.name)
+        n = get_task(recipe.task.name).train_rows
         return n, ("documented size" if n is not None else "unknown")
 
 

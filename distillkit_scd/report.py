@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distillkit_scd.atomic import atomic_write, atomic_write_text
-from distillkit_scd.evaluation import PRIMARY_METRICS
 from distillkit_scd.paper_reference import PAPER_COLUMNS, PAPER_TABLE
-from distillkit_scd.results import load_results
+from distillkit_scd.results import load_results, primary_keys, table_columns
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +40,12 @@ ROWS = {  # results folder name → Table 1 row name, in the paper's order
 ROW_ORDER = tuple(ROWS)
 ROW_NAMES = ROWS
 
-TASK_COLUMNS = {  # task → [(column name, per-sample score key)], in the paper's column order
-    "jmmlu": [("JMMLU", "accuracy")],
-    "pubmedqa": [("PubmedQA", "accuracy")],
-    "nrner": [("NRNER exact", "exact_f1"), ("NRNER partial", "partial_f1")],
-    "crade": [("CRADE", "accuracy")],
-    "rrtnm": [("RRTNM", "accuracy")],
-    "smdis": [("SMDIS", "accuracy")],
-    "synthetic": [("synthetic", "accuracy")],
-}
-COLUMN_ORDER = [c for cols in TASK_COLUMNS.values() for c, _ in cols]
+
+
+def column_order(column: str) -> tuple[int, str]:
+    """The paper's columns in its order, then any other column (synthetic, chat, …) by name."""
+    return (PAPER_COLUMNS.index(column), "") if column in PAPER_COLUMNS else (len(PAPER_COLUMNS), column)
+
 
 FOOTNOTE = (
     "Avg: unweighted mean of the row's numbers with NRNER exact and NRNER partial counted as two columns, as "
@@ -73,6 +68,8 @@ class Table:
     """Cells `cells[row][column]`, columns in the paper's order, and the results they came from."""
 
     columns: list[str] = field(default_factory=list)
+    lower_is_better: set[str] = field(default_factory=set)  # loss columns (chat metric `none`)
+    notes: list[str] = field(default_factory=list)  # one line per chosen metric (chat tasks)
     cells: dict[str, dict[str, float]] = field(default_factory=dict)
     results: dict[str, dict] = field(default_factory=dict)  # "row/task" → results dict
     sources: dict[str, Path] = field(default_factory=dict)  # "row/task" → file
@@ -85,8 +82,9 @@ class Table:
         return "mixed protocols: " + ", ".join(sorted(self.protocols)) if self.protocols else "protocol unrecorded"
 
     def avg_columns(self) -> list[str]:
+        """The paper's columns present, else every higher-is-better column (a loss never enters an Avg)."""
         paper = [c for c in self.columns if c in PAPER_COLUMNS]
-        return paper or list(self.columns)
+        return paper or [c for c in self.columns if c not in self.lower_is_better]
 
     def avg_label(self) -> str:
         """"Avg" when it spans the paper's seven columns, else "Avg (k cols)" (not comparable to the paper's)."""
@@ -151,13 +149,37 @@ def build_table(source, protocol: str | None = None) -> Table:
         samples, used = protocol_samples(data, protocol, path)
         if used and row not in ("teacher_zero_shot", "student_zero_shot"):  # zero-shot rows select nothing
             table.protocols.add(used)
-        for column, metric in TASK_COLUMNS[task]:
+        scoring = data.get("scoring") or {}
+        for column, metric in table_columns(data, str(path)):
             scores = [s["scores"][metric] for s in samples]
             table.cells.setdefault(row, {})[column] = sum(scores) / len(scores)
             if column not in table.columns:
                 table.columns.append(column)
-    table.columns.sort(key=COLUMN_ORDER.index)
+            if scoring.get("lower_is_better"):
+                table.lower_is_better.add(column)
+        if scoring and _metric_is_chosen(task):
+            note = _metric_note(task, scoring)
+            if note not in table.notes:
+                table.notes.append(note)
+    table.columns.sort(key=column_order)
     return table
+
+
+def _metric_is_chosen(task: str) -> bool:
+    """True for a task whose recipe chooses the metric (no fixed columns on its registry entry)."""
+    from distillkit_scd.tasks import TASKS
+
+    return task not in TASKS or not TASKS[task].columns
+
+
+def _metric_note(task: str, scoring: dict) -> str:
+    """The footnote line of a chosen metric: its name and options, and what a loss column means."""
+    options = json.dumps(scoring.get("options") or {}, ensure_ascii=False, sort_keys=True)
+    line = f"{task}: metric {scoring.get('metric')} {options}"
+    if scoring.get("lower_is_better"):
+        line += (" — loss only: the cell is the mean per-sample answer cross-entropy on the test split "
+                 "(lower is better), checkpoints selected by the lowest validation loss; not in Avg")
+    return line
 
 
 def collect(run_dirs) -> tuple[list[str], dict[str, dict[str, float]], dict[str, dict]]:
@@ -179,7 +201,10 @@ def render_markdown(table: Table, with_paper: bool = True) -> str:
     """Our table, its footnote, and the paper's Table 1 for comparison."""
     ours = [[ROWS[row]] + [_fmt(table.cells[row].get(c)) for c in table.columns] + [_fmt(table.average(row))]
             for row in ROWS if row in table.cells]
-    lines = [f"## Table 1 (this run; {table.protocol_label()})", "", *_md_table(["Method", *table.columns, table.avg_label()], ours), "", FOOTNOTE]
+    header = [f"{c} ↓" if c in table.lower_is_better else c for c in table.columns]
+    lines = [f"## Table 1 (this run; {table.protocol_label()})", "", *_md_table(["Method", *header, table.avg_label()], ours),
+             "", FOOTNOTE]
+    lines += [f"- {note}" for note in table.notes]
     if with_paper:
         paper = [[ROWS[row]] + [_fmt(PAPER_TABLE[row][c]) for c in PAPER_COLUMNS] + [_fmt(PAPER_TABLE[row]["Avg"])]
                  for row in ROWS]
@@ -276,7 +301,7 @@ def plot_aw_histogram(aw_values: dict, path, title: str = "") -> Path:
 
 def score_differences(teacher: dict, student: dict, metric: str | None = None) -> list[float]:
     """Per-sample teacher − student score on the ids both results share, sorted descending (as Fig. 5)."""
-    metric = metric or PRIMARY_METRICS[teacher["task"]][0]
+    metric = metric or primary_keys(teacher)[0]
     s_by_id = {s["id"]: s["scores"][metric] for s in student["samples"]}
     diffs = sorted((s["scores"][metric] - s_by_id[s["id"]] for s in teacher["samples"] if s["id"] in s_by_id),
                    reverse=True)
@@ -289,7 +314,7 @@ def score_differences(teacher: dict, student: dict, metric: str | None = None) -
 def plot_score_difference(teacher_results: dict, student_results: dict, path, metric: str | None = None) -> Path:
     """Fig. 5: per-sample teacher − student score, sorted; teacher-favoured (TFS, > 0) and
     student-favoured (SFS, < 0) samples coloured, ties grey."""
-    metric = metric or PRIMARY_METRICS[teacher_results["task"]][0]
+    metric = metric or primary_keys(teacher_results)[0]
     diffs = score_differences(teacher_results, student_results, metric)
     plt = _pyplot()
     colors = ["#c44e52" if d < 0 else ("#55a868" if d > 0 else "#999999") for d in diffs]

@@ -50,12 +50,12 @@ def best_index(values: Sequence[float], higher_is_better: bool = True) -> int:
     return max(range(len(values)), key=lambda i: (sign * values[i], -i))
 
 
-def primary_score(task: str, metrics: dict) -> float:
-    """The selection score: the mean of the task's Table 1 metrics (NRNER: exact and partial F1)."""
-    from distillkit_scd.evaluation import PRIMARY_METRICS
+def primary_score(task: str, metrics: dict, options: dict | None = None) -> float:
+    """The selection score: the mean of the task's Table 1 metrics (NRNER: exact and partial F1), negated
+    for a loss (chat metric `none`), so larger is always better. `options`: the task's options."""
+    from distillkit_scd.scoring import scoring_for
 
-    keys = PRIMARY_METRICS[task]
-    return sum(metrics[k] for k in keys) / len(keys)
+    return scoring_for(task, options).selection_score(metrics)
 
 
 def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokenizer) -> list[dict]:
@@ -73,6 +73,7 @@ def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokeni
     from distillkit_scd.atomic import atomic_write_json
     from distillkit_scd.evaluate import generation_budget, score_model
     from distillkit_scd.models import load_model
+    from distillkit_scd.scoring import scoring_for
     from distillkit_scd.workspace import Workspace
 
     split_name = selection_split(recipe)
@@ -94,7 +95,8 @@ def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokeni
             model = load_model(str(path), m.dtype, m.trust_remote_code, m.attn_implementation)
             if _cuda():
                 model = model.to("cuda")
-            metrics, _ = score_model(model, tokenizer, split, recipe.task.name, recipe, max_new)
+            scoring = scoring_for(recipe.task.name, recipe.task.options)
+            metrics, _ = score_model(model, tokenizer, split, scoring, recipe, max_new)
             del model
             done[str(path)] = metrics
             atomic_write_json(file, done)

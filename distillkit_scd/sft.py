@@ -111,7 +111,7 @@ def run_sft(recipe: Recipe, role: str) -> Path:
         return out
     losses = eval_loss_history(trainer, saver.eval_losses)
     scores = None
-    if recipe.sft.select_by == "val_score":
+    if recipe.sft.select_by == "val_score" and _scores_generations(recipe):
         del trainer, model  # free the training copy before loading checkpoints one by one
         scores = checkpoint_scores(recipe, out, save_steps, tokenizer)
     write_checkpoint_manifest(out, save_steps, per_epoch, losses, scores=scores, split=selection_split(recipe))
@@ -133,7 +133,14 @@ def checkpoint_scores(recipe: Recipe, out: Path, save_steps: list[int], tokenize
     except ImportError:
         pass
     metrics = score_checkpoints(recipe, out, [str(out / f"checkpoint-{s}") for s in save_steps], tokenizer)
-    return [primary_score(recipe.task.name, m) for m in metrics]
+    return [primary_score(recipe.task.name, m, recipe.task.options) for m in metrics]
+
+
+def _scores_generations(recipe: Recipe) -> bool:
+    """False for a loss-only metric (chat `none`): p(best) then falls back to the validation loss."""
+    from distillkit_scd.scoring import scoring_for
+
+    return scoring_for(recipe.task.name, recipe.task.options).needs_generation
 
 
 def eval_loss_history(trainer, eval_losses: dict[int, float]) -> dict[int, float]:

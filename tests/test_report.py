@@ -8,7 +8,6 @@ import random
 
 import pytest
 
-from distillkit_scd.evaluation import score_task
 from distillkit_scd.paper_reference import PAPER_AVG_DISCREPANCIES, PAPER_COLUMNS, PAPER_TABLE
 from distillkit_scd.report import (
     ROWS,
@@ -20,6 +19,7 @@ from distillkit_scd.report import (
     write_report,
 )
 from distillkit_scd.results import build_results, load_results, write_results
+from distillkit_scd.scoring import score_task
 
 GOLD = {"jmmlu": list("ABCDABCDAB"), "crade": list("AABDCDAABC"), "pubmedqa": ["yes", "no", "maybe", "yes"],
         "nrner": ["['a', 'b', 'c']", "['d']", "['e', 'f']"]}
@@ -165,3 +165,31 @@ def test_figures_written(tmp_path, run_dir):
     written = write_report(run_dir)
     assert {"fig5_jmmlu", "fig5_nrner", "fig5_pubmedqa", "fig5_crade"} <= set(written)
     assert all(_png(p) for k, p in written.items() if k.startswith("fig"))
+
+
+def test_chat_results_record_their_metric_and_loss_columns_stay_out_of_avg(tmp_path):
+    """A chat results file carries its scoring (metric, options, columns); the table takes its columns from
+    there, marks a loss column '↓', keeps it out of Avg and names the metric under the table."""
+    from distillkit_scd.chat_metrics import build_chat_scoring
+    from distillkit_scd.report import render_markdown
+
+    run = tmp_path / "run"
+    for row, losses in (("teacher_sft", [0.5, 1.5]), ("student_sft", [1.0, 3.0])):
+        samples = [{"id": f"c{i}", "gold": "a", "generation": "", "prediction": None, "scores": {"loss": v}}
+                   for i, v in enumerate(losses)]
+        write_results(run / "results" / row / "chat.json", build_results(
+            "chat", row, {"definition": "t"}, {"path": "m"}, {"loss": sum(losses) / 2}, samples, {},
+            scoring=build_chat_scoring("chat", "none").describe()))
+    table = build_table(run)
+    assert table.columns == ["chat loss"] and table.cells["student_sft"]["chat loss"] == 2.0
+    assert table.average("student_sft") is None  # a loss never enters Avg
+    md = render_markdown(table, with_paper=False)
+    assert "chat loss ↓" in md and "- chat: metric none {}" in md and "lower is better" in md
+    data = load_results(run / "results" / "teacher_sft" / "chat.json")
+    assert data["scoring"]["metric"] == "none" and data["scoring"]["lower_is_better"] is True
+    data["scoring"]["columns"] = [["chat loss", "nll"]]
+    with pytest.raises(ValueError, match=r"samples\[0\].scores.nll"):
+        write_results(tmp_path / "bad.json", data)
+    del data["scoring"]
+    with pytest.raises(ValueError, match="'scoring' record .* is required"):
+        write_results(tmp_path / "bad.json", data)

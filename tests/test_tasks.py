@@ -281,8 +281,9 @@ def test_missing_files_and_unknown_options(tmp_path, shared_data):
 
 def test_registry():
     """Every documented task is registered with a scoring kind."""
-    assert set(TASKS) == {"synthetic", "pubmedqa", *JMED}
-    assert {TASKS[t].kind for t in TASKS} == {"exact", "yesno", "choice", "ner"}
+    assert set(TASKS) == {"synthetic", "pubmedqa", "chat", *JMED}
+    assert {TASKS[t].kind for t in TASKS} == {"exact", "yesno", "choice", "ner", "chosen"}
+    assert all(TASKS[t].columns for t in TASKS if TASKS[t].kind != "chosen")
 
 
 # ---------------------------------------------------------------- synthetic

@@ -17,16 +17,27 @@ DATA_ENV = "DISTILLKIT_SCD_DATA"
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What the rest of the library needs to know about a task.
+    """Everything the library knows about a task, in one place (scoring, report and plan read it here).
 
-    name: registry key.  kind: how outputs are scored ("choice", "yesno", "ner", "exact").
-    max_new_tokens: default generation budget.  build: `(source, **options) -> DatasetDict`.
+    name: registry key.
+    kind: how outputs are scored: a key of `evaluation.SCORERS` ("choice", "yesno", "ner", "exact"), or
+        "chosen" when the recipe's `task.options.metric` decides (`chat`; see `chat_metrics.py`).
+    max_new_tokens: default generation budget (`evaluation.max_new_tokens` overrides it).
+    build: `(source, **options) -> DatasetDict`.
+    columns: Table 1 columns as `(column name, per-sample score key)`, in the paper's order; the keys are
+        the task's primary metrics, and checkpoint selection uses their mean. Empty for "chosen".
+    kappa_weights: Cohen's kappa weights of a choice task: None, "linear" (CRADE's ordinal labels).
+    train_rows: train-split rows with the default options, as documented in the task's module (what
+        `plan` counts steps with when the data is not on this machine); None when it depends on the data.
     """
 
     name: str
     kind: str
     max_new_tokens: int
     build: Callable[..., DatasetDict]
+    columns: tuple[tuple[str, str], ...] = ()
+    kappa_weights: str | None = None
+    train_rows: int | None = None
 
 
 def default_data_root() -> Path:
