@@ -5,9 +5,9 @@ prints Table 1 under either, labelled in the title."""
 import pytest
 
 from distillkit_scd.evaluate import choose_checkpoint
-from distillkit_scd.evaluation import score_task
 from distillkit_scd.report import build_table, render_markdown
 from distillkit_scd.results import build_results, write_results
+from distillkit_scd.scoring import score_task
 
 GOLDS = ["A", "B", "C", "D"]
 
