@@ -1,9 +1,13 @@
 """Rows → token ids with the model's chat template, labels on the assistant's tokens only.
 
 The prompt is tokenised with the generation prompt, the full conversation without; the prompt must be
-a prefix of the full ids (true for Llama-3-style templates, checked for every row), and everything after
-it — the answer and its end-of-turn token — is labelled. Too-long rows are cut in the *middle of the
-prompt* (keeping the instructions at the start and the question/generation header at the end); the
+a prefix of the full ids (true for Llama-3 and ChatML templates, checked for every row). What follows
+it, the answer up to and including its end-of-turn token (`end_of_turn_ids`), is labelled, and the
+sequence ends there: whatever a template writes after that token (ChatML's newline after `<|im_end|>`)
+is no part of the answer, and generation stops at the end-of-turn token before it. Too-long rows are
+cut in the *middle of the prompt* (keeping the instructions at the start and the question/generation
+header at the end), at character boundaries: with byte-level tokenizers one character (Japanese: three
+bytes) can span several tokens, and the cut moves past them rather than leave half a character. The
 answer is never cut: a row whose answer alone does not fit is dropped, and both are counted.
 """
 
@@ -36,18 +40,48 @@ def check_messages(messages: Sequence[dict], where: str) -> None:
         raise ValueError(f"{where}: the last turn must be a non-empty assistant answer, got {last!r:.80}")
 
 
-def truncate_middle(ids: list[int], budget: int) -> list[int]:
-    """Keep the first and last tokens of `ids` within `budget` (half each, the tail gets the odd one)."""
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+"""Tokens that end a turn in common chat templates (Llama-3, ChatML, Gemma, Phi-3)."""
+
+_REPLACEMENT = "\ufffd"  # what decoding a partial UTF-8 character gives
+_MAX_CHAR_TOKENS = 8  # a character is at most 4 bytes, so a cut never needs to move further than this
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """Ids that end an assistant turn: the tokenizer's eos and the `END_OF_TURN_TOKENS` it has."""
+    ids = {tokenizer.eos_token_id}
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    return {i for i in ids if i is not None}
+
+
+def truncate_middle(ids: list[int], budget: int, tokenizer=None) -> list[int]:
+    """Keep the first and last tokens of `ids` within `budget` (half each, the tail gets the odd one).
+
+    With `tokenizer`, both cut points move to character boundaries: the head gives up the tokens of a
+    character it would keep only partly, the tail skips those it would start inside; the result may then
+    be a few tokens shorter than `budget`.
+    """
     if len(ids) <= budget:
         return ids
     head = budget // 2
-    return ids[:head] + ids[len(ids) - (budget - head):]
+    tail = len(ids) - (budget - head)
+    if tokenizer is not None:
+        for _ in range(_MAX_CHAR_TOKENS):  # a head that ends inside a character decodes to a trailing U+FFFD
+            if head == 0 or not tokenizer.decode(ids[max(0, head - 4):head]).endswith(_REPLACEMENT):
+                break
+            head -= 1
+        for _ in range(_MAX_CHAR_TOKENS):  # a tail that starts inside one decodes to a leading U+FFFD
+            if tail == len(ids) or not tokenizer.decode(ids[tail:tail + 4]).startswith(_REPLACEMENT):
+                break
+            tail += 1
+    return ids[:head] + ids[tail:]
 
 
 def prompt_ids(messages: Sequence[dict], tokenizer, max_length: int | None = None) -> list[int]:
     """Token ids of the prompt turns with the generation header (what generation starts from)."""
     ids = _ids(tokenizer, list(messages), add_generation_prompt=True)
-    return truncate_middle(ids, max_length) if max_length else ids
+    return truncate_middle(ids, max_length, tokenizer) if max_length else ids
 
 
 def tokenize_example(messages: Sequence[dict], tokenizer, max_length: int, where: str = "row") -> dict | None:
@@ -65,12 +99,16 @@ def tokenize_example(messages: Sequence[dict], tokenizer, max_length: int, where
             "the full conversation; assistant-only labels cannot be placed exactly with this template"
         )
     answer = full[len(prompt):]
+    stops = end_of_turn_ids(tokenizer)
+    end = next((i for i, t in enumerate(answer) if t in stops), None)
+    if end is not None:  # the turn ends at its end-of-turn token; a template's trailing newline is not the answer
+        answer = answer[: end + 1]
     if not answer:
         raise ValueError(f"{where}: the assistant answer tokenised to nothing")
     if len(answer) >= max_length:
         return None
-    truncated = len(full) > max_length
-    prompt = truncate_middle(prompt, max_length - len(answer))
+    truncated = len(prompt) + len(answer) > max_length
+    prompt = truncate_middle(prompt, max_length - len(answer), tokenizer)
     return {
         "input_ids": prompt + answer,
         "labels": [IGNORE_INDEX] * len(prompt) + answer,

@@ -148,3 +148,60 @@ def test_prompt_ids_match_training_prompt(tiny_tokenizer):
     row = load_task("synthetic", num_train=4, num_test=4)["test"][1]
     enc = tokenize_example(row["messages"], tiny_tokenizer, 512)
     assert prompt_ids(row["messages"][:-1], tiny_tokenizer) == enc["input_ids"][: enc["labels"].count(IGNORE)]
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+"""SmolLM2's / Qwen's ChatML template (without the default system turn): a newline follows <|im_end|>."""
+
+
+def _with_template(tiny_tokenizer, template: str, special=(), eos=None):
+    tok = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
+    if special:
+        tok.add_special_tokens({"additional_special_tokens": list(special)})
+    if eos:
+        tok.eos_token = eos
+    tok.chat_template = template
+    return tok
+
+
+@pytest.mark.parametrize("template", ["llama3", "chatml", "llama3 + newline"])
+def test_labels_stop_at_the_end_of_turn_token(tiny_tokenizer, template):
+    """Every template: the labels are the answer and its end-of-turn token, nothing the template writes
+    after it (ChatML's newline after <|im_end|>); the sequence ends at that token."""
+    if template == "llama3":
+        tok, eot = tiny_tokenizer, "<|eot_id|>"
+    elif template == "chatml":
+        tok, eot = _with_template(tiny_tokenizer, CHATML, ("<|im_start|>", "<|im_end|>"), "<|im_end|>"), "<|im_end|>"
+    else:  # the Llama-3 template with a newline after each turn, as some fine-tunes ship it
+        tok, eot = _with_template(tiny_tokenizer, tiny_tokenizer.chat_template.replace("<|eot_id|>", "<|eot_id|>\n")
+                                  ), "<|eot_id|>"
+    messages = [{"role": "user", "content": "Is 7 prime?"}, {"role": "assistant", "content": "yes"}]
+    full = _template_ids(tok, messages)
+    enc = tokenize_example(messages, tok, max_length=256)
+    eot_id = tok.convert_tokens_to_ids(eot)
+    assert tok.decode(_labelled(enc)) == "yes" + eot
+    assert enc["input_ids"][-1] == eot_id and enc["labels"][-1] == eot_id
+    trailing = full[full.index(eot_id, len(full) - 4) + 1:]  # what the template writes after the last eot
+    assert enc["input_ids"] == full[: len(full) - len(trailing)]
+    if template != "llama3":
+        assert tok.decode(trailing) == "\n"  # the case being fixed: this newline used to be labelled
+
+
+RARE = "齲齧鬱麤"  # characters the tiny tokenizer never saw: three byte tokens each
+
+
+def test_prompt_cut_keeps_whole_characters(tiny_tokenizer):
+    """Japanese text with a byte-level tokenizer: a plain token cut leaves half a character (U+FFFD) at one
+    end; the cut used for training and generation never does, and stays within the budget."""
+    messages = [{"role": "user", "content": RARE * 40}, {"role": "assistant", "content": "A"}]
+    prompt = _template_ids(tiny_tokenizer, messages[:1], generation_prompt=True)
+    broken = [b for b in range(20, 60) if "\ufffd" in tiny_tokenizer.decode(truncate_middle(prompt, b))]
+    assert broken, "the plain cut never split a character: the test would prove nothing"
+    for budget in broken:
+        cut = truncate_middle(prompt, budget, tiny_tokenizer)
+        assert "\ufffd" not in tiny_tokenizer.decode(cut) and budget - 8 <= len(cut) <= budget
+        assert cut[:3] == prompt[:3] and cut[-3:] == prompt[-3:]  # both template ends survive
+        enc = tokenize_example(messages, tiny_tokenizer, max_length=budget + 2)
+        assert "\ufffd" not in tiny_tokenizer.decode(enc["input_ids"]) and len(enc["input_ids"]) <= budget + 2
+        assert prompt_ids(messages[:1], tiny_tokenizer, budget) == cut
