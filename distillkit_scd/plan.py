@@ -1,4 +1,5 @@
-"""`distillkit-scd plan RECIPE`: the stages, their optimizer steps, and GPU memory per device — before
+"""`distillkit-scd plan RECIPE`: the stages, their optimizer steps, GPU memory per device and a time estimate
+(`plan_time`) — before
 anything is downloaded or launched.
 
 Step counts use the task's train split when its data is on disk, else the documented size on the
@@ -12,9 +13,14 @@ Memory comes from each model's architecture (a built-in table keyed by Hub id, o
   12 (fp32 weights: 4 + 4 + 8, the same 16) — divided by the world size under ZeRO-3; ZeRO-3 offload
   moves the optimizer share (and with `offload_param` the weights) to CPU;
 - activations per device: B·L·(20·H + 8·I)·(bytes/2) per layer (SwiGLU MLP, flash/SDPA attention,
-  no L² term), 2·B·L·H per layer with gradient checkpointing, plus logits B·L·V·4 (fp32, ×2 for their
-  gradient) — the student's, and the teacher's during distillation;
+  no L² term), 2·B·L·H per layer with gradient checkpointing (as `training_args` sets it: off unless the
+  recipe says so);
+- the loss never builds (B, L, V) logits (`chunked_loss`): it holds (chunk, V) fp32 buffers — two for CE,
+  three with a teacher (`chunk_kernel`), chunk = min(distill.chunk_size, B·L) — plus the teacher's final
+  hidden states B·L·H_t during distillation;
 - the distillation teacher is frozen: weights only, sharded by ZeRO-3 like the student.
+
+`tests/test_plan.py` compares the total with the measured peak of real trainer steps on CPU (±25 %).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from distillkit_scd.config import Recipe
+from distillkit_scd.training_args import gradient_checkpointing
 
 GIB = 1024**3
 
@@ -45,6 +52,7 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
 for _name in list(KNOWN_CONFIGS):  # base models share the instruct models' architecture
     KNOWN_CONFIGS[_name.removesuffix("-Instruct")] = KNOWN_CONFIGS[_name]
 
+_SFT_CHUNK = 1024  # `LossSpec`'s default chunk: the SFT stages' loss
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -97,18 +105,20 @@ class Parallel:
     zero_stage: int
     offload_optimizer: bool
     offload_param: bool
+    num_machines: int = 1
 
 
 def parallel_setup(recipe: Recipe) -> Parallel:
     """World size and ZeRO stage/offload from the launcher section and its DeepSpeed JSON, if local."""
     la = recipe.launcher
-    stage, off_opt, off_param = 0, False, False
+    stage, off_opt, off_param, machines = 0, False, False, 1
     ds_path = la.deepspeed_config
     if la.accelerate_config and Path(la.accelerate_config).is_file():
         import yaml
 
         acc = yaml.safe_load(Path(la.accelerate_config).read_text(encoding="utf-8")) or {}
         ds = acc.get("deepspeed_config") or {}
+        machines = int(acc.get("num_machines", 1) or 1)
         stage = int(ds.get("zero_stage", 0) or 0)
         off_opt = ds.get("offload_optimizer_device", "none") not in ("none", None)
         off_param = ds.get("offload_param_device", "none") not in ("none", None)
@@ -118,7 +128,7 @@ def parallel_setup(recipe: Recipe) -> Parallel:
         stage = int(zero.get("stage", stage))
         off_opt = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
         off_param = zero.get("offload_param", {}).get("device", "none") not in ("none", None)
-    return Parallel(la.num_processes, stage, off_opt, off_param)
+    return Parallel(la.num_processes, stage, off_opt, off_param, machines)
 
 
 def train_rows(recipe: Recipe) -> tuple[int | None, str]:
@@ -156,8 +166,9 @@ def _activation_bytes(a: Arch, batch: int, length: int, dtype_bytes: int, checkp
     return a.num_hidden_layers * per_layer
 
 
-def _logits_bytes(a: Arch, batch: int, length: int, with_grad: bool) -> float:
-    return batch * length * a.vocab_size * 4 * (2 if with_grad else 1)
+def _loss_buffer_bytes(a: Arch, tokens: int, chunk_size: int, with_teacher: bool) -> float:
+    """The chunked loss's fp32 (chunk, V) buffers: logits/gradient and scratch, plus the teacher's."""
+    return (3 if with_teacher else 2) * min(chunk_size, tokens) * a.vocab_size * 4
 
 
 def memory_estimate(recipe: Recipe, student: Arch, teacher: Arch | None, par: Parallel) -> dict[str, dict[str, float]]:
@@ -171,9 +182,10 @@ def memory_estimate(recipe: Recipe, student: Arch, teacher: Arch | None, par: Pa
     opt_shard = par.world_size if par.zero_stage >= 1 else 1
     grad_shard = par.world_size if par.zero_stage >= 2 else 1
     B, L = recipe.optim.per_device_train_batch_size, recipe.task.max_length
-    ckpt = bool(recipe.training_args.get("gradient_checkpointing", False))
+    ckpt = gradient_checkpointing(recipe)
+    chunk = recipe.distill.chunk_size
 
-    def trained(a: Arch) -> dict[str, float]:
+    def trained(a: Arch, with_teacher: bool = False) -> dict[str, float]:
         p = a.params
         opt_per_param = 12 if wb == 2 else 8
         return {
@@ -181,17 +193,17 @@ def memory_estimate(recipe: Recipe, student: Arch, teacher: Arch | None, par: Pa
             "gradients": p * wb / grad_shard / GIB,
             "optimizer": 0.0 if par.offload_optimizer else p * opt_per_param / opt_shard / GIB,
             "activations": _activation_bytes(a, B, L, wb_act, ckpt) / GIB,
-            "logits": _logits_bytes(a, B, L, with_grad=True) / GIB,
+            "loss buffers": _loss_buffer_bytes(a, B * L, chunk if with_teacher else _SFT_CHUNK, with_teacher) / GIB,
         }
 
     out: dict[str, dict[str, float]] = {}
     if teacher is not None:
         out["sft-teacher"] = trained(teacher)
     out["sft-student"] = trained(student)
-    distill = dict(trained(student))
+    distill = dict(trained(student, with_teacher=True))
     if teacher is not None:
         distill["teacher weights"] = 0.0 if par.offload_param else teacher.params * wb / shard / GIB
-        distill["teacher logits"] = _logits_bytes(teacher, B, L, with_grad=False) / GIB
+        distill["teacher hidden"] = B * L * teacher.hidden_size * wb_act / GIB
     out["distill"] = distill
     for parts in out.values():
         parts["total"] = sum(parts.values())
@@ -243,10 +255,16 @@ def format_plan(recipe: Recipe) -> str:
     if student is None:
         lines.append("memory: unknown (student architecture unknown)")
         return "\n".join(lines)
-    lines.append(f"memory per device (GiB; {par.world_size} process(es), ZeRO stage {par.zero_stage}"
+    nodes = f" on {par.num_machines} nodes" if par.num_machines > 1 else ""
+    lines.append(f"memory per device (GiB; {par.world_size} process(es){nodes}, ZeRO stage {par.zero_stage}"
                  + (", optimizer offloaded" if par.offload_optimizer else "")
-                 + (", parameters offloaded" if par.offload_param else "") + "; planning estimate):")
+                 + (", parameters offloaded" if par.offload_param else "")
+                 + f", gradient checkpointing {'on' if gradient_checkpointing(recipe) else 'off'}; planning estimate):")
     for stage, parts in memory_estimate(recipe, student, teacher, par).items():
         detail = ", ".join(f"{k} {v:.1f}" for k, v in parts.items() if k != "total")
         lines.append(f"  {stage:12} {parts['total']:7.1f}  ({detail})")
+    if rows is not None and teacher is not None:
+        from distillkit_scd.plan_time import format_time_estimate
+
+        lines += [""] + format_time_estimate(recipe, rows, step_counts(recipe, rows), student, teacher)
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from distillkit_scd.plan import (
     model_arch,
     parallel_setup,
     step_counts,
+    train_rows,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,3 +127,58 @@ def test_arch_uses_explicit_head_dim():
     a = Arch(hidden_size=8, num_hidden_layers=1, intermediate_size=4, num_attention_heads=2,
              num_key_value_heads=1, vocab_size=10, tie_word_embeddings=True, head_dim=6)
     assert a.params == 10 * 8 + (2 * 8 * 12 + 2 * 8 * 6 + 3 * 8 * 4 + 2 * 8) + 8
+
+
+_STUDENT = {"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 4}
+_TEACHER = {"vocab_size": 32000, "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6,
+            "num_attention_heads": 8, "num_key_value_heads": 8}
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc (Linux only)")
+def test_memory_estimate_within_25_percent_of_measured_peak():
+    """`plan`'s distillation-stage total (fp32 student + teacher at V = 32k, batch 8 × 128, chunk 128) is within
+    ±25 % of the peak RSS growth of two real trainer steps in a fresh process (tests/peak_rss_step.py)."""
+    import os
+    import subprocess
+    import sys
+
+    spec = {"student": _STUDENT, "teacher": _TEACHER, "batch": 8, "length": 128, "prompt": 64, "chunk_size": 128}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "peak_rss_step.py"), json.dumps(spec)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])["growth"] / GIB
+
+    recipe = recipe_from_dict({"name": "t", "output_dir": "o", "task": {"name": "synthetic", "max_length": 128},
+                               "models": {"teacher": "a", "student": "b", "dtype": "float32"},
+                               "optim": {"per_device_train_batch_size": 8}, "distill": {"chunk_size": 128}})
+    arch = lambda kw: Arch(**{k: kw[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size",  # noqa: E731
+                                                  "num_attention_heads", "num_key_value_heads", "vocab_size")})
+    estimate = memory_estimate(recipe, arch(_STUDENT), arch(_TEACHER), Parallel(1, 0, False, False))["distill"]["total"]
+    assert 0.75 * measured <= estimate <= 1.25 * measured, (estimate, measured)  # full (B, L, V) logits: 1.3×
+
+
+def test_time_estimate_by_hand(monkeypatch):
+    """FLOPs per stage = (6·P trained | 2·P forward) × tokens, P without the input embedding; printed with GPU-hours.
+    Hand numbers for the paper's PubMedQA recipe at 450 rows: 8 processes × batch 1 × 512 tokens per step."""
+    from distillkit_scd.plan_time import ASSUMED_MFU, stage_flops
+
+    monkeypatch.chdir(ROOT)
+    r = load_recipe("recipes/paper/pubmedqa.yaml")
+    t, s = model_arch(r.models.teacher), model_arch(r.models.student)
+    pt = 8_030_261_248 - 128256 * 4096  # untied 8B: the input embedding is a lookup
+    ps = 3_212_749_824  # tied 3B: the embedding is also the lm_head, counted once
+    assert (t.params, s.params) == (8_030_261_248, 3_212_749_824)
+    steps = step_counts(r, 450)
+    tokens = 8 * 512
+    flops = stage_flops(r, 450, steps, s, t)
+    assert flops["sft-teacher"] == 6 * pt * steps["sft-teacher"] * tokens
+    assert flops["aw-table"] == 2 * (ps + 4 * pt) * 450 * 512
+    assert flops["distill (5 methods)"] == 5 * steps["distill (each method)"] * tokens * (6 * ps + 2 * pt)
+    cached = recipe_from_dict({**r.to_dict(), "distill": {**r.to_dict()["distill"], "teacher_signal": "cached"}})
+    f2 = stage_flops(cached, 450, steps, s, t)
+    assert f2["signals"] == 2 * 4 * pt * 450 * 512 and f2["distill (5 methods)"] < flops["distill (5 methods)"]
+    rows, _ = train_rows(r)  # the plan uses the local data's size when it is on disk
+    hours = sum(stage_flops(r, rows, step_counts(r, rows), s, t).values()) / (989e12 * ASSUMED_MFU) / 3600
+    assert f"H100/H200 (989 TFLOP/s bf16): {hours:.2f} GPU-hours, {hours / 8:.2f} h wall on 8 GPU(s)" in format_plan(r)
