@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from distillkit_scd.atomic import atomic_write_json
-from distillkit_scd.evaluation import cohen_kappa, score_task
+from distillkit_scd.evaluation import cohen_kappa
 from distillkit_scd.results import build_results, load_results, write_results
+from distillkit_scd.scoring import score_task
 
 
 def _refuse(token: str):
