@@ -166,6 +166,39 @@ def test_assistant_mask_marks_every_assistant_turn(tiny_tokenizer):
         dk_data.assistant_mask(messages[:2], tiny_tokenizer)
 
 
+class _ChatMLWords:
+    """A word-level tokenizer with a ChatML template (newline token after <|im_end|>), for label ends."""
+
+    eos_token, eos_token_id = "<|im_end|>", 1
+
+    def __init__(self):
+        self.vocab = {"<|im_end|>": 1, "\n": 2, "<|im_start|>": 3}
+
+    def get_vocab(self):
+        return self.vocab
+
+    def _word(self, w):
+        return self.vocab.setdefault(w, len(self.vocab) + 1)
+
+    def apply_chat_template(self, messages, tokenize=True, add_generation_prompt=False):
+        ids = []
+        for m in messages:
+            ids += [3, self._word(m["role"]), 2, *[self._word(w) for w in m["content"].split()], 1, 2]
+        return ids + ([3, self._word("assistant"), 2] if add_generation_prompt else [])
+
+
+def test_assistant_mask_stops_at_end_of_turn_token():
+    """ChatML-style template: each assistant turn is labelled up to and including <|im_end|>, not the newline
+    the template writes after it (as our pipeline's formatting.py labels)."""
+    tok = _ChatMLWords()
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
+                {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]
+    ids, mask = dk_data.assistant_mask(messages, tok)
+    words = {v: k for k, v in tok.vocab.items()}
+    assert [words[t] for t, m in zip(ids, mask) if m] == ["hello", "there", "<|im_end|>", "ciao", "<|im_end|>"]
+    assert ids[-1] == 2 and mask[-1] == 0  # the trailing newline is in the sequence, unlabelled
+
+
 def test_prompt_completion_rows_label_the_completion(tiny_tokenizer):
     """String and conversational prompt/completion rows: the completion (plus EOS for strings) carries the
     labels; `labels: all` labels every token."""

@@ -8,8 +8,8 @@ most templates lack `{% generation %}` markers). Prompt/completion rows it refus
 Through our entry point (`distillkit_scd.labels: assistant`, the default) each such row becomes
 `input_ids` + `assistant_masks` (1 = the token carries a label): for every assistant turn k the
 conversation up to turn k is rendered with the generation prompt (P_k) and up to and including turn k
-without (E_k); the tokens E_k[len(P_k):] — the answer and what the template closes it with — are
-labelled. Each P_k must be a prefix of E_k and E_k of the full conversation (checked per row). For
+without (E_k); the tokens E_k[len(P_k):] up to and including the turn's end-of-turn token
+(`formatting.end_of_turn_ids`, as our pipeline labels) are labelled. Each P_k must be a prefix of E_k and E_k of the full conversation (checked per row). For
 prompt/completion rows the completion is labelled (chat template for conversational rows; for strings
 `prompt`, then `prompt + completion + eos`, as TRL does). TRL treats the rows as already tokenised, cuts
 them at `max_length` (DistillKit's `sequence_length`) from the right, packs them if asked, and its
@@ -51,7 +51,10 @@ def assistant_mask(messages: Sequence[dict], tokenizer, where: str = "row") -> t
         ValueError: no assistant turn, or a chat template whose renderings are not prefixes of each other
             (then assistant tokens cannot be located exactly; `labels: all` trains on every token).
     """
+    from distillkit_scd.formatting import end_of_turn_ids
+
     messages = list(messages)
+    stops = end_of_turn_ids(tokenizer)
     full = _ids(tokenizer, messages, add_generation_prompt=False)
     mask = [0] * len(full)
     turns = [k for k, m in enumerate(messages) if m.get("role") == "assistant"]
@@ -65,7 +68,11 @@ def assistant_mask(messages: Sequence[dict], tokenizer, where: str = "row") -> t
             raise ValueError(f"{where}: the chat template does not render turn {k} as a prefix of the conversation, "
                              "so its assistant tokens cannot be located exactly (set distillkit_scd.labels: all "
                              "to train on every token)")
-        mask[len(prompt):len(upto)] = [1] * (len(upto) - len(prompt))
+        end = len(upto)
+        stop = next((i for i in range(len(prompt), end) if upto[i] in stops), None)
+        if stop is not None:  # the turn ends at its end-of-turn token (a template's newline after it is not labelled)
+            end = stop + 1
+        mask[len(prompt):end] = [1] * (end - len(prompt))
     return full, mask
 
 
