@@ -83,7 +83,8 @@ class OptimConfig:
     weight_decay (`float`, defaults to `0.0`): AdamW weight decay.
     adam_beta1 (`float`, defaults to `0.9`), adam_beta2 (`float`, defaults to `0.95`): AdamW betas.
     max_grad_norm (`float`, defaults to `1.0`): gradient clipping.
-    lr_scheduler_type (`str`, defaults to `"cosine"`): any transformers scheduler name.
+    lr_scheduler_type (`str`, defaults to `"cosine"`): a transformers scheduler name whose multiplier is a
+        function of the step (checked at load; arguments via `training_args.lr_scheduler_kwargs`).
     warmup_ratio (`float`, defaults to `0.1`): warm-up share of each schedule.
     logging_steps (`int`, defaults to `10`): optimizer steps between log lines.
     nonfinite_loss (`str`, defaults to `"stop"`): a step whose loss or gradients are NaN/inf `stop`s the
@@ -176,7 +177,11 @@ class DistillConfig:
     epochs_per_stage (`float`, defaults to `2.0`): T in epochs; each stage lasts T, there are N stages.
     steps_per_stage (`int`, *optional*): T in optimizer steps; overrides `epochs_per_stage`.
     learning_rate (`float`, *optional*): overrides `optim.learning_rate` for distillation.
-    reset_optimizer (`bool`, defaults to `True`): new optimizer and LR schedule every T steps (paper).
+    reset_optimizer (`bool`, defaults to `True`): clear AdamW's state every T steps (paper: "optimizer reset
+        every T steps").
+    lr_schedule (`str`, defaults to `"global"`): `global`: one warm-up + decay (`optim.lr_scheduler_type`)
+        over the whole N×T run, the literal reading of the paper's "cosine decay with warmup"; `per_stage`
+        (ours): the schedule restarts every T steps. Either is transformers' `get_scheduler`.
     chunk_size (`int`, defaults to `1024`): label positions per loss chunk; bounds logits memory.
     teacher_signal (`str`, defaults to `"online"`): run the teacher each step, or read a top-k cache.
     cache_top_k (`int`, defaults to `64`): k of the teacher-signal cache.
@@ -194,6 +199,7 @@ class DistillConfig:
     steps_per_stage: int | None = None
     learning_rate: float | None = None
     reset_optimizer: bool = True
+    lr_schedule: Literal["global", "per_stage"] = "global"
     chunk_size: int = 1024
     teacher_signal: Literal["online", "cached"] = "online"
     cache_top_k: int = 64
@@ -504,6 +510,12 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
              o.gradient_accumulation_steps, "an integer >= 1")
     _require(o.learning_rate > 0, source, "optim.learning_rate", o.learning_rate, "> 0")
     _require(0 <= o.warmup_ratio < 1, source, "optim.warmup_ratio", o.warmup_ratio, "a number in [0, 1)")
+    from distillkit_scd.lr_schedules import check_scheduler
+
+    try:
+        check_scheduler(o.lr_scheduler_type, r.training_args.get("lr_scheduler_kwargs"))
+    except ValueError as err:
+        raise RecipeError(f"{source}: {err}") from None
     for name in ("adam_beta1", "adam_beta2"):
         value = getattr(o, name)
         _require(0 <= value < 1, source, f"optim.{name}", value, "a number in [0, 1)")

@@ -1,8 +1,9 @@
 """Distillation stage: `distillkit-scd distill RECIPE --method td|taid|cd|scd|scd_aw`.
 
 The student starts from its SFT p(best); every method shares the CD infrastructure (paper): N stages of
-T optimizer steps, optimizer and LR schedule restarted at every stage, a checkpoint saved (and its
-validation loss recorded) at every stage end. What differs is the teacher and the per-token weight:
+T optimizer steps, the optimizer reset at every stage (the LR schedule runs once over N×T steps, or
+restarts per stage with `distill.lr_schedule: per_stage`), a checkpoint saved (and its loss on the
+selection split recorded) at every stage end. What differs is the teacher and the per-token weight:
 
 | method | teacher per stage              | weight w in w·KL + (1−w)·CE |
 |--------|--------------------------------|-----------------------------|
@@ -128,7 +129,7 @@ def run_distill(recipe: Recipe, method: str) -> Path:
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train, eval_dataset=val,
                                   processing_class=tokenizer, data_collator=collator, callbacks=[saver],
                                   teacher_model=teacher, loss_spec=spec, use_aw=method == "scd_aw",
-                                  taid_state=taid, steps_per_stage=T if d.reset_optimizer else None,
+                                  taid_state=taid, steps_per_stage=T if d.lr_schedule == "per_stage" else None,
                                   teacher_signals=signals, fused_loss=d.fused_loss)
     probes = probe_batches(train, collator, d.scd.probe_size, recipe.seed, recipe.optim.per_device_train_batch_size)
     schedule = build_schedule(method, pool, trainer.teacher_model_module, probes, recipe)

@@ -63,7 +63,7 @@ _EVAL = (*_BASE, "evaluation.max_new_tokens", "evaluation.batch_size", "evaluati
 # `distill` fields shared by every method; method-specific sub-sections are added per method, and
 # `methods` itself is left out so adding a method does not re-run the others.
 _DISTILL_SHARED = ("alpha", "temperature", "divergence", "epochs_per_stage", "steps_per_stage",
-                   "learning_rate", "reset_optimizer", "chunk_size", "teacher_signal", "cache_top_k")
+                   "learning_rate", "reset_optimizer", "lr_schedule", "chunk_size", "teacher_signal", "cache_top_k")
 _DISTILL_OWN = {"taid": ("taid",), "scd": ("scd",), "scd_aw": ("scd",)}
 
 

@@ -15,17 +15,16 @@ again for its backward (the gradient is accumulated into the whole parameter, th
 teacher's (no gradient) are gathered for the loss call by `gathered_for_loss`. tests/test_launch_modes.py
 shows plain Python, accelerate (1 and 2 processes) and ZeRO-3 (2 processes) give the same losses.
 
-Staged methods (CD, SCD, and — as the paper's shared infrastructure says — every distillation row) use
-`steps_per_stage`: the learning-rate schedule restarts (warm-up + cosine over T steps) and the optimizer
-state is cleared every T optimizer steps. Clearing AdamW's state is exactly a fresh AdamW (its step
-count and moments live in the state); the schedule is a pure function of the global step, so a resumed
-run continues it exactly.
+Every distillation row shares the CD infrastructure (paper): the optimizer state is cleared every T
+optimizer steps (`callbacks.StageCallback`; exactly a fresh AdamW: its step count and moments live in the
+state). With `steps_per_stage` set (`distill.lr_schedule: per_stage`, ours) the learning-rate schedule
+also restarts every T steps (`lr_schedules.py`); by default it runs once over the whole N×T run. The
+schedule is a pure function of the global step, so a resumed run continues it exactly.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
 from typing import Any
 
@@ -37,6 +36,7 @@ from distillkit_scd.chunk_kernel import Workspace
 from distillkit_scd.launch import check_world_size, check_zero3_saves_weights
 from distillkit_scd.liger_loss import check_liger_available, liger_applies, liger_compound_loss
 from distillkit_scd.losses import LossSpec, chunked_compound_loss, label_positions
+from distillkit_scd.lr_schedules import staged_lr_lambda
 from distillkit_scd.models import check_plain_lm_head
 
 logger = logging.getLogger(__name__)
@@ -97,25 +97,6 @@ def call_as_forward(wrapper, module, fn, *args, **kwargs):
         restore()
 
 
-def staged_lr_lambda(steps_per_stage: int, warmup_ratio: float, kind: str = "cosine"):
-    """LR multiplier as a pure function of the global step: warm-up then cosine (or linear/constant)
-    decay, restarted at every stage boundary (step % T == 0)."""
-    warmup = int(math.ceil(warmup_ratio * steps_per_stage))
-
-    def fn(step: int) -> float:
-        s = step % steps_per_stage
-        if s < warmup:
-            return (s + 1) / (warmup + 1)
-        progress = (s - warmup) / max(1, steps_per_stage - warmup)
-        if kind == "constant":
-            return 1.0
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return fn
-
-
 def reset_optimizer_state(optimizer) -> None:
     """Forget AdamW moments and step counts: identical to a freshly built optimizer over the same params."""
     inner = optimizer
@@ -144,7 +125,7 @@ class DistillationTrainer(SFTTrainer):
         use_aw (`bool`): weight each sample's distillation term by its AW (batch column `aw`, (B, N)) for
             the active checkpoint instead of α.
         taid_state (`TAIDState`, *optional*): supplies t for the TAID divergence.
-        steps_per_stage (`int`, *optional*): T; restarts LR schedule and optimizer every T steps.
+        steps_per_stage (`int`, *optional*): T; the LR schedule restarts every T steps (per_stage).
         teacher_signals (`list[SignalCache]`, *optional*): cached top-k teacher signals per checkpoint.
         fused_loss (`str`, defaults to `"none"`): "liger" computes training losses with Liger-Kernel's
             fused loss where it is exact (`liger_loss.liger_applies`), ours elsewhere.
@@ -363,16 +344,15 @@ class DistillationTrainer(SFTTrainer):
     # -- staged optimisation ------------------------------------------------------------------------
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """`steps_per_stage` set: transformers' schedule over T steps, restarted every T steps
+        (`distill.lr_schedule: per_stage`); unset: transformers' own schedule over the whole run."""
         if self.steps_per_stage is None:
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
-            kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
-            warmup = getattr(self.args, "warmup_ratio", None)
-            if warmup is None:  # transformers 5: a float warmup_steps < 1 is the ratio
-                steps = self.args.warmup_steps or 0
-                warmup = steps if steps < 1 else steps / self.steps_per_stage
-            optimizer = self.optimizer if optimizer is None else optimizer
-            self.lr_scheduler = LambdaLR(optimizer, staged_lr_lambda(self.steps_per_stage, warmup, kind))
+            name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+            warmup = self.args.get_warmup_steps(self.steps_per_stage)  # ratio × T, as transformers rounds it
+            fn = staged_lr_lambda(name, self.steps_per_stage, warmup, self.args.lr_scheduler_kwargs)
+            self.lr_scheduler = LambdaLR(self.optimizer if optimizer is None else optimizer, fn)
         return self.lr_scheduler
 
     def extra_state(self) -> dict[str, Any]:

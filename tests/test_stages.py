@@ -1,13 +1,15 @@
-"""Training-stage invariants: N evenly spaced teacher checkpoints with a manifest, the staged LR
-schedule as a pure function of the step, and the optimizer reset being a fresh AdamW."""
+"""Training-stage invariants: N evenly spaced teacher checkpoints with a manifest and p(best), the LR
+schedule (global or per stage) as a pure function of the step, and the optimizer reset being a fresh AdamW."""
 
 import json
+import math
 
 import pytest
 import torch
 
+from distillkit_scd.lr_schedules import staged_lr_lambda
 from distillkit_scd.sft import evenly_spaced_steps
-from distillkit_scd.trainer import reset_optimizer_state, staged_lr_lambda
+from distillkit_scd.trainer import reset_optimizer_state
 
 
 def test_evenly_spaced_steps_hand_worked():
@@ -17,14 +19,71 @@ def test_evenly_spaced_steps_hand_worked():
     assert evenly_spaced_steps(5, 5) == [1, 2, 3, 4, 5]
 
 
-def test_staged_lr_restarts_every_stage():
-    """Warm-up then cosine within a stage, identical in every stage (T = 10, warm-up ratio 0.2)."""
-    fn = staged_lr_lambda(10, 0.2)
+def _cosine(step: int, total: int, warmup: int) -> float:
+    """Hand-written warm-up + cosine multiplier (transformers' convention: step/warmup, then half a cosine)."""
+    if step < warmup:
+        return step / warmup
+    return max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
+
+
+def test_per_stage_lr_restarts_every_stage():
+    """per_stage: warm-up then cosine over T = 10 (warm-up 2), identical in every stage, equal to the hand
+    formula; another transformers scheduler (linear) works the same way."""
+    fn = staged_lr_lambda("cosine", 10, 2)
     first = [fn(s) for s in range(10)]
     assert [fn(s) for s in range(10, 20)] == first
-    assert first[0] == pytest.approx(1 / 3) and first[1] == pytest.approx(2 / 3)  # (s+1)/(warmup+1)
-    assert first[2] == pytest.approx(1.0)  # cosine starts at its peak after the 2 warm-up steps
-    assert first[9] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 7 / 8)).item()))
+    assert first == pytest.approx([_cosine(s, 10, 2) for s in range(10)], abs=1e-12)
+    linear = staged_lr_lambda("linear", 10, 2)
+    assert [linear(s) for s in (0, 1, 2, 6, 11, 16)] == pytest.approx([0, 0.5, 1.0, 0.5, 0.5, 0.5])
+
+
+def _trainer_lr(tmp_path, tiny_pair, tiny_tokenizer, lr_schedule: str, scheduler: str = "cosine"):
+    """LR multipliers of a distillation trainer over N×T = 3×4 steps, as `distill.py` configures it."""
+    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.config import recipe_from_dict
+    from distillkit_scd.models import load_model
+    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.training_args import build_sft_config
+
+    recipe = recipe_from_dict({
+        "name": "lr", "output_dir": str(tmp_path), "models": {"teacher": "tiny:teacher", "student": "tiny:student"},
+        "task": {"name": "synthetic"}, "optim": {"lr_scheduler_type": scheduler, "warmup_ratio": 0.1},
+        "distill": {"lr_schedule": lr_schedule}})
+    args = build_sft_config(recipe, tmp_path / lr_schedule, 1.0, max_steps=12, prediction_loss_only=True)
+    from datasets import Dataset
+
+    rows = Dataset.from_list([{"input_ids": [1, 2], "labels": [1, 2]}])
+    trainer = DistillationTrainer(model=load_model(str(tiny_pair[1])), args=args, train_dataset=rows,
+                                  processing_class=tiny_tokenizer, data_collator=DistillationCollator(0),
+                                  steps_per_stage=4 if recipe.distill.lr_schedule == "per_stage" else None)
+    trainer.create_optimizer_and_scheduler(num_training_steps=12)
+    fn = trainer.lr_scheduler.lr_lambdas[0]  # one per parameter group (decay / no decay), all alike
+    return [fn(s) for s in range(12)]
+
+
+def test_global_lr_is_one_cosine_over_the_whole_run(tmp_path, tiny_pair, tiny_tokenizer):
+    """distill.lr_schedule global (default): one warm-up (⌈0.1·12⌉ = 2 steps) + cosine over all N×T = 12
+    steps, computed by hand; per_stage: the same shape over T = 4 (warm-up ⌈0.4⌉ = 1), three times."""
+    got = _trainer_lr(tmp_path, tiny_pair, tiny_tokenizer, "global")
+    assert got == pytest.approx([_cosine(s, 12, 2) for s in range(12)], abs=1e-12)
+    staged = _trainer_lr(tmp_path, tiny_pair, tiny_tokenizer, "per_stage")
+    assert staged == pytest.approx([_cosine(s % 4, 4, 1) for s in range(12)], abs=1e-12)
+    poly = _trainer_lr(tmp_path, tiny_pair, tiny_tokenizer, "per_stage", "polynomial")  # any step-function name
+    assert poly[:4] == poly[4:8] and poly[1] == pytest.approx(1.0)
+
+
+def test_lr_scheduler_refused_at_load_unless_a_function_of_the_step():
+    """A scheduler that is not a function of the step, or lacks its arguments, is a recipe error naming
+    optim.lr_scheduler_type (today's fallback silently used cosine)."""
+    from distillkit_scd.config import RecipeError, recipe_from_dict
+
+    base = {"name": "x", "output_dir": "x", "models": {"teacher": "tiny:teacher", "student": "tiny:student"},
+            "task": {"name": "synthetic"}}
+    for name in ("reduce_lr_on_plateau", "cosine_with_min_lr", "cosinus"):
+        with pytest.raises(RecipeError, match="optim.lr_scheduler_type"):
+            recipe_from_dict({**base, "optim": {"lr_scheduler_type": name}})
+    recipe_from_dict({**base, "optim": {"lr_scheduler_type": "cosine_with_min_lr"},
+                      "training_args": {"lr_scheduler_kwargs": {"min_lr_rate": 0.1}}})
 
 
 def test_reset_optimizer_state_equals_fresh_adamw():
