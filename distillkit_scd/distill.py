@@ -55,18 +55,32 @@ def stage_steps(recipe: Recipe, num_train_rows: int) -> int:
     return max(1, math.ceil(d.epochs_per_stage * steps_per_epoch(num_train_rows, recipe)))
 
 
-def build_schedule(method: str, pool: CheckpointPool, teacher, probes: list[dict], recipe: Recipe):
+def build_schedule(method: str, pool: CheckpointPool, teacher, probes: list[dict], recipe: Recipe, signals=None):
     """The teacher schedule of a method: p(best) throughout (TD, TAID), CD's progression, or SCD's choice
-    on the fixed probe batches."""
+    on the fixed probe batches (their teacher distributions read from cached `signals` when given)."""
     if method in ("td", "taid"):
         return FixedSchedule(pool.best_index)
     if method == "cd":
         return ProgressiveSchedule(pool.num_checkpoints)
-    from distillkit_scd.scd import SCDSelector
+    from distillkit_scd.scd import SCDSelector, cache_from_signals
 
-    selector = SCDSelector(pool, teacher, probes, top_k=recipe.distill.scd.top_k,
-                           chunk_size=recipe.distill.chunk_size)
+    d = recipe.distill
+    selector = SCDSelector(pool, teacher, probes, top_k=d.cache_top_k if signals else d.scd.top_k,
+                           chunk_size=d.chunk_size)
+    if signals is not None:
+        head = teacher.get_output_embeddings().weight
+        selector.vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight
+        selector.set_cache(cache_from_signals(signals, probes, d.chunk_size), pool.best_index)
     return ScheduledSelection(selector)
+
+
+def teacher_rows(trainer, schedule, probes: list[dict]) -> dict[str, int]:
+    """Rows the teacher ran on in this stage, by purpose (summed per checkpoint pass): train steps, validation
+    loss, SCD's probe cache (N passes over the probe rows unless read from cached signals)."""
+    selector = getattr(schedule, "selector", None)
+    probe_rows = sum(b["labels"].shape[0] for b in probes)
+    return {"train": trainer.teacher_forward_rows - trainer.teacher_eval_rows, "validation": trainer.teacher_eval_rows,
+            "scd_probe": selector.teacher_passes * probe_rows if selector is not None else 0}
 
 
 def attach_aw(train, table, num_checkpoints: int):
@@ -132,7 +146,7 @@ def run_distill(recipe: Recipe, method: str) -> Path:
                                   taid_state=taid, steps_per_stage=T if d.lr_schedule == "per_stage" else None,
                                   teacher_signals=signals, fused_loss=d.fused_loss)
     probes = probe_batches(train, collator, d.scd.probe_size, recipe.seed, recipe.optim.per_device_train_batch_size)
-    schedule = build_schedule(method, pool, trainer.teacher_model_module, probes, recipe)
+    schedule = build_schedule(method, pool, trainer.teacher_model_module, probes, recipe, signals)
     stages = StageCallback(trainer, T, schedule=schedule, pool=pool, reset_optimizer=d.reset_optimizer)
     extra = ExtraStateCallback(trainer, stages)
     trainer.add_callback(stages)
@@ -148,7 +162,8 @@ def run_distill(recipe: Recipe, method: str) -> Path:
     if trainer.is_world_process_zero():
         atomic_write_json(out / SCHEDULE_LOG, {"method": method, "steps_per_stage": T, "stages": stages.log,
                                                "teacher_signal": d.teacher_signal,
-                                               "teacher_forward_rows": trainer.teacher_forward_rows})
+                                               "teacher_forward_rows": trainer.teacher_forward_rows,
+                                               "teacher_rows": teacher_rows(trainer, schedule, probes)})
         write_checkpoint_manifest(out, stage_ends, max(1, steps_per_epoch(len(train), recipe)),
                                   eval_loss_history(trainer, saver.eval_losses), split=selection_split(recipe))
     return out

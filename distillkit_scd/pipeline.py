@@ -118,14 +118,14 @@ def build_stages(recipe: Recipe) -> list[Stage]:
                             f"sft/{role}/manifest.json", f"sft/{role}"))
     stages += [evaluation(f"{role}_sft", (f"sft-{role}",)) for role in ("teacher", "student")]
     methods = [m for m in METHODS if m in recipe.distill.methods]  # paper order, whatever the recipe's
-    if "scd_aw" in methods:
-        stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student"),
-                            (*_BASE, "evaluation.batch_size"), "aw/aw_table.json", "aw"))
     cached = recipe.distill.teacher_signal == "cached"
-    if cached and methods:  # one teacher pass per checkpoint, shared by every method
+    if cached and methods:  # one teacher pass per checkpoint, shared by every method and the AW table
         stages.append(Stage("signals", ("signals",), ("sft-teacher",),
                             (*_BASE, "evaluation.batch_size", "distill.cache_top_k", "distill.chunk_size"),
                             "signals/signals.json", "signals"))
+    if "scd_aw" in methods:  # with cached signals, L_T comes from the signals pass
+        stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student") + ("signals",) * cached,
+                            (*_BASE, "evaluation.batch_size", "distill.teacher_signal"), "aw/aw_table.json", "aw"))
     for method in methods:
         needs = ("sft-teacher", "sft-student") + (("aw-table",) if method == "scd_aw" else ())
         needs += ("signals",) if cached else ()

@@ -218,3 +218,21 @@ class SCDSelector:
         terms = [{"checkpoint": j, "kl_best": self.kl_best[j], "kl_student": kl_student[j],
                   "total": self.kl_best[j] + kl_student[j]} for j in range(len(self.cache))]
         return chosen, terms
+
+
+def cache_from_signals(signals: list, probe_batches: list[dict], chunk_size: int) -> list[list[TopKSignal]]:
+    """The probe cache (`cache[j][c]`, as `SCDSelector.precompute` builds it) read from cached teacher
+    signals (`signal_cache.SignalCache` per checkpoint): the probe rows are train rows, so the signals pass
+    already holds their top-k distributions and SCD runs no teacher pass of its own. Chunks follow
+    `iter_label_logprobs` (label positions of each batch in `label_positions` order, `chunk_size` at a time).
+    """
+    cache = []
+    for signal in signals:
+        chunks = []
+        for batch in probe_batches:
+            rows = signal.for_rows(batch["sample_index"])
+            for start in range(0, rows.logprobs.shape[0], chunk_size):
+                part = slice(start, start + chunk_size)
+                chunks.append(TopKSignal(rows.logprobs[part].float(), rows.indices[part], rows.tail_logmass[part].float()))
+        cache.append(chunks)
+    return cache

@@ -14,7 +14,7 @@ the cache is exact. The tail mass is stored as its exact log (a logsumexp of the
 int32: 8·k + 4 bytes per label token per checkpoint.
 
 Layout: `OUT/signals/checkpoint-<j>.safetensors` with `logprobs` (T_total, k), `indices` (T_total, k),
-`tail_logmass` (T_total,) and `offsets` (S + 1,) — the row with `sample_index` i has its label positions at `offsets[i]:offsets[i+1]`,
+`tail_logmass` (T_total,), `seq_loss` (S,) and `offsets` (S + 1,) — the row with `sample_index` i has its label positions at `offsets[i]:offsets[i+1]`,
 in position order, which is the order `losses.label_positions` produces for a batch; `signals.json` holds
 the cache key.
 """
@@ -42,11 +42,12 @@ class SignalCache:
     """Cached top-k teacher signals for one checkpoint, addressable by train-row index."""
 
     def __init__(self, logprobs: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor,
-                 tail_logmass: torch.Tensor | None = None):
+                 tail_logmass: torch.Tensor | None = None, seq_loss: torch.Tensor | None = None):
         self.logprobs = logprobs
         self.indices = indices
         self.offsets = offsets
         self.tail_logmass = tail_logmass  # None in caches written before it was stored: m = 1 − Σ top-k
+        self.seq_loss = seq_loss  # (S,) float64 teacher sequence CE L_T by sample_index (the AW table's)
 
     @classmethod
     def load(cls, path: Path) -> SignalCache:
@@ -56,7 +57,7 @@ class SignalCache:
             data = load_file(str(path))
         except Exception as err:  # safetensors' own error types for corrupt or missing files
             raise ValueError(f"{path}: cannot read the teacher-signal cache ({err})") from None
-        return cls(data["logprobs"], data["indices"], data["offsets"], data.get("tail_logmass"))
+        return cls(data["logprobs"], data["indices"], data["offsets"], data.get("tail_logmass"), data.get("seq_loss"))
 
     def for_rows(self, sample_indices: torch.Tensor, device=None) -> TopKSignal:
         """Signals of these rows' (by `sample_index`) label positions, concatenated in batch order — the
@@ -77,33 +78,40 @@ def _batches(dataset, collator, batch_size):
 @torch.no_grad()
 def build_checkpoint_signals(teacher, dataset, collator, top_k: int, batch_size: int = 16,
                              chunk_size: int = 1024, desc: str = "signals") -> SignalCache:
-    """One teacher pass over `dataset` → top-k log-probs at every label position, row by row."""
+    """One teacher pass over `dataset` → top-k log-probs at every label position, row by row, and each
+    row's teacher sequence loss L_T = −Σ log p(y_s) over its label positions (exact, before the top-k cut:
+    the AW table reads it from here instead of running the teacher again)."""
     teacher.eval()
     values, ids, tails = [], [], []
     sample_index = list(dataset["sample_index"])
     if sample_index != sorted(sample_index):
         raise ValueError("build_checkpoint_signals: rows must be in increasing sample_index order")
     counts = torch.zeros(sample_index[-1] + 1 if sample_index else 0, dtype=torch.long)
+    seq_loss = torch.zeros(len(counts), dtype=torch.float64)
     for batch in tqdm(list(_batches(dataset, collator, batch_size)), desc=desc, leave=False):
         hidden, flat_idx, targets = label_hidden(teacher, batch)
         length = batch["labels"].shape[1]
         rows = torch.div(flat_idx, length, rounding_mode="floor").cpu()
         per_row = torch.bincount(rows, minlength=batch["labels"].shape[0])
         counts[batch["sample_index"]] = per_row  # dropped rows keep 0 positions
-        for _, logprobs, _ in iter_label_logprobs(teacher, hidden, targets, chunk_size):
+        batch_loss = torch.zeros(batch["labels"].shape[0], dtype=torch.float64)
+        for chunk, logprobs, chunk_targets in iter_label_logprobs(teacher, hidden, targets, chunk_size):
+            nll = -logprobs.gather(1, chunk_targets.unsqueeze(1)).squeeze(1).double().cpu()
+            batch_loss.index_add_(0, rows[chunk], nll)
             signal = topk_signal(logprobs, top_k)  # log_softmax of log-probs is the identity
             values.append(signal.logprobs.float().cpu())
             ids.append(signal.indices.cpu())
             tails.append(signal.tail_logmass.float().cpu())
+        seq_loss[batch["sample_index"]] = batch_loss
     offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(counts, 0)
-    return SignalCache(torch.cat(values), torch.cat(ids), offsets, torch.cat(tails))
+    return SignalCache(torch.cat(values), torch.cat(ids), offsets, torch.cat(tails), seq_loss)
 
 
 def cache_key(checkpoint_dirs, dataset, top_k: int) -> str:
     parts = [hashing.folder_hash(d) for d in checkpoint_dirs]
     parts.append(hashing.data_hash(dataset["id"], dataset["input_ids"], dataset["labels"]))
-    return hashing.combine(*parts, f"top_k={top_k}", "format=2")  # format 2 stores the exact tail log-mass
+    return hashing.combine(*parts, f"top_k={top_k}", "format=3")  # 2: exact tail log-mass; 3: seq_loss
 
 
 def signal_paths(folder: Path, num_checkpoints: int) -> list[Path]:
@@ -143,10 +151,11 @@ def run_signal_cache(recipe) -> Path:
         cache = build_checkpoint_signals(teacher, train, collator, k, recipe.evaluation.batch_size,
                                          recipe.distill.chunk_size, desc=f"teacher signals p({j + 1})")
         tensors = {"logprobs": cache.logprobs.contiguous(), "indices": cache.indices.contiguous(),
-                   "offsets": cache.offsets, "tail_logmass": cache.tail_logmass.contiguous()}
+                   "offsets": cache.offsets, "tail_logmass": cache.tail_logmass.contiguous(),
+                   "seq_loss": cache.seq_loss.contiguous()}
         atomic_write(path, lambda tmp, tensors=tensors: save_file(tensors, str(tmp)))
-    atomic_write_json(meta, {"key": key, "top_k": k, "num_checkpoints": pool.num_checkpoints, "rows": len(train)},
-                      indent=None)
+    atomic_write_json(meta, {"key": key, "top_k": k, "num_checkpoints": pool.num_checkpoints, "rows": len(train),
+                             "teacher_rows": pool.num_checkpoints * len(train)}, indent=None)
     logger.info("teacher signals: %d checkpoints × %d rows cached (top-%d) in %s", pool.num_checkpoints,
                 len(train), k, folder)
     return folder

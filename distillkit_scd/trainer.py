@@ -158,6 +158,7 @@ class DistillationTrainer(SFTTrainer):
         self.use_liger = fused_loss == "liger" and liger_applies(self.loss_spec.divergence, use_aw,
                                                                    teacher_signals is not None)
         self.teacher_forward_rows = 0
+        self.teacher_eval_rows = 0  # of which for the validation loss
         # CPU: the loss's three (chunk, V) buffers live as long as the trainer (fresh ones cost page faults
         # every micro-batch); CUDA's caching allocator already reuses blocks, so buffers there are per call.
         self._loss_workspace = Workspace() if self.accelerator.device.type == "cpu" else None
@@ -241,6 +242,7 @@ class DistillationTrainer(SFTTrainer):
             teacher_hidden = t_out.last_hidden_state.reshape(batch_size * length, -1)[flat_idx]  # (N, H_t)
             teacher_head = teacher.get_output_embeddings()
             self.teacher_forward_rows += batch_size
+            self.teacher_eval_rows += 0 if self.model.training else batch_size
 
         taid_t = self.taid_state.t if self.taid_state is not None else 1.0
         t_weight, t_bias = (None, None) if teacher_head is None else (teacher_head.weight, teacher_head.bias)
@@ -357,12 +359,13 @@ class DistillationTrainer(SFTTrainer):
 
     def extra_state(self) -> dict[str, Any]:
         """What must survive a resume besides model/optimizer/scheduler (saved by `StateCallback`)."""
-        state: dict[str, Any] = {"active_checkpoint": self.active_checkpoint}
+        state: dict[str, Any] = {"active_checkpoint": self.active_checkpoint, "teacher_eval_rows": self.teacher_eval_rows}
         if self.taid_state is not None:
             state["taid"] = self.taid_state.state_dict()
         return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.active_checkpoint = int(state.get("active_checkpoint", 0))
+        self.teacher_eval_rows = int(state.get("teacher_eval_rows", 0))
         if self.taid_state is not None and "taid" in state:
             self.taid_state.load_state_dict(state["taid"])

@@ -159,7 +159,7 @@ def _losses(model, batches, num_rows: int, chunk_size: int) -> torch.Tensor:
 
 
 def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teacher=None, collator=None,
-                     chunk_size: int = 1024) -> AWTable:
+                     chunk_size: int = 1024, teacher_losses: torch.Tensor | None = None) -> AWTable:
     """L_S, L_T^(j) and AW^(j) for every row of a tokenised split (columns id, input_ids, labels).
 
     Args:
@@ -169,6 +169,8 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
         dataset: tokenised rows (a `datasets.Dataset` or anything with column access and `[i]` rows).
         batch_size: rows per forward pass (rows are length-sorted; padding never changes a row's loss).
         collator: defaults to `DistillationCollator(pad_token_id=0)` (pad ids are masked out).
+        teacher_losses: (S, N) L_T^(j) already computed (the teacher-signal pass yields them): then the
+            teachers are not run, only the student.
 
     Raises:
         ValueError: empty dataset, or a pool without a `teacher` module.
@@ -184,7 +186,11 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
     n_rows = len(dataset)
     student_loss = _losses(student, batches, n_rows, chunk_size)
     columns = []
-    if hasattr(teachers, "load_into"):
+    if teacher_losses is not None:
+        if teacher_losses.shape[0] != n_rows:
+            raise ValueError(f"compute_aw_table: teacher_losses has {teacher_losses.shape[0]} rows, the dataset {n_rows}")
+        columns = list(torch.as_tensor(teacher_losses, dtype=torch.float64).unbind(1))
+    elif hasattr(teachers, "load_into"):
         if teacher is None:
             raise ValueError("compute_aw_table: pass teacher= (the module to swap checkpoints into) with a pool")
         restore = teachers.active_index
@@ -257,16 +263,40 @@ def run_aw_table(recipe) -> Path:
                 return path
             logger.info("AW table: inputs changed (models or data), recomputing")
     student = load_model(str(student_dir), m.dtype, m.trust_remote_code, m.attn_implementation)
-    teacher = load_model(str(pool.path(pool.best_index)), m.dtype, m.trust_remote_code, m.attn_implementation)
-    pool.active_index = pool.best_index
+    teacher_losses = _signal_teacher_losses(recipe, ws.root, train, pool.num_checkpoints)
+    teacher = None
+    if teacher_losses is None:
+        teacher = load_model(str(pool.path(pool.best_index)), m.dtype, m.trust_remote_code, m.attn_implementation)
+        pool.active_index = pool.best_index
     table = compute_aw_table(student, pool, train, batch_size=recipe.evaluation.batch_size, teacher=teacher,
-                             collator=DistillationCollator(tokenizer.pad_token_id), chunk_size=recipe.distill.chunk_size)
+                             collator=DistillationCollator(tokenizer.pad_token_id), chunk_size=recipe.distill.chunk_size,
+                             teacher_losses=teacher_losses)
     table.key = key
     table.metadata = {"student": str(student_dir), "checkpoints": [str(d) for d in checkpoint_dirs],
-                      "max_length": recipe.task.max_length, "dtype": m.dtype, "task": recipe.task.name}
+                      "max_length": recipe.task.max_length, "dtype": m.dtype, "task": recipe.task.name,
+                      "teacher_losses_from": "signals" if teacher_losses is not None else "teacher passes",
+                      "teacher_rows": 0 if teacher_losses is not None else pool.num_checkpoints * len(train)}
     w = table.weights
     logger.info("AW table: %d samples × %d checkpoints; mean AW per checkpoint %s", w.shape[0], w.shape[1],
                 [round(x, 3) for x in w.mean(0).tolist()])
     if not is_main_process():
         return path
     return table.save(ws.aw_dir())
+
+
+def _signal_teacher_losses(recipe, root: Path, train, num_checkpoints: int) -> torch.Tensor | None:
+    """(S, N) L_T from the teacher-signal cache when the recipe distils from it (one teacher pass per
+    checkpoint serves both), else None (the AW stage runs the teachers itself)."""
+    if recipe.distill.teacher_signal != "cached":
+        return None
+    from distillkit_scd.signal_cache import SignalCache, signal_paths
+
+    paths = signal_paths(root / "signals", num_checkpoints)
+    columns = []
+    for path in paths:
+        cache = SignalCache.load(path)
+        if cache.seq_loss is None:
+            raise ValueError(f"{path}: written before teacher sequence losses were cached; re-run the `signals` stage")
+        columns.append(cache.seq_loss[torch.as_tensor(list(train["sample_index"]))])
+    logger.info("AW table: teacher losses read from %s (no teacher passes)", root / "signals")
+    return torch.stack(columns, dim=1)

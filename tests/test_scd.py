@@ -232,3 +232,32 @@ def test_empty_probe_labels_refused():
     sel = SCDSelector(TablePool(tables, 0), TableLM(tables[0]), [DistillationCollator(0)(rows)])
     with pytest.raises(ValueError, match="no label positions"):
         sel.select(TableLM(tables[1]))
+
+
+def test_probe_cache_read_from_cached_signals_equals_teacher_passes():
+    """With `teacher_signal: cached` SCD reads its probe cache from the signals pass (here k = V: exact): the
+    same terms and j* as N teacher probe passes, and no teacher pass of its own."""
+    from datasets import Dataset
+
+    from distillkit_scd.scd import cache_from_signals
+    from distillkit_scd.signal_cache import build_checkpoint_signals
+
+    gen = torch.Generator().manual_seed(5)
+    tables = [torch.randn(6, 6, generator=gen) * 2 for _ in range(4)]
+    student = torch.randn(6, 6, generator=gen)
+    rows = [{"input_ids": [0, 1, 2, 3], "labels": [-100, -100, 2, 3], "sample_index": 0},
+            {"input_ids": [4, 0, 5], "labels": [-100, 0, 5], "sample_index": 1}]
+    collator = DistillationCollator(pad_token_id=0)
+    probes = [collator(rows)]
+    pool, teacher = TablePool(tables, best_index=2), TableLM(tables[0])
+    signals = []
+    for j in range(4):
+        pool.load_into(teacher, j)
+        signals.append(build_checkpoint_signals(teacher, Dataset.from_list(rows), collator, 6, batch_size=1))
+    want = SCDSelector(pool, teacher, probes, top_k=0, chunk_size=3).select(TableLM(student))
+    cached = SCDSelector(pool, teacher, probes, top_k=6, chunk_size=3)
+    cached.vocab_size = 6
+    cached.set_cache(cache_from_signals(signals, probes, 3), pool.best_index)
+    got = cached.select(TableLM(student))
+    assert got[0] == want[0] and cached.teacher_passes == 0
+    assert [t["total"] for t in got[1]] == pytest.approx([t["total"] for t in want[1]], rel=1e-5, abs=1e-6)

@@ -66,6 +66,26 @@ def test_cache_equals_teacher_rows_in_batch_order(teacher, train_rows, tiny_toke
         torch.testing.assert_close(signal.tail_logmass.double(), rest, atol=2e-5, rtol=1e-5)
 
 
+def test_cache_sequence_losses_serve_the_aw_table(teacher, train_rows, tiny_tokenizer):
+    """The signals pass yields each row's teacher sequence CE L_T (float64 reference: −Σ log p(y) over its label
+    positions); an AW table built from them equals the one that runs the teacher itself (one pass, not two)."""
+    from distillkit_scd.weighting import compute_aw_table
+
+    collator = DistillationCollator(tiny_tokenizer.pad_token_id)
+    cache = build_checkpoint_signals(teacher, train_rows, collator, 4, batch_size=4, chunk_size=7)
+    reference = _reference_logprobs(teacher, train_rows, tiny_tokenizer)
+    for row in train_rows:
+        labels = torch.tensor(row["labels"])
+        targets = labels[1:][labels[1:] != -100]
+        want = -reference[row["sample_index"]].gather(1, targets.unsqueeze(1)).sum().item()
+        assert cache.seq_loss[row["sample_index"]].item() == pytest.approx(want, rel=1e-5, abs=1e-5)
+    from_teacher = compute_aw_table(teacher, [teacher], train_rows, batch_size=3, collator=collator)
+    lt = cache.seq_loss[torch.tensor(train_rows["sample_index"])].unsqueeze(1)
+    from_signals = compute_aw_table(teacher, None, train_rows, batch_size=3, collator=collator, teacher_losses=lt)
+    torch.testing.assert_close(from_signals.teacher_loss, from_teacher.teacher_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(from_signals.weights, from_teacher.weights, rtol=1e-5, atol=1e-6)
+
+
 def test_rows_out_of_order_refused(teacher, train_rows, tiny_tokenizer):
     collator = DistillationCollator(tiny_tokenizer.pad_token_id)
     shuffled = train_rows.select([1, 0, 2])
@@ -168,6 +188,8 @@ def test_cached_distillation_matches_online_and_runs_teacher_only_for_validation
     train_rows = sum((sizes * 8)[:2 * 4])  # N = 2 stages × T = 4 steps; the epoch's last batch is short
     assert got["teacher_forward_rows"] == 2 * len(val)  # the validation loss at each of the 2 stage ends
     assert want["teacher_forward_rows"] == train_rows + 2 * len(val)
+    assert got["teacher_rows"] == {"train": 0, "validation": 2 * len(val), "scd_probe": 0}
+    assert want["teacher_rows"] == {"train": train_rows, "validation": 2 * len(val), "scd_probe": 0}
 
 
 def _logged_losses(folder) -> list[dict]:
