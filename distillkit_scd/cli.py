@@ -3,6 +3,7 @@
 Pipeline:  quickstart [--out DIR] | run RECIPE | validate RECIPE | plan RECIPE | report RUN_DIR | toy
 Stages (what `run` launches, one process each):  sft | aw-table | signals | distill | evaluate
 DistillKit:  distillkit CONFIG | distillkit-teacher CONFIG --checkpoints N | aw-table CONFIG (docs/distillkit.md)
+Data:  data fetch pubmedqa|jmed|all --to DIR (the paper's data, checksummed) | data example OUT.jsonl
 
 Every RECIPE command takes `--set key.path=value` (repeatable; values are YAML). A bad recipe prints
 one line naming the file, the field path and what was expected, and exits with code 2. A failed
@@ -120,6 +121,17 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
                                  "schedule.manifest folder, else OUTPUT_PATH/teacher_sft)")
     p.add_argument("--epochs", type=float, help="default: training_args.max_steps, else num_train_epochs (3)")
     p.add_argument("--learning-rate", type=float, help="default: training_args.learning_rate")
+
+    p = sub.add_parser("data", help="get data: the paper's from its sources, or an example chat JSONL")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data.add_parser("fetch", help="download PubMedQA / JMED-LLM from GitHub, verify checksums, write the "
+                                      "layout the tasks read")
+    q.add_argument("names", nargs="+", choices=("pubmedqa", "jmed", "all"), help="what to fetch")
+    q.add_argument("--to", required=True, metavar="DIR", help="data folder (then task.source: DIR)")
+    q = data.add_parser("example", help="write a small chat JSONL (the synthetic task's rows) for `task.name: chat`")
+    q.add_argument("out", help="the .jsonl file to write")
+    q.add_argument("--rows", type=int, default=200, help="rows to write (default: 200)")
+    q.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     return parser
 
 
@@ -155,14 +167,20 @@ def _recipe(args):
 def _dispatch(args) -> int:
     cmd = args.command
     if cmd == "validate":
+        from distillkit_scd.data_check import check_data
+
         recipe = _recipe(args)
+        data_note = check_data(recipe, args.recipe)
         check_local_files(recipe, args.recipe, args.overrides)
         from distillkit_scd.launch import check_launch, describe
 
         launch = check_launch(recipe, args.recipe)
         print(recipe.to_yaml(), end="")
+        print(f"# {data_note}", file=sys.stderr)
         print(f"# {args.recipe}: valid; {describe(launch)}", file=sys.stderr)
         return 0
+    if cmd == "data":
+        return _data(args)
     if cmd in ("run", "quickstart"):
         return _run(args)
     if cmd == "plan":
@@ -229,6 +247,22 @@ def _distillkit_command(args) -> Path | None:
         raise ValueError(str(err)) from None
     print(result)
     return result
+
+
+def _data(args) -> int:
+    if args.data_command == "fetch":
+        from distillkit_scd.data_fetch import fetch
+
+        for folder in fetch(args.names, args.to):
+            print(f"{folder}: checksums verified")
+        print(f"use it with task.source: {args.to} (or DISTILLKIT_SCD_DATA={args.to})")
+        return 0
+    from distillkit_scd.atomic import atomic_write_text
+    from distillkit_scd.tasks.synthetic import chat_jsonl
+
+    path = atomic_write_text(Path(args.out), chat_jsonl(args.rows, args.seed))
+    print(f"{path}: {args.rows} chat rows (messages: system, user, assistant; plus id and tag)")
+    return 0
 
 
 def _run(args) -> int:

@@ -47,6 +47,7 @@ from typing import Any
 from distillkit_scd import interrupts
 from distillkit_scd.atomic import atomic_write_json, atomic_write_text
 from distillkit_scd.config import METHODS, Recipe, RecipeError, check_local_files, load_recipe
+from distillkit_scd.data_check import check_data
 from distillkit_scd.launch import accelerate_command, check_launch, describe
 from distillkit_scd.model_refs import prepare_models
 
@@ -289,6 +290,8 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
             the summary (re-running resumes it from its own checkpoints).
     """
     recipe = load_recipe(recipe_path, overrides)
+    data_note = check_data(recipe, str(recipe_path))  # missing data is an error here, dry runs included
+    logger.info("%s", data_note)
     check_local_files(recipe, str(recipe_path), overrides)
     launch = check_launch(recipe, str(recipe_path))
     out = Path(recipe.output_dir)

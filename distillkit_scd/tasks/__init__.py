@@ -26,12 +26,13 @@ TASKS: dict[str, TaskSpec] = {
     "synthetic": TaskSpec("synthetic", "exact", 8, synthetic.build, columns=(("synthetic", "accuracy"),),
                           train_rows=540),
     "pubmedqa": TaskSpec("pubmedqa", "yesno", 8, pubmedqa.build, columns=(("PubmedQA", "accuracy"),),
-                         train_rows=450),
+                         train_rows=450, fetch="pubmedqa"),
     **{name: TaskSpec(name, "choice", 8, functools.partial(jmed.build_task, name), columns=((column, "accuracy"),),
-                      kappa_weights=weights, train_rows=rows)
+                      kappa_weights=weights, train_rows=rows, fetch="jmed")
        for name, (column, weights, rows) in _JMED_FACTS.items()},
     "nrner": TaskSpec("nrner", "ner", 128, functools.partial(jmed.build_task, "nrner"),
-                      columns=(("NRNER exact", "exact_f1"), ("NRNER partial", "partial_f1")), train_rows=1107),
+                      columns=(("NRNER exact", "exact_f1"), ("NRNER partial", "partial_f1")), train_rows=1107,
+                      fetch="jmed"),
     "chat": TaskSpec("chat", "chosen", 64, chat.build),  # your own data; columns follow `options.metric`
 }
 """The registry. The paper reports accuracy for every classification task (kappa and macro-F1 are

@@ -29,6 +29,7 @@ class TaskSpec:
     kappa_weights: Cohen's kappa weights of a choice task: None, "linear" (CRADE's ordinal labels).
     train_rows: train-split rows with the default options, as documented in the task's module (what
         `plan` counts steps with when the data is not on this machine); None when it depends on the data.
+    fetch: the `distillkit-scd data fetch` name that downloads the task's data (None: nothing to fetch).
     """
 
     name: str
@@ -38,6 +39,7 @@ class TaskSpec:
     columns: tuple[tuple[str, str], ...] = ()
     kappa_weights: str | None = None
     train_rows: int | None = None
+    fetch: str | None = None
 
 
 def default_data_root() -> Path:

@@ -60,19 +60,31 @@ def _load_local(root: Path) -> tuple[dict, list[str]]:
     return pqal, list(gt)
 
 
+def official_test_ids() -> list[str]:
+    """The 500 official test PMIDs, shipped with the package (`pubmedqa_test_ids.json`, the keys of
+    upstream's test_ground_truth.json), so a Hub source needs no extra file."""
+    from importlib import resources
+
+    data = json.loads((resources.files("distillkit_scd.tasks") / "pubmedqa_test_ids.json").read_text(encoding="utf-8"))
+    return [str(i) for i in data["ids"]]
+
+
+def hub_items(rows) -> dict:
+    """Rows of the Hub's `pqa_labeled` configuration (e.g. `qiaojin/PubMedQA`) → ori_pqal.json's layout."""
+    return {str(r["pubid"]): {"QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
+                              "LABELS": r["context"]["labels"], "final_decision": r["final_decision"]} for r in rows}
+
+
 def _load_hub(source: str, test_ids_file: str | None) -> tuple[dict, list[str]]:
     from datasets import load_dataset
 
-    if test_ids_file is None:
-        raise ValueError("task pubmedqa: a Hub source needs option test_ids_file (the official "
-                         "test_ground_truth.json) to reproduce the official split")
-    ds = load_dataset(source, "pqa_labeled", split="train")
-    pqal = {
-        str(r["pubid"]): {"QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
-                          "LABELS": r["context"]["labels"], "final_decision": r["final_decision"]}
-        for r in ds
-    }
-    return pqal, list(_read_json(Path(test_ids_file)))
+    pqal = hub_items(load_dataset(source, "pqa_labeled", split="train"))
+    test_ids = official_test_ids() if test_ids_file is None else list(_read_json(Path(test_ids_file)))
+    missing = [k for k in test_ids if k not in pqal]
+    if missing:
+        raise ValueError(f"task pubmedqa: {source}: {len(missing)} official test PMIDs are not in its pqa_labeled "
+                         f"split (e.g. {missing[:3]}); expected PubMedQA PQA-L (1000 rows)")
+    return pqal, test_ids
 
 
 def _row(pmid: str, item: dict, where: str, use_system_role: bool = True) -> dict:
@@ -99,7 +111,8 @@ def _row(pmid: str, item: dict, where: str, use_system_role: bool = True) -> dic
 def build(source: str | None = None, validation_fraction: float = 0.1, seed: int = 42,
           limit_train: int | None = None, limit_test: int | None = None, test_ids_file: str | None = None,
           use_system_role: bool = True, split: str = "by_source", **unknown) -> DatasetDict:
-    """Load PubMedQA PQA-L; a Hub source needs `test_ids_file` (the official test_ground_truth.json).
+    """Load PubMedQA PQA-L from local files or the Hub (`qiaojin/PubMedQA`, configuration pqa_labeled); the
+    Hub split's test ids are the shipped official ones unless `test_ids_file` names another list.
 
     `split` ("rows" or "by_source", as the JMED tasks take it) changes nothing: every PubMedQA row is its
     own abstract, and the test split is always the official one (the paper: "official 500/500").

@@ -93,6 +93,17 @@ def generate_rows(num: int, seed: int, split: str) -> list[dict]:
     return [_row(r, i, split) for i in range(num)]
 
 
+def chat_jsonl(num: int, seed: int = 0) -> str:
+    """`num` rows as JSON lines in the `chat` task's format (`id`, `tag`, `messages`): the example data of
+    `distillkit-scd data example` and `recipes/examples/own_data.yaml`."""
+    import json
+
+    if not isinstance(num, int) or num < 1:
+        raise ValueError(f"data example: --rows: expected a positive integer, got {num!r}")
+    rows = generate_rows(num, seed, "example")
+    return "".join(json.dumps({"id": r["id"], "tag": r["tag"], "messages": r["messages"]}) + "\n" for r in rows)
+
+
 def corpus_for_tokenizer() -> list[str]:
     """Text covering every synthetic string, for training the tiny tokenizer."""
     rows = generate_rows(400, seed=0, split="tok")
