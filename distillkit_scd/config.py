@@ -65,12 +65,16 @@ class TaskConfig:
     source (`str`, *optional*): local path or Hub dataset id; unset means the task's default.
     options (`dict`, defaults to `{}`): task options passed to `load_task` (e.g. `pool: all`).
     max_length (`int`, defaults to `512`): token budget per example; prompts are cut, answers never.
+    date_string (`str`, defaults to `"26 Jul 2024"`): the date chat templates write into the system header
+        (Llama-3.x's `date_string`; otherwise today's date), pinned so prompts are the same every day and for
+        teacher and student. The default is Llama-3.1's own fallback; the paper does not say (ours).
     """
 
     name: str
     source: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     max_length: int = 512
+    date_string: str = "26 Jul 2024"
 
 
 @dataclass
@@ -497,6 +501,13 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
                      "a Hub id, a local folder, tiny:teacher or tiny:student")
     _require(r.task.name in TASKS, source, "task.name", r.task.name, "one of " + ", ".join(sorted(TASKS)))
     _require(r.task.max_length >= 8, source, "task.max_length", r.task.max_length, "an integer >= 8")
+    import datetime
+
+    try:
+        datetime.datetime.strptime(r.task.date_string, "%d %b %Y")
+    except ValueError:
+        raise RecipeError(f"{source}: task.date_string: expected a date written as the templates write it "
+                          f"(e.g. '26 Jul 2024'), got {r.task.date_string!r}") from None
     _require(r.sft.num_checkpoints >= 1, source, "sft.num_checkpoints", r.sft.num_checkpoints, "N >= 1")
     for role in ("teacher", "student"):
         cfg: RoleSFTConfig = getattr(r.sft, role)

@@ -53,10 +53,12 @@ def evaluation_tokenizer(ws: Workspace, row: str):
     """The tokenizer (and chat template) a row's model was trained with: the training tokenizer
     (`Workspace.tokenizer`, the student's, checked against the teacher's) for every trained row, the
     base model's own for the zero-shot rows."""
+    from distillkit_scd.formatting import pin_template_date
     from distillkit_scd.models import load_tokenizer
 
     if row in ZERO_SHOT_ROWS:
-        return load_tokenizer(ws.base_model(row.split("_")[0]), ws.recipe.models.trust_remote_code)
+        own = load_tokenizer(ws.base_model(row.split("_")[0]), ws.recipe.models.trust_remote_code)
+        return pin_template_date(own, ws.recipe.task.date_string)
     return ws.tokenizer()
 
 
@@ -121,7 +123,8 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     result = build_results(
         task, row, {"definition": info.get("definition", ""), "sizes": info.get("sizes", {})},
         {"path": chosen["path"], "checkpoint": chosen["checkpoint"]}, chosen["test"], chosen["samples"],
-        {"max_new_tokens": max_new, "batch_size": recipe.evaluation.batch_size, "decoding": "greedy"}, selection,
+        {"max_new_tokens": max_new, "batch_size": recipe.evaluation.batch_size, "decoding": "greedy",
+         "date_string": recipe.task.date_string}, selection,
         scoring.describe(),
     )
     path = ws.results_path(row)

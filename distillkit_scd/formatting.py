@@ -24,8 +24,24 @@ from distillkit_scd.collate import IGNORE_INDEX
 logger = logging.getLogger(__name__)
 
 
+TEMPLATE_KWARGS = "distillkit_scd_template_kwargs"
+"""Tokenizer attribute holding extra chat-template variables (set by `pin_template_date`)."""
+
+
+def pin_template_date(tokenizer, date_string: str):
+    """Render this tokenizer's chat template with a fixed `date_string` from now on; returns the tokenizer.
+
+    Llama-3.x templates write a date into the system header — today's (`strftime_now`) unless the
+    template variable `date_string` is given — so without a pin prompts change from day to day, and a
+    Llama-3.1 teacher (whose template falls back to "26 Jul 2024") and a 3.2 student see different headers.
+    """
+    setattr(tokenizer, TEMPLATE_KWARGS, {"date_string": date_string})
+    return tokenizer
+
+
 def _ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
+                                        **getattr(tokenizer, TEMPLATE_KWARGS, {}))
     if hasattr(out, "keys"):  # transformers 5 may return a BatchEncoding
         out = out["input_ids"]
     return list(out)

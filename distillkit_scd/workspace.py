@@ -48,7 +48,9 @@ class Workspace:
         return load_model(self.base_model(role), m.dtype, m.trust_remote_code, m.attn_implementation)
 
     def tokenizer(self):
-        """The student's tokenizer, checked against the teacher's (one vocabulary for token-level KD)."""
+        """The student's tokenizer, checked against the teacher's (one vocabulary for token-level KD), its
+        chat template's date pinned to `task.date_string`."""
+        from distillkit_scd.formatting import pin_template_date
         from distillkit_scd.models import check_vocab_compatible, load_tokenizer
 
         trc = self.recipe.models.trust_remote_code
@@ -56,7 +58,7 @@ class Workspace:
         teacher = load_tokenizer(self.base_model("teacher"), trc)
         check_vocab_compatible(teacher, student, teacher_name=self.recipe.models.teacher,
                                student_name=self.recipe.models.student)
-        return student
+        return pin_template_date(student, self.recipe.task.date_string)
 
     def task_splits(self):
         from distillkit_scd.tasks import load_task
