@@ -235,6 +235,10 @@ def check_compatible(run_config, settings: IntegrationSettings, raw_section: dic
         _fail(source, "training_args.assistant_only_loss", True,
               f"not set: TRL's option fails on DistillKit's pre-rendered text; {SECTION}.labels: assistant "
               "(the default) puts the loss on assistant tokens only")
+    for split in ("train_dataset", "eval_dataset"):
+        ds = getattr(run_config.dataset, split)
+        if getattr(ds, "disk_path", None) and not Path(ds.disk_path).exists():
+            _fail(source, f"dataset.{split}.disk_path", ds.disk_path, "an existing dataset folder (save_to_disk)")
     sched = settings.schedule
     if sched.method != "none" and not isinstance(run_config.teacher, TeacherModelConfig):
         _fail(source, f"{SECTION}.schedule.method", sched.method,

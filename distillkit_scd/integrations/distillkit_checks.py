@@ -118,8 +118,8 @@ def validate_manifest(path: str | Path, where: str) -> Path:
             raise bad(at, "an object {index, path, step, epoch[, val_loss, val_score]}", entry)
         for key, types in _REQUIRED.items():
             if key not in entry:
-                raise bad(f"{at}.{key}", f"a required {key} ({'a number' if key == 'epoch' else types.__name__})",
-                          None)
+                raise RecipeError(f"{where}: {file}: {at}.{key}: missing (every checkpoint needs "
+                                  f"{', '.join(_REQUIRED)})")
             if not _type_ok(entry[key], types):
                 raise bad(f"{at}.{key}", "a number" if key == "epoch" else f"a {types.__name__}", entry[key])
         for key, types in _OPTIONAL.items():
@@ -218,14 +218,11 @@ MARKER = "distillkit_scd_run.json"
 
 
 def plain_run_hint(output_path: str | Path, uses_ours: bool) -> str | None:
-    """One line when `output_path` holds a run by plain `distillkit` of a config with our section or losses
-    (plain `distillkit` cannot see them: it ignores the section and refuses our loss names)."""
+    """One line when this config uses our section or losses and `output_path` holds a run by plain
+    `distillkit` (its `distillkit_config.yaml` without our marker): plain `distillkit` cannot see our
+    settings (it ignores the section, and drops it from the config it saves, and refuses our loss names)."""
     out = Path(output_path)
-    written = out / "distillkit_config.yaml"
-    if not uses_ours or not written.is_file() or (out / MARKER).is_file():
-        return None
-    text = written.read_text(encoding="utf-8", errors="replace")
-    if SECTION not in text:
+    if not uses_ours or not (out / "distillkit_config.yaml").is_file() or (out / MARKER).is_file():
         return None
     return (f"note: {out} holds a run by plain `distillkit`, which ignores the {SECTION}: section (its schedule, "
             "TAID and AW settings were not applied); this run applies them")
