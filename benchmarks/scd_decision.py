@@ -48,10 +48,10 @@ def _synthetic_setup(args, workdir: Path):
     """Random tiny pair; N checkpoints = the teacher with growing noise and sharper heads (distinct models)."""
     from safetensors.torch import load_file, save_file
 
+    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
     from distillkit_scd.formatting import tokenize_dataset
     from distillkit_scd.models import load_tokenizer, make_tiny_pair
     from distillkit_scd.tasks import load_task
-    from distillkit_scd.teachers import CheckpointEntry, write_manifest
 
     teacher_dir, student_dir = make_tiny_pair(workdir / "tiny", seed=0)
     tokenizer = load_tokenizer(str(student_dir))
@@ -119,8 +119,7 @@ def main(argv=None) -> int:
         n = pool.num_checkpoints
         collator = DistillationCollator(tokenizer.pad_token_id)
         student = load_model(str(student_dir))
-        teacher = load_model(str(pool.path(pool.best_index)))
-        pool.active_index = pool.best_index
+        teacher = pool.load_model(pool.best_index)
         probes = probe_batches(train, collator, args.probe_size, 0, args.batch_size)
         batches = [collator([train[i] for i in range(s, min(s + args.batch_size, len(train)))])
                    for s in range(0, len(train), args.batch_size)]

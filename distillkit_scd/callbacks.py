@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from distillkit_scd.atomic import atomic_write_json
+from distillkit_scd.checkpoints import last_checkpoint
 from distillkit_scd.interrupts import note_step
 from distillkit_scd.trainer import reset_optimizer_state
 
@@ -175,8 +176,6 @@ class StepLossCallback(TrainerCallback):
         if loss_ok and grads_ok:
             self._checked = (loss, False)
             return
-        from distillkit_scd.sft import last_checkpoint
-
         what = f"non-finite loss {loss}" if not loss_ok else f"non-finite gradients (loss {loss})"
         ids = self.trainer.last_batch_ids
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)

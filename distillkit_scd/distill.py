@@ -25,20 +25,15 @@ from pathlib import Path
 
 from distillkit_scd.atomic import atomic_write_json
 from distillkit_scd.callbacks import ExtraStateCallback, SaveAtStepsCallback, StageCallback, StepLossCallback
+from distillkit_scd.checkpoints import best_checkpoint, check_resume_checkpoint, last_checkpoint
 from distillkit_scd.collate import DistillationCollator
 from distillkit_scd.config import METHODS, Recipe
 from distillkit_scd.losses import LossSpec, TAIDState
 from distillkit_scd.scd import probe_batches
 from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
 from distillkit_scd.selection import selection_split
-from distillkit_scd.sft import (
-    check_resume_checkpoint,
-    eval_loss_history,
-    last_checkpoint,
-    steps_per_epoch,
-    write_checkpoint_manifest,
-)
-from distillkit_scd.teachers import CheckpointPool, read_manifest
+from distillkit_scd.sft import eval_loss_history, steps_per_epoch, write_checkpoint_manifest
+from distillkit_scd.teachers import CheckpointPool
 from distillkit_scd.training_args import build_sft_config
 from distillkit_scd.workspace import Workspace, save_resolved_recipe
 
@@ -119,10 +114,9 @@ def run_distill(recipe: Recipe, method: str) -> Path:
                 pool.best_index)
 
     m = recipe.models
-    student_entries, student_best, _ = read_manifest(ws.sft_dir("student"))
-    student = load_model(student_entries[student_best].path, m.dtype, m.trust_remote_code, m.attn_implementation)
-    teacher = load_model(str(pool.path(pool.best_index)), m.dtype, m.trust_remote_code, m.attn_implementation)
-    pool.active_index = pool.best_index
+    student = load_model(str(best_checkpoint(ws.sft_dir("student"))), m.dtype, m.trust_remote_code,
+                         m.attn_implementation)
+    teacher = pool.load_model(pool.best_index, m.dtype, m.trust_remote_code, m.attn_implementation)
 
     signals = None
     if d.teacher_signal == "cached":

@@ -10,15 +10,19 @@ recorded beside it, labelled, because selecting on test inflates results.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from distillkit_scd.config import METHODS, Recipe
 from distillkit_scd.evaluation import Scoring
 from distillkit_scd.results import build_results, write_results
-from distillkit_scd.selection import best_index, primary_score, protocol_name
+from distillkit_scd.selection import best_index, primary_score, protocol_name, selection_split
 from distillkit_scd.workspace import Workspace
 
 logger = logging.getLogger(__name__)
+
+SCORES_FILE = "selection_scores.json"
+"""Per-checkpoint selection scores of an SFT run (a resumed stage re-scores only what is missing)."""
 
 ZERO_SHOT_ROWS = ("teacher_zero_shot", "student_zero_shot")
 SFT_ROWS = ("teacher_sft", "student_sft")
@@ -27,7 +31,7 @@ ROWS = ZERO_SHOT_ROWS + SFT_ROWS + METHODS
 
 def candidates(ws: Workspace, row: str) -> list[tuple[str, str]]:
     """(label, model path) of every model to score for a row."""
-    from distillkit_scd.teachers import read_manifest
+    from distillkit_scd.checkpoints import read_manifest, resolve_checkpoint
 
     if row in ZERO_SHOT_ROWS:
         role = row.split("_")[0]
@@ -39,7 +43,7 @@ def candidates(ws: Workspace, row: str) -> list[tuple[str, str]]:
     else:
         raise ValueError(f"--row: expected one of {', '.join(ROWS)}, got {row!r}")
     entries, _, _ = read_manifest(folder)
-    return [(f"step-{e.step}", e.path) for e in entries]
+    return [(f"step-{e.step}", str(resolve_checkpoint(folder, e))) for e in entries]
 
 
 def generation_budget(recipe: Recipe) -> int:
@@ -88,9 +92,9 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     performance"), `clean` on validation. The SFT rows report the manifest's p(best) under the recipe's
     protocol, so the Teacher SFT row is the same checkpoint TD/TAID distil from.
     """
+    from distillkit_scd.checkpoints import read_manifest
     from distillkit_scd.models import load_model
     from distillkit_scd.scoring import scoring_for
-    from distillkit_scd.teachers import read_manifest
 
     ws = Workspace(recipe)
     task = recipe.task.name
@@ -160,6 +164,53 @@ def choose_checkpoint(scored: list[dict], task: str, select_by: str,
             "samples": scored[j]["samples"]} for name, j in choice.items()},
         "candidates": [{k: v for k, v in e.items() if k != "samples"} for e in scored],
     }
+
+
+def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokenizer) -> list[dict]:
+    """Task metrics by generation of every checkpoint on the selection split, in `paths` order.
+
+    Scores already in `folder/selection_scores.json` (keyed by checkpoint path) are reused, and each new
+    one is written as soon as it exists, so a stage killed while scoring resumes where it stopped (the
+    pipeline removes the folder whenever the stage's inputs change).
+
+    Raises:
+        ValueError: the selection split is empty (clean protocol with `validation_fraction: 0`).
+    """
+    import json
+
+    from distillkit_scd.atomic import atomic_write_json
+    from distillkit_scd.models import load_model
+    from distillkit_scd.scoring import scoring_for
+    from distillkit_scd.workspace import Workspace
+
+    split_name = selection_split(recipe)
+    split = Workspace(recipe).task_splits()[split_name]
+    if not len(split):
+        raise ValueError(f"sft.select_by: val_score needs a non-empty {split_name} split to score checkpoints on; "
+                         "set task.options.validation_fraction > 0, evaluation.select_by: test (the paper's "
+                         "protocol) or sft.select_by: val_loss")
+    file = Path(folder) / SCORES_FILE
+    try:
+        done = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        done = {}
+    m = recipe.models
+    max_new = generation_budget(recipe)
+    out = []
+    for path in paths:
+        if str(path) not in done:
+            model = load_model(str(path), m.dtype, m.trust_remote_code, m.attn_implementation)
+            if _cuda():
+                model = model.to("cuda")
+            scoring = scoring_for(recipe.task.name, recipe.task.options)
+            metrics, _ = score_model(model, tokenizer, split, scoring, recipe, max_new)
+            del model
+            done[str(path)] = metrics
+            atomic_write_json(file, done)
+            logger.info("selection (%s split): %s %s", split_name, Path(path).name,
+                        {k: round(v, 4) for k, v in metrics.items()})
+        out.append(done[str(path)])
+    return out
 
 
 def _cuda() -> bool:

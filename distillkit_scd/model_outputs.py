@@ -11,22 +11,17 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from distillkit_scd.distributed import unwrap
 from distillkit_scd.losses import label_positions
 from distillkit_scd.models import check_plain_lm_head
 
 _BATCH_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 
-def _plain(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
 @torch.no_grad()
 def label_hidden(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final hidden states at positions that predict a label: (N, H), their flat indices and targets."""
-    model = _plain(model)
+    model = unwrap(model)
     check_plain_lm_head(model, type(model).__name__)
     device = next(model.parameters()).device
     inputs = {k: batch[k].to(device) for k in _BATCH_KEYS if k in batch}
@@ -40,7 +35,7 @@ def label_hidden(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.
 def iter_label_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor,
                         chunk_size: int = 1024) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """Yield (rows, log-probs (c, V) float32, targets (c,)) chunk by chunk over `label_hidden` rows."""
-    head = _plain(model).get_output_embeddings()
+    head = unwrap(model).get_output_embeddings()
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, min(start + chunk_size, hidden.shape[0]))
         logits = head(hidden[rows])

@@ -205,7 +205,7 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
     if dtype not in _DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
     if Path(path).is_dir():
-        from distillkit_scd.teachers import checkpoint_files
+        from distillkit_scd.checkpoints import checkpoint_files
 
         checkpoint_files(path)  # ValueError naming the folder (no weights) or the unreadable file
     kwargs = {"trust_remote_code": trust_remote_code, "use_safetensors": True}

@@ -1,4 +1,5 @@
-"""Which checkpoint is "best": the selection split of a recipe, the argmax rule, and scoring checkpoints.
+"""Which checkpoint is "best": the selection split of a recipe and the argmax rule (scoring by generation:
+`evaluate.score_checkpoints`).
 
 The paper: "Let p(best) be the teacher checkpoint with the best performance" (§5.2) and "the student
 model checkpoint with the best performance is selected" (§7). Performance is the task score by
@@ -13,15 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 from distillkit_scd.config import Recipe
 
 logger = logging.getLogger(__name__)
-
-SCORES_FILE = "selection_scores.json"
-"""Per-checkpoint selection scores of an SFT run (a resumed stage re-scores only what is missing)."""
-
 
 def selection_split(recipe: Recipe) -> str:
     """The split that selects checkpoints: `test` (paper protocol) or `validation` (clean protocol)."""
@@ -56,57 +52,3 @@ def primary_score(task: str, metrics: dict, options: dict | None = None) -> floa
     from distillkit_scd.scoring import scoring_for
 
     return scoring_for(task, options).selection_score(metrics)
-
-
-def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokenizer) -> list[dict]:
-    """Task metrics by generation of every checkpoint on the selection split, in `paths` order.
-
-    Scores already in `folder/selection_scores.json` (keyed by checkpoint path) are reused, and each new
-    one is written as soon as it exists, so a stage killed while scoring resumes where it stopped (the
-    pipeline removes the folder whenever the stage's inputs change).
-
-    Raises:
-        ValueError: the selection split is empty (clean protocol with `validation_fraction: 0`).
-    """
-    import json
-
-    from distillkit_scd.atomic import atomic_write_json
-    from distillkit_scd.evaluate import generation_budget, score_model
-    from distillkit_scd.models import load_model
-    from distillkit_scd.scoring import scoring_for
-    from distillkit_scd.workspace import Workspace
-
-    split_name = selection_split(recipe)
-    split = Workspace(recipe).task_splits()[split_name]
-    if not len(split):
-        raise ValueError(f"sft.select_by: val_score needs a non-empty {split_name} split to score checkpoints on; "
-                         "set task.options.validation_fraction > 0, evaluation.select_by: test (the paper's "
-                         "protocol) or sft.select_by: val_loss")
-    file = Path(folder) / SCORES_FILE
-    try:
-        done = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        done = {}
-    m = recipe.models
-    max_new = generation_budget(recipe)
-    out = []
-    for path in paths:
-        if str(path) not in done:
-            model = load_model(str(path), m.dtype, m.trust_remote_code, m.attn_implementation)
-            if _cuda():
-                model = model.to("cuda")
-            scoring = scoring_for(recipe.task.name, recipe.task.options)
-            metrics, _ = score_model(model, tokenizer, split, scoring, recipe, max_new)
-            del model
-            done[str(path)] = metrics
-            atomic_write_json(file, done)
-            logger.info("selection (%s split): %s %s", split_name, Path(path).name,
-                        {k: round(v, 4) for k, v in metrics.items()})
-        out.append(done[str(path)])
-    return out
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -14,10 +14,15 @@ import math
 from pathlib import Path
 
 from distillkit_scd.callbacks import SaveAtStepsCallback, StepLossCallback
+from distillkit_scd.checkpoints import (
+    CheckpointEntry,
+    check_resume_checkpoint,
+    last_checkpoint,
+    write_manifest,
+)
 from distillkit_scd.collate import DistillationCollator
 from distillkit_scd.config import Recipe
 from distillkit_scd.selection import selection_split
-from distillkit_scd.teachers import CheckpointEntry, write_manifest
 from distillkit_scd.training_args import build_sft_config
 from distillkit_scd.workspace import Workspace, save_resolved_recipe
 
@@ -41,39 +46,6 @@ def evenly_spaced_steps(total_steps: int, n: int) -> list[int]:
         raise ValueError(f"sft.num_checkpoints: {n} checkpoints need at least {n} optimizer steps, the run has "
                          f"{total_steps}; train longer or lower num_checkpoints")
     return [round(j * total_steps / n) for j in range(1, n + 1)]
-
-
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest `checkpoint-<step>` folder with a finished save (trainer_state.json written last)."""
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    if not done:
-        return None
-    return str(max(done, key=lambda p: int(p.name.split("-")[1])))
-
-
-def check_resume_checkpoint(folder: str | Path) -> None:
-    """Fail before training, naming the file, if the checkpoint a run would resume from is unreadable
-    (truncated or garbage weights, optimizer or scheduler state) — instead of a deep library traceback.
-
-    Raises:
-        ValueError: naming the bad file and how to resume from the checkpoint before it.
-    """
-    import zipfile
-
-    from distillkit_scd.teachers import INDEX_FILE, checkpoint_files
-
-    folder = Path(folder)
-    fix = f"delete {folder} to resume from the checkpoint before it (or from scratch), then re-run"
-    # DeepSpeed checkpoints may keep the weights only in their global_step*/ folder.
-    if any(folder.glob("*.safetensors")) or (folder / INDEX_FILE).is_file() or not any(folder.glob("global_step*")):
-        try:
-            checkpoint_files(folder)
-        except ValueError as err:
-            raise ValueError(f"resume: {err}; {fix}") from None
-    for name in ("optimizer.pt", "scheduler.pt"):  # torch.save writes zip archives
-        file = folder / name
-        if file.is_file() and not zipfile.is_zipfile(file):
-            raise ValueError(f"resume: {file}: not a readable torch state file (truncated or corrupt); {fix}")
 
 
 def run_sft(recipe: Recipe, role: str) -> Path:
@@ -123,7 +95,8 @@ def checkpoint_scores(recipe: Recipe, out: Path, save_steps: list[int], tokenize
     with the tokenizer and chat template the model was trained with."""
     import gc
 
-    from distillkit_scd.selection import primary_score, score_checkpoints
+    from distillkit_scd.evaluate import score_checkpoints
+    from distillkit_scd.selection import primary_score
 
     gc.collect()
     try:  # after a DeepSpeed ZeRO-3 run, models loaded from here on must not be partitioned

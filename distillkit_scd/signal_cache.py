@@ -123,7 +123,6 @@ def run_signal_cache(recipe) -> Path:
     from safetensors.torch import save_file
 
     from distillkit_scd.collate import DistillationCollator
-    from distillkit_scd.models import load_model
     from distillkit_scd.teachers import CheckpointPool
     from distillkit_scd.workspace import Workspace
 
@@ -141,10 +140,9 @@ def run_signal_cache(recipe) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     m = recipe.models
-    teacher = load_model(str(pool.path(0)), m.dtype, m.trust_remote_code, m.attn_implementation)
+    teacher = pool.load_model(0, m.dtype, m.trust_remote_code, m.attn_implementation)
     if torch.cuda.is_available():
         teacher = teacher.to("cuda")
-    pool.active_index = 0
     collator = DistillationCollator(tokenizer.pad_token_id)
     for j, path in enumerate(paths):
         pool.load_into(teacher, j)

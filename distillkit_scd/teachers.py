@@ -21,116 +21,24 @@ engines, hooks and compiled graphs stay valid and no second model is ever alloca
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from distillkit_scd.atomic import atomic_write_json
+from distillkit_scd.checkpoints import MANIFEST, checkpoint_files, read_manifest, resolve_checkpoint
+from distillkit_scd.distributed import unwrap
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-INDEX_FILE = "model.safetensors.index.json"
 _GATHER_BYTES = 256 << 20  # ZeRO-3: gather at most ~256 MiB of parameters at a time
-
-
-@dataclass
-class CheckpointEntry:
-    """One teacher SFT checkpoint in `manifest.json`; `index` is 0-based and equals its position."""
-
-    index: int
-    step: int
-    epoch: float
-    path: str
-    val_loss: float | None = None
-    val_score: float | None = None
-
-
-def write_manifest(folder: str | Path, entries: list[CheckpointEntry], best_index: int, selected_by: str) -> Path:
-    """Write `folder/manifest.json` atomically (temporary file, then rename); returns its path."""
-    folder = Path(folder)
-    if not 0 <= best_index < len(entries):
-        raise ValueError(f"best_index: {best_index} outside the {len(entries)} checkpoints")
-    data = {"checkpoints": [asdict(e) for e in entries], "best_index": best_index, "selected_by": selected_by}
-    return atomic_write_json(folder / MANIFEST, data)
-
-
-def read_manifest(path: str | Path) -> tuple[list[CheckpointEntry], int, str]:
-    """(entries, best_index, selected_by) of a manifest file, or of `folder/manifest.json`.
-
-    Raises:
-        ValueError: missing or malformed manifest (the file named), indices not 0..N−1 in order, or
-            best_index out of range.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-        entries = [CheckpointEntry(**e) for e in data["checkpoints"]]
-        best = int(data["best_index"])
-    except FileNotFoundError:
-        raise ValueError(f"{path}: checkpoint manifest not found; run the SFT stage first") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: not a valid checkpoint manifest ({err})") from None
-    if not entries:
-        raise ValueError(f"{path}: checkpoints: expected at least one checkpoint, got none")
-    for j, e in enumerate(entries):
-        if e.index != j:
-            raise ValueError(f"{path}: checkpoints[{j}].index: expected {j} (0-based, in order), got {e.index}")
-    if not 0 <= best < len(entries):
-        raise ValueError(f"{path}: best_index: expected 0..{len(entries) - 1}, got {best}")
-    return entries, best, data.get("selected_by", "")
 
 
 # --------------------------------------------------------------------------------------------------
 # Reading checkpoints: which file holds each tensor, and a one-time validation per checkpoint.
 # --------------------------------------------------------------------------------------------------
-
-
-def checkpoint_files(folder: str | Path) -> dict[str, Path]:
-    """Map tensor name → safetensors file of a checkpoint folder (sharded via its index, or not).
-
-    Raises:
-        ValueError: no safetensors, a shard named by the index missing, or a tensor in two files.
-    """
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    index = folder / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ValueError(f"{index}: not a valid safetensors index ({err})") from None
-        for file in set(weight_map.values()):
-            if not isinstance(file, str) or Path(file).name != file or file in (".", ".."):
-                raise ValueError(f"{index}: shard {file!r} is not a file name inside {folder} "
-                                 "(shards must sit beside the index)")
-        out = {name: folder / file for name, file in weight_map.items()}
-        for file in set(out.values()):
-            if not file.is_file():
-                raise ValueError(f"{index}: names shard {file.name}, which is missing from {folder}")
-        return out
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{folder}: no .safetensors weights (checkpoints are loaded from safetensors only)")
-    out: dict[str, Path] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as fh:
-                names = list(fh.keys())
-        except Exception as err:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"{file}: cannot read safetensors ({err})") from None
-        for name in names:
-            if name in out:
-                raise ValueError(f"{folder}: tensor {name!r} is stored in both {out[name].name} and {file.name}")
-            out[name] = file
-    return out
 
 
 def _iter_tensors(files: dict[str, Path], names):
@@ -147,13 +55,6 @@ def _iter_tensors(files: dict[str, Path], names):
                     yield name, file, fh.get_tensor(name)
         except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
             raise ValueError(f"{file}: cannot read safetensors ({err})") from None
-
-
-def _plain(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module inside DDP / DeepSpeed wrappers (their parameter names carry `module.`)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 def _is_zero3(param: torch.nn.Parameter) -> bool:
@@ -194,7 +95,7 @@ def plan_swap(model: torch.nn.Module, folder: str | Path) -> _Plan:
     """
     folder = Path(folder)
     files = checkpoint_files(folder)
-    model = _plain(model)
+    model = unwrap(model)
     aliases: dict[int, list[str]] = {}  # one Parameter object → all its names (tied weights)
     objects: dict[int, torch.nn.Parameter] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -308,9 +209,10 @@ def _copy_zero3(plan: _Plan, by_name: dict[str, torch.Tensor]) -> None:
 class CheckpointPool:
     """The teacher's N SFT checkpoints (from its manifest) and which one the live teacher holds.
 
-    `active_index` is the checkpoint last loaded by `load_into` (None until then; set it yourself when the
-    teacher module was created from one of the checkpoints). Relative checkpoint paths in the manifest are
-    taken relative to the manifest's folder, else to the current directory.
+    `active_index` is the checkpoint the live teacher holds: set by `load_model` (which builds the teacher
+    from a checkpoint) and by `load_into` (which swaps one in place); None until either ran. Checkpoint
+    folders are resolved by `checkpoints.resolve_checkpoint` (a relative path stays inside the manifest's
+    folder).
     """
 
     def __init__(self, manifest_path: str | Path):
@@ -318,25 +220,8 @@ class CheckpointPool:
         if self.manifest_path.is_dir():
             self.manifest_path = self.manifest_path / MANIFEST
         self.entries, self.best_index, self.selected_by = read_manifest(self.manifest_path)
-        self._paths = [self._resolve(e) for e in self.entries]
+        self._paths = [resolve_checkpoint(self.manifest_path, e) for e in self.entries]
         self.active_index: int | None = None
-
-    def _resolve(self, entry: CheckpointEntry) -> Path:
-        """A checkpoint folder: absolute as written, or relative to the manifest's folder (or, as the SFT
-        stage writes it for a relative `output_dir`, to the working directory). A relative path must stay
-        inside the manifest's folder: a manifest cannot send us to read `../../elsewhere`."""
-        path = Path(entry.path)
-        candidates = [path] if path.is_absolute() else [self.manifest_path.parent / path, path]
-        home = self.manifest_path.parent.resolve()
-        for candidate in candidates:
-            if candidate.is_dir():
-                if not path.is_absolute() and not candidate.resolve().is_relative_to(home):
-                    raise ValueError(f"{self.manifest_path}: checkpoints[{entry.index}].path: {entry.path!r} "
-                                     f"leads outside {home}; a relative checkpoint path must stay inside the "
-                                     "manifest's folder (write an absolute path to use a folder elsewhere)")
-                return candidate
-        raise ValueError(f"{self.manifest_path}: checkpoints[{entry.index}].path: folder {entry.path!r} not found "
-                         f"(looked at {', '.join(str(c) for c in candidates)})")
 
     @property
     def num_checkpoints(self) -> int:
@@ -347,6 +232,16 @@ class CheckpointPool:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.entries):
             raise ValueError(f"checkpoint index: expected 0..{len(self.entries) - 1}, got {index!r}")
         return self._paths[index]
+
+    def load_model(self, index: int, dtype: str = "float32", trust_remote_code: bool = False,
+                   attn_implementation: str | None = None) -> torch.nn.Module:
+        """A new teacher module built from checkpoint `index` (`models.load_model`), which then is the
+        live teacher: later `load_into` calls swap other checkpoints into it in place."""
+        from distillkit_scd.models import load_model
+
+        model = load_model(str(self.path(index)), dtype, trust_remote_code, attn_implementation)
+        self.active_index = index
+        return model
 
     def load_into(self, model: torch.nn.Module, index: int) -> None:
         """Make checkpoint `index` the live teacher, in place; a no-op if it already is.

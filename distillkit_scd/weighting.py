@@ -220,15 +220,10 @@ def aw_cache_key(student_dir, checkpoint_dirs, dataset, max_length: int, dtype: 
 
 def student_sft_dir(sft_student_dir: Path) -> Path:
     """q_SFT: the student manifest's selected checkpoint (what distillation starts from), else `final/`."""
-    from distillkit_scd.teachers import MANIFEST, read_manifest
+    from distillkit_scd.checkpoints import MANIFEST, best_checkpoint
 
     if (sft_student_dir / MANIFEST).is_file():
-        entries, best, _ = read_manifest(sft_student_dir)
-        path = Path(entries[best].path)
-        for candidate in ([path] if path.is_absolute() else [sft_student_dir / path, path]):
-            if candidate.is_dir():
-                return candidate
-        raise ValueError(f"{sft_student_dir / MANIFEST}: selected checkpoint folder {str(path)!r} not found")
+        return best_checkpoint(sft_student_dir)
     final = sft_student_dir / "final"
     if not final.is_dir():
         raise ValueError(f"{sft_student_dir}: no manifest.json and no final/ model; run the student SFT stage first")
@@ -266,8 +261,7 @@ def run_aw_table(recipe) -> Path:
     teacher_losses = _signal_teacher_losses(recipe, ws.root, train, pool.num_checkpoints)
     teacher = None
     if teacher_losses is None:
-        teacher = load_model(str(pool.path(pool.best_index)), m.dtype, m.trust_remote_code, m.attn_implementation)
-        pool.active_index = pool.best_index
+        teacher = pool.load_model(pool.best_index, m.dtype, m.trust_remote_code, m.attn_implementation)
     table = compute_aw_table(student, pool, train, batch_size=recipe.evaluation.batch_size, teacher=teacher,
                              collator=DistillationCollator(tokenizer.pad_token_id), chunk_size=recipe.distill.chunk_size,
                              teacher_losses=teacher_losses)

@@ -230,7 +230,7 @@ def _write_results(path: Path, version: int) -> None:
 
 
 def _write_manifest(path: Path, version: int) -> None:
-    from distillkit_scd.teachers import CheckpointEntry, write_manifest
+    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
 
     assert path.name == "manifest.json"
     write_manifest(path.parent, [CheckpointEntry(0, version, 1.0, f"checkpoint-{version}")], 0, "test")
@@ -378,18 +378,17 @@ def test_load_model_names_the_unreadable_weights_file(tiny_pair, tmp_path, how):
 def test_teacher_pool_names_the_unreadable_checkpoint_and_keeps_the_live_teacher(tiny_pair, tmp_path, how):
     """Swapping a damaged checkpoint into the live teacher raises ValueError naming the file (the folder
     when it has no weights), and the teacher keeps the weights it had."""
-    from distillkit_scd.models import load_model
-    from distillkit_scd.teachers import CheckpointEntry, CheckpointPool, write_manifest
+    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
+    from distillkit_scd.teachers import CheckpointPool
 
     good, bad = tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"
     shutil.copytree(tiny_pair[0], good)
     shutil.copytree(tiny_pair[0], bad)
     file = _damage(bad, how)
     write_manifest(tmp_path, [CheckpointEntry(0, 1, 1.0, str(good)), CheckpointEntry(1, 2, 2.0, str(bad))], 0, "t")
-    teacher = load_model(str(good))
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
     pool = CheckpointPool(tmp_path)
-    pool.active_index = 0
+    teacher = pool.load_model(0)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
     named = bad if how == "missing" else file
     with pytest.raises(ValueError, match=rf"^{named}: "):
         pool.load_into(teacher, 1)
@@ -402,7 +401,7 @@ def test_teacher_pool_names_the_unreadable_checkpoint_and_keeps_the_live_teacher
 def test_resume_names_the_unreadable_checkpoint_file(tiny_pair, tmp_path, name, how):
     """The checkpoint a run would resume from, damaged: `check_resume_checkpoint` (called by the SFT and
     distillation stages before training) names the file and how to fall back to the one before."""
-    from distillkit_scd.sft import check_resume_checkpoint
+    from distillkit_scd.checkpoints import check_resume_checkpoint
 
     folder = tmp_path / "checkpoint-6"
     shutil.copytree(tiny_pair[1], folder)

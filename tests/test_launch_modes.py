@@ -346,7 +346,7 @@ def test_zero3_save_guard_and_shipped_configs():
 def test_call_as_forward_runs_through_wrapper_hooks_and_restores_forward():
     """fn runs as the module's forward, called through the wrapper (its hooks fire once, with fn's result);
     afterwards `forward` is the class's method again (or the instance's own wrapper, when it had one)."""
-    from distillkit_scd.trainer import call_as_forward
+    from distillkit_scd.distributed import call_as_forward
 
     module = torch.nn.Linear(2, 2)
     seen = []

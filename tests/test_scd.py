@@ -134,7 +134,8 @@ def test_full_cache_equals_naive_teacher_passes(tmp_path):
     """Full cache (in-place swaps, chunked head) == N fresh teacher loads with full logits, float64 KL."""
     from transformers import AutoModelForCausalLM
 
-    from distillkit_scd.teachers import CheckpointEntry, CheckpointPool, write_manifest
+    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
+    from distillkit_scd.teachers import CheckpointPool
 
     entries = []
     for j in range(3):
@@ -148,8 +149,7 @@ def test_full_cache_equals_naive_teacher_passes(tmp_path):
         ids = torch.randint(1, 41, (n,), generator=gen).tolist()
         rows.append({"input_ids": ids, "labels": [-100] * (n // 2) + ids[n // 2:]})
     batches = [DistillationCollator(0)(rows[:3]), DistillationCollator(0)(rows[3:])]
-    teacher = AutoModelForCausalLM.from_pretrained(str(pool.path(0)), dtype=torch.float32)
-    pool.active_index = 0
+    teacher = pool.load_model(0)
     student = _tiny_llama(99)
     chosen, terms = SCDSelector(pool, teacher, batches, top_k=0, chunk_size=5).select(student)
 

@@ -8,14 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from distillkit_scd.teachers import (
-    CheckpointEntry,
-    CheckpointPool,
-    checkpoint_files,
-    load_weights_in_place,
-    read_manifest,
-    write_manifest,
-)
+from distillkit_scd.checkpoints import CheckpointEntry, checkpoint_files, read_manifest, write_manifest
+from distillkit_scd.teachers import CheckpointPool, load_weights_in_place
 
 
 def _llama(seed: int, tie: bool = False, hidden: int = 16):
@@ -66,8 +60,8 @@ def test_swap_keeps_storage_and_matches_fresh_load(pool_dir):
     pool = CheckpointPool(pool_dir / "manifest.json")
     assert pool.num_checkpoints == 3 and pool.best_index == 1
     assert (pool.path(1) / "model.safetensors.index.json").is_file()  # sharded one
-    teacher = _fresh(pool.path(0))
-    pool.active_index = 0
+    teacher = pool.load_model(0)
+    assert pool.active_index == 0
     pointers = {n: p.data_ptr() for n, p in teacher.named_parameters()}
     for j in (1, 2, 0, 1):
         pool.load_into(teacher, j)

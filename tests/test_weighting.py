@@ -12,7 +12,8 @@ from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
 from distillkit_scd import hashing
-from distillkit_scd.teachers import CheckpointEntry, CheckpointPool, write_manifest
+from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
+from distillkit_scd.teachers import CheckpointPool
 from distillkit_scd.weighting import TABLE_JSON, TABLE_TENSORS, AWTable, aw_cache_key, compute_aw_table
 
 
@@ -80,8 +81,7 @@ def test_table_equals_per_sample_float64_loop(pool_dir):
     data = _dataset()
     pool = CheckpointPool(pool_dir)
     student = AutoModelForCausalLM.from_pretrained(str(pool_dir / "student"), dtype=torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(str(pool.path(2)), dtype=torch.float32)
-    pool.active_index = 2
+    teacher = pool.load_model(2)
     table = compute_aw_table(student, pool, data, batch_size=3, teacher=teacher, chunk_size=4)
     fresh = [AutoModelForCausalLM.from_pretrained(str(pool.path(j)), dtype=torch.float32) for j in range(3)]
     ref_s = torch.tensor([_reference_loss(student, r) for r in data], dtype=torch.float64)

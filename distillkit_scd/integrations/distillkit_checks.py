@@ -150,7 +150,7 @@ def tensor_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
     """
     from safetensors import safe_open
 
-    from distillkit_scd.teachers import checkpoint_files
+    from distillkit_scd.checkpoints import checkpoint_files
 
     out = {}
     files = checkpoint_files(folder)
@@ -197,9 +197,10 @@ def check_module_shapes(module, pool) -> None:
     Raises:
         ValueError: naming the checkpoint folder and tensor.
     """
-    from distillkit_scd.teachers import _plain, _shape
+    from distillkit_scd.distributed import unwrap
+    from distillkit_scd.teachers import _shape
 
-    model = _plain(module)
+    model = unwrap(module)
     expected = {n: _shape(p) for n, p in model.named_parameters(remove_duplicate=False)}
     for j in range(pool.num_checkpoints):
         for name, shape in tensor_shapes(pool.path(j)).items():

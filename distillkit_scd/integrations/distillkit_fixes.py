@@ -29,6 +29,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from transformers.trainer_utils import get_last_checkpoint
 
 from distillkit_scd.callbacks import ExtraStateCallback, StageCallback, StepLossCallback
+from distillkit_scd.distributed import unwrap
 from distillkit_scd.losses import (
     IGNORE_INDEX,
     LossSpec,
@@ -37,7 +38,7 @@ from distillkit_scd.losses import (
     compound_loss_from_logits,
 )
 from distillkit_scd.trainer import DistillationTrainer as _OurTrainer
-from distillkit_scd.trainer import schedule_log_fields, unwrap
+from distillkit_scd.trainer import schedule_log_fields
 
 logger = logging.getLogger(__name__)
 

@@ -75,15 +75,14 @@ def run_teacher_sft(config_path: str | Path, num_checkpoints: int, out: str | Pa
     import transformers
 
     from distillkit_scd.callbacks import SaveAtStepsCallback, StepLossCallback
+    from distillkit_scd.checkpoints import check_resume_checkpoint, last_checkpoint
     from distillkit_scd.collate import DistillationCollator
     from distillkit_scd.integrations.distillkit import load_config
     from distillkit_scd.integrations.distillkit_checks import validate_manifest
     from distillkit_scd.integrations.distillkit_data import load_rows
     from distillkit_scd.sft import (
-        check_resume_checkpoint,
         eval_loss_history,
         evenly_spaced_steps,
-        last_checkpoint,
         world_size,
         write_checkpoint_manifest,
     )

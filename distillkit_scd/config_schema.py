@@ -1,0 +1,269 @@
+"""The recipe schema: one typed dataclass per recipe section, each field documented once, here.
+
+YAML loading, `extends`, `--set` overrides and the checks live in `config_loading.py`; import both
+through `distillkit_scd.config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+METHODS = ("td", "taid", "cd", "scd", "scd_aw")
+"""Distillation rows of Table 1, in the paper's order."""
+
+Method = Literal["td", "taid", "cd", "scd", "scd_aw"]
+Divergence = Literal["forward_kl", "reverse_kl"]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and field path."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema. Each field is documented once, here.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelsConfig:
+    """Which models to distil.
+
+    teacher (`str`): Hub id or local folder of the teacher's base model (SFT starts from it), or
+        `tiny:teacher` / `tiny:student`: a tiny Llama built on the spot (see `model_refs.py`).
+    student (`str`): Hub id, local folder or `tiny:` reference of the student's base model.
+    dtype (`str`, defaults to `"float32"`): weights dtype when loading: float32, bfloat16 or float16.
+    trust_remote_code (`bool`, defaults to `False`): allow model code from the Hub; off unless asked.
+    attn_implementation (`str`, *optional*): e.g. "sdpa", "flash_attention_2"; library default if unset.
+    """
+
+    teacher: str
+    student: str
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+
+@dataclass
+class TaskConfig:
+    """The domain task.
+
+    name (`str`): registered task: pubmedqa, jmmlu, crade, rrtnm, smdis, nrner, synthetic, or chat (your
+        own data; `tasks/chat.py`, metric chosen by `options.metric`, see `chat_metrics.py`).
+    source (`str`, *optional*): local path or Hub dataset id; unset means the task's default.
+    options (`dict`, defaults to `{}`): task options passed to `load_task` (e.g. `pool: all`).
+    max_length (`int`, defaults to `512`): token budget per example; prompts are cut, answers never.
+    date_string (`str`, defaults to `"26 Jul 2024"`): the date chat templates write into the system header
+        (Llama-3.x's `date_string`; otherwise today's date), pinned so prompts are the same every day and for
+        teacher and student. The default is Llama-3.1's own fallback; the paper does not say (ours).
+    """
+
+    name: str
+    source: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    max_length: int = 512
+    date_string: str = "26 Jul 2024"
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser settings shared by every training stage (the paper's infrastructure).
+
+    per_device_train_batch_size (`int`, defaults to `8`): micro-batch per process.
+    gradient_accumulation_steps (`int`, defaults to `1`): micro-batches per optimizer step.
+    learning_rate (`float`, defaults to `1e-5`): peak learning rate (stages may override it).
+    weight_decay (`float`, defaults to `0.0`): AdamW weight decay.
+    adam_beta1 (`float`, defaults to `0.9`), adam_beta2 (`float`, defaults to `0.95`): AdamW betas.
+    max_grad_norm (`float`, defaults to `1.0`): gradient clipping.
+    lr_scheduler_type (`str`, defaults to `"cosine"`): a transformers scheduler name whose multiplier is a
+        function of the step (checked at load; arguments via `training_args.lr_scheduler_kwargs`).
+    warmup_ratio (`float`, defaults to `0.1`): warm-up share of each schedule.
+    logging_steps (`int`, defaults to `10`): optimizer steps between log lines.
+    nonfinite_loss (`str`, defaults to `"stop"`): a step whose loss or gradients are NaN/inf `stop`s the
+        run (naming the step, the batch and the last checkpoint), or is `skip`ped: its update is not
+        applied (weights and optimizer state unchanged), it is logged and counted. Not with DeepSpeed.
+    max_nonfinite_steps (`int`, defaults to `10`): with `skip`, the run stops anyway once more steps than
+        this were skipped.
+    """
+
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    logging_steps: int = 10
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
+    max_nonfinite_steps: int = 10
+
+
+@dataclass
+class RoleSFTConfig:
+    """SFT of one model (teacher or student).
+
+    num_train_epochs (`float`, defaults to `3`): passes over the train split.
+    learning_rate (`float`, *optional*): overrides `optim.learning_rate` for this model.
+    """
+
+    num_train_epochs: float = 3.0
+    learning_rate: float | None = None
+
+
+@dataclass
+class SFTConfig:
+    """Domain SFT of teacher and student.
+
+    num_checkpoints (`int`, defaults to `4`): N, teacher checkpoints saved evenly over its training.
+    select_by (`str`, defaults to `"val_score"`): how p(best) (and the student's SFT starting point) is
+        picked on the selection split (`evaluation.select_by`): `val_score`, the task score by generation
+        (the paper: "the teacher checkpoint with the best performance"), or `val_loss`, the lowest CE
+        (ours). Ties go to the earlier checkpoint (ours).
+    teacher (`RoleSFTConfig`): teacher SFT settings.  student (`RoleSFTConfig`): student SFT settings.
+    """
+
+    num_checkpoints: int = 4
+    select_by: Literal["val_score", "val_loss"] = "val_score"
+    teacher: RoleSFTConfig = field(default_factory=RoleSFTConfig)
+    student: RoleSFTConfig = field(default_factory=RoleSFTConfig)
+
+
+@dataclass
+class TAIDConfig:
+    """TAID's adaptive interpolation (official defaults, Shing et al. 2025).
+
+    t_start (`float`, defaults to `0.4`), t_end (`float`, defaults to `1.0`): interpolation range.
+    alpha (`float`, defaults to `5e-4`): step size of the adaptive update.
+    beta (`float`, defaults to `0.99`): momentum of the relative loss change.
+    """
+
+    t_start: float = 0.4
+    t_end: float = 1.0
+    alpha: float = 5e-4
+    beta: float = 0.99
+
+
+@dataclass
+class SCDConfig:
+    """Scheduled checkpoint selection.
+
+    probe_size (`int`, defaults to `64`): train samples in the fixed probe set for the KL terms.
+    top_k (`int`, defaults to `0`): cache each checkpoint's probe log-probs as top-k plus a tail
+        bucket; 0 caches the full distribution (exact; fine for small vocabularies or probe sets).
+    """
+
+    probe_size: int = 64
+    top_k: int = 0
+
+
+@dataclass
+class DistillConfig:
+    """Distillation of the student from its SFT weights.
+
+    methods (`list[str]`, defaults to all five): rows the pipeline runs: td, taid, cd, scd, scd_aw.
+    alpha (`float`, defaults to `0.5`): weight of the distillation term (TD, CD, SCD; TAID's mix).
+    temperature (`float`, defaults to `1.0`): softmax temperature of both models (T² scaling).
+    divergence (`str`, defaults to `"forward_kl"`): forward_kl = KL(p‖q), reverse_kl = KL(q‖p).
+    epochs_per_stage (`float`, defaults to `2.0`): T in epochs; each stage lasts T, there are N stages.
+    steps_per_stage (`int`, *optional*): T in optimizer steps; overrides `epochs_per_stage`.
+    learning_rate (`float`, *optional*): overrides `optim.learning_rate` for distillation.
+    reset_optimizer (`bool`, defaults to `True`): clear AdamW's state every T steps (paper: "optimizer reset
+        every T steps").
+    lr_schedule (`str`, defaults to `"global"`): `global`: one warm-up + decay (`optim.lr_scheduler_type`)
+        over the whole N×T run, the literal reading of the paper's "cosine decay with warmup"; `per_stage`
+        (ours): the schedule restarts every T steps. Either is transformers' `get_scheduler`.
+    chunk_size (`int`, defaults to `1024`): label positions per loss chunk; bounds logits memory.
+    teacher_signal (`str`, defaults to `"online"`): run the teacher each step, or read a top-k cache.
+    cache_top_k (`int`, defaults to `64`): k of the teacher-signal cache.
+    fused_loss (`str`, defaults to `"none"`): "liger" computes the loss with Liger-Kernel's fused chunked
+        JSD loss where it is exact (fixed α, forward/reverse KL, online teacher: TD, CD, SCD); TAID and AW
+        keep the built-in chunked loss. Needs `pip install liger-kernel`.
+    taid (`TAIDConfig`), scd (`SCDConfig`): method settings.
+    """
+
+    methods: list[Method] = field(default_factory=lambda: list(METHODS))
+    alpha: float = 0.5
+    temperature: float = 1.0
+    divergence: Divergence = "forward_kl"
+    epochs_per_stage: float = 2.0
+    steps_per_stage: int | None = None
+    learning_rate: float | None = None
+    reset_optimizer: bool = True
+    lr_schedule: Literal["global", "per_stage"] = "global"
+    chunk_size: int = 1024
+    teacher_signal: Literal["online", "cached"] = "online"
+    cache_top_k: int = 64
+    fused_loss: Literal["none", "liger"] = "none"
+    taid: TAIDConfig = field(default_factory=TAIDConfig)
+    scd: SCDConfig = field(default_factory=SCDConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    """Generation and scoring.
+
+    max_new_tokens (`int`, *optional*): generation budget; unset uses the task's default.
+    batch_size (`int`, defaults to `16`): prompts per generation batch.
+    select_by (`str`, defaults to `"validation"`): the selection split of every "best checkpoint" —
+        p(best) and the reported checkpoint of each trained row. `test` is the paper's protocol ("the
+        student model checkpoint with the best performance is selected"; optimistic), `validation` ours
+        (clean; needs a validation carve-out). Results record both choices, labelled.
+    zero_shot (`bool`, defaults to `True`): evaluate the base models (zero-shot rows).
+    """
+
+    max_new_tokens: int | None = None
+    batch_size: int = 16
+    select_by: Literal["validation", "test"] = "validation"
+    zero_shot: bool = True
+
+
+@dataclass
+class LauncherConfig:
+    """How each stage is launched.
+
+    num_processes (`int`, defaults to `1`): processes for `accelerate launch`; 1 runs in-process.
+    accelerate_config (`str`, *optional*): an accelerate config file for multi-GPU / DeepSpeed.
+    deepspeed_config (`str`, *optional*): a DeepSpeed JSON passed to the trainer (ZeRO stage etc.).
+    mixed_precision (`str`, defaults to `"no"`): no, bf16 or fp16.
+    """
+
+    num_processes: int = 1
+    accelerate_config: str | None = None
+    deepspeed_config: str | None = None
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+@dataclass
+class Recipe:
+    """A whole study for one task.
+
+    name (`str`): a label for logs and reports.
+    output_dir (`str`): where every stage writes its artifacts.
+    seed (`int`, defaults to `42`): seed of every stage.
+    models, task, sft, distill, evaluation, launcher, optim: the sections above.
+    training_args (`dict`, defaults to `{}`): extra TRL `SFTConfig` fields, checked against TRL at use.
+    """
+
+    name: str
+    output_dir: str
+    models: ModelsConfig
+    task: TaskConfig
+    seed: int = 42
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (the resolved config saved with every artifact)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
