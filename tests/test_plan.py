@@ -182,3 +182,17 @@ def test_time_estimate_by_hand(monkeypatch):
     rows, _ = train_rows(r)  # the plan uses the local data's size when it is on disk
     hours = sum(stage_flops(r, rows, step_counts(r, rows), s, t).values()) / (989e12 * ASSUMED_MFU) / 3600
     assert f"H100/H200 (989 TFLOP/s bf16): {hours:.2f} GPU-hours, {hours / 8:.2f} h wall on 8 GPU(s)" in format_plan(r)
+
+
+def test_two_nodes_plan_and_launch(monkeypatch):
+    """The 2 × 8 recipe: 16 processes on 2 machines under ZeRO-3; `plan` says so and divides GPU-hours by 16."""
+    from distillkit_scd.launch import resolve_launch
+
+    monkeypatch.chdir(ROOT)
+    r = load_recipe("recipes/multinode/pubmedqa_2x8xH100.yaml")
+    launch = resolve_launch(r)
+    assert (launch.mode, launch.world_size, launch.num_machines, launch.global_batch) == ("deepspeed", 16, 2, 16)
+    par = parallel_setup(r)
+    assert (par.world_size, par.num_machines, par.zero_stage) == (16, 2, 3)
+    text = format_plan(r)
+    assert "16 process(es) on 2 nodes, ZeRO stage 3" in text and "h wall on 16 GPU(s)" in text
