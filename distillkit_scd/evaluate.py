@@ -75,9 +75,11 @@ def score_model(model, tokenizer, split, scoring: Scoring, recipe: Recipe, max_n
     from distillkit_scd.generation import generate
 
     prompts = [m[:-1] for m in split["messages"]]
-    budget = max(8, recipe.task.max_length - max_new_tokens)
+    # Prompts are cut to the training budget (`task.max_length`), never to make room for the answer: with
+    # the official 512-token budget that would leave nothing of a 512-token prompt. Generation stops at
+    # end-of-turn, so the budget only bounds answers that run on.
     generations = generate(model, tokenizer, prompts, max_new_tokens, recipe.evaluation.batch_size,
-                           max_prompt_length=budget)
+                           max_prompt_length=recipe.task.max_length)
     metrics, samples = scoring.score(list(split["answer"]), generations)
     for sample, rid, gold, text in zip(samples, split["id"], split["answer"], generations):
         sample.update({"id": rid, "gold": gold, "generation": text})

@@ -3,8 +3,8 @@
 Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch) to pad
 little, then the outputs are put back in input order. Greedy decoding (`do_sample=False`, one beam) is
 forced whatever the model's own generation_config says (Llama-3-Instruct ships sampling defaults), so
-outputs are deterministic. Generation stops at the tokenizer's eos, `<|eot_id|>` when the vocabulary has
-it, and any eos ids of the model's generation_config. Works with transformers 4.57 and 5.x (only keyword
+outputs are deterministic. Generation stops at end-of-turn (the tokenizer's eos and the end-of-turn
+tokens its vocabulary has, as training labels end) and any eos ids of the model's generation_config. Works with transformers 4.57 and 5.x (only keyword
 arguments both accept are passed). `generate_vllm` is an optional fast path for GPU users with vLLM.
 """
 
@@ -24,8 +24,11 @@ EOT_TOKEN = "<|eot_id|>"
 
 
 def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Token ids that end a completion: tokenizer eos, `<|eot_id|>`, and the model's generation eos ids."""
-    ids = {tokenizer.eos_token_id}
+    """Token ids that end a completion: the end-of-turn ids training labels end with (tokenizer eos,
+    `<|eot_id|>`, `<|im_end|>`, …: `formatting.end_of_turn_ids`) and the model's generation eos ids."""
+    from distillkit_scd.formatting import end_of_turn_ids
+
+    ids = set(end_of_turn_ids(tokenizer))
     if EOT_TOKEN in tokenizer.get_vocab():
         ids.add(tokenizer.convert_tokens_to_ids(EOT_TOKEN))
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

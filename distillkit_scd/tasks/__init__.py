@@ -22,15 +22,20 @@ _JMED_FACTS = {  # task: (Table 1 column, kappa weights as JMED-LLM scores it, d
     "smdis": ("SMDIS", None, 11064),
 }
 
+JMED_MAX_NEW_TOKENS = 512
+"""The JMED-LLM toolkit's generation budget (upstream `max_new_tokens=512`); the answer is parsed out of
+whatever the model writes. PubMedQA's 64 is ours (no official toolkit; room for a sentence around the word).
+Generation stops at end-of-turn, so a larger budget costs only where answers run on."""
+
 TASKS: dict[str, TaskSpec] = {
     "synthetic": TaskSpec("synthetic", "exact", 8, synthetic.build, columns=(("synthetic", "accuracy"),),
                           train_rows=540),
-    "pubmedqa": TaskSpec("pubmedqa", "yesno", 8, pubmedqa.build, columns=(("PubmedQA", "accuracy"),),
+    "pubmedqa": TaskSpec("pubmedqa", "yesno", 64, pubmedqa.build, columns=(("PubmedQA", "accuracy"),),
                          train_rows=450, fetch="pubmedqa"),
-    **{name: TaskSpec(name, "choice", 8, functools.partial(jmed.build_task, name), columns=((column, "accuracy"),),
+    **{name: TaskSpec(name, "choice", JMED_MAX_NEW_TOKENS, functools.partial(jmed.build_task, name), columns=((column, "accuracy"),),
                       kappa_weights=weights, train_rows=rows, fetch="jmed")
        for name, (column, weights, rows) in _JMED_FACTS.items()},
-    "nrner": TaskSpec("nrner", "ner", 128, functools.partial(jmed.build_task, "nrner"),
+    "nrner": TaskSpec("nrner", "ner", JMED_MAX_NEW_TOKENS, functools.partial(jmed.build_task, "nrner"),
                       columns=(("NRNER exact", "exact_f1"), ("NRNER partial", "partial_f1")), train_rows=1107,
                       fetch="jmed"),
     "chat": TaskSpec("chat", "chosen", 64, chat.build),  # your own data; columns follow `options.metric`
