@@ -543,6 +543,7 @@ def test_main_cd_schedule_with_taid_and_reverse_kl(registered, tiny_pair, data_d
     assert len(logs) == 2 and all("distillation_loss/2_taid" in h and "distillation_loss/3_reverse_kl" in h
                                   for h in logs)
     assert [h["active_checkpoint"] for h in logs] == [0, 1]
+    assert logs[0]["learning_rate"] > logs[1]["learning_rate"]  # lr_schedule: global, one decay over the run
     assert 0.2 < trainer.taid_state.t <= 1.0
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
@@ -554,9 +555,12 @@ def test_main_scd_with_aw_and_config_errors(registered, tiny_pair, data_dir, tmp
     manifest = _checkpoint_pool(tiny_pair, tmp_path / "pool")
     config = _dk_config(tiny_pair, data_dir, tmp_path / "out", [{"function": "scd_aw_kl", "weight": 1.0}])
     config["distillkit_scd"] = {"schedule": {"method": "scd", "manifest": str(manifest), "steps_per_stage": 1,
-                                             "probe_size": 4}, "aw": {"source": "online"}}
+                                             "probe_size": 4, "lr_schedule": "per_stage"},
+                                "aw": {"source": "online"}}
     assert dk_int.main([str(_write(tmp_path, config))]) == 0
     (trainer,) = capture_trainer
+    lrs = [h["learning_rate"] for h in trainer.state.log_history if "loss" in h]
+    assert len(lrs) == 2 and lrs[0] == lrs[1]  # per_stage, T = 1: the schedule restarts every step
     for entry in trainer.stage_callback.log:
         totals = [t["kl_best"] + t["kl_student"] for t in entry["terms"]]
         assert len(totals) == 2 and entry["chosen"] == min(range(2), key=totals.__getitem__)

@@ -58,7 +58,10 @@ class ScheduleSettings:
         manifest: TD), cd (p(1), …, p(N), one per stage) or scd (SCD's argmin at each stage start).
     manifest (`str`, *optional*): the teacher SFT's `manifest.json` (or its folder); required unless none.
     steps_per_stage (`int`, *optional*): T in optimizer steps; required unless none.
-    reset_optimizer (`bool`, defaults to `True`): fresh AdamW moments and LR schedule every stage (paper).
+    reset_optimizer (`bool`, defaults to `True`): fresh AdamW moments every stage (paper).
+    lr_schedule (`str`, defaults to `"global"`): global: DistillKit's one warm-up + decay over the whole run
+        (the literal reading of the paper's "cosine decay with warmup", as our pipeline's default);
+        per_stage (ours): the schedule restarts every stage.
     probe_size (`int`, defaults to `64`): SCD: train rows in the fixed probe set.
     probe_seed (`int`, defaults to `42`): SCD: which rows.
     top_k (`int`, defaults to `0`): SCD: cache probe log-probs as top-k + tail; 0 caches them in full.
@@ -69,6 +72,7 @@ class ScheduleSettings:
     manifest: str | None = None
     steps_per_stage: int | None = None
     reset_optimizer: bool = True
+    lr_schedule: Literal["global", "per_stage"] = "global"
     probe_size: int = 64
     probe_seed: int = 42
     top_k: int = 0

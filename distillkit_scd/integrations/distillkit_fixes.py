@@ -235,7 +235,8 @@ class SCDDistillationTrainer(DistillationTrainer):
         self.stage_callback = self._schedule_callback()
         self.aw_weights = self._static_aw(aw_table)  # after the SCD probe batches are collated
         sched = settings.schedule
-        self.steps_per_stage = sched.steps_per_stage if self.stage_callback and sched.reset_optimizer else None
+        per_stage = self.stage_callback is not None and sched.lr_schedule == "per_stage"
+        self.steps_per_stage = sched.steps_per_stage if per_stage else None  # LR restarts every stage
         self.active_checkpoint = 0
         self.add_callback(StepLossCallback(self))
         self.extra_state_callback = ExtraStateCallback(self, self.stage_callback)
@@ -397,8 +398,17 @@ class SCDDistillationTrainer(DistillationTrainer):
             return super().create_scheduler(num_training_steps, optimizer)
         return _OurTrainer.create_scheduler(self, num_training_steps, optimizer)  # LR restarts every stage
 
-    extra_state = _OurTrainer.extra_state
-    load_extra_state = _OurTrainer.load_extra_state
+    def extra_state(self) -> dict:
+        """Active checkpoint and TAID state, saved beside each trainer checkpoint (`ExtraStateCallback`)."""
+        state = {"active_checkpoint": self.active_checkpoint}
+        if self.taid_state is not None:
+            state["taid"] = self.taid_state.state_dict()
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        self.active_checkpoint = int(state.get("active_checkpoint", 0))
+        if self.taid_state is not None and "taid" in state:
+            self.taid_state.load_state_dict(state["taid"])
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """Restore active checkpoint, TAID state and stage log from a checkpoint before resuming it."""
