@@ -296,6 +296,8 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
         except ValueError as err:
             raise RecipeError(f"{source}: {err}") from None
     t = d.taid
+    if t.ce_weight is not None:
+        _require(0 <= t.ce_weight <= 1, source, "distill.taid.ce_weight", t.ce_weight, "a number in [0, 1] (or unset)")
     _require(0 <= t.t_start < t.t_end <= 1, source, "distill.taid.t_start",
              (t.t_start, t.t_end), "0 <= t_start < t_end <= 1")
     _require(0 < t.alpha <= 1, source, "distill.taid.alpha", t.alpha, "a number in (0, 1] (as TAIDState)")

@@ -140,12 +140,17 @@ class TAIDConfig:
     t_start (`float`, defaults to `0.4`), t_end (`float`, defaults to `1.0`): interpolation range.
     alpha (`float`, defaults to `5e-4`): step size of the adaptive update.
     beta (`float`, defaults to `0.99`): momentum of the relative loss change.
+    ce_weight (`float`, *optional*): weight of CE in TAID's loss, (1 − w)·TAID + w·CE. Unset: 1 − `distill.alpha`,
+        the paper's compound loss with the hyper-parameters every row shares (ours, and the paper recipes':
+        the paper states one loss for all methods); 0: the official TAID code (distil ratio 1.0, the TAID
+        term alone). TAID's t adapts to the TAID term either way.
     """
 
     t_start: float = 0.4
     t_end: float = 1.0
     alpha: float = 5e-4
     beta: float = 0.99
+    ce_weight: float | None = None
 
 
 @dataclass

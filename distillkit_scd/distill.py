@@ -78,6 +78,16 @@ def teacher_rows(trainer, schedule, probes: list[dict]) -> dict[str, int]:
             "scd_probe": selector.teacher_passes * probe_rows if selector is not None else 0}
 
 
+def loss_spec(method: str, d) -> LossSpec:
+    """The compound loss of a method: α·KL + (1−α)·CE; TAID's term in KL's place, mixed with CE at
+    `distill.taid.ce_weight` when set (0 = the official TAID code's TAID-only loss)."""
+    alpha = d.alpha
+    if method == "taid" and d.taid.ce_weight is not None:
+        alpha = 1.0 - d.taid.ce_weight
+    return LossSpec(divergence="taid" if method == "taid" else d.divergence, temperature=d.temperature,
+                    alpha=alpha, chunk_size=d.chunk_size)
+
+
 def attach_aw(train, table, num_checkpoints: int):
     """Add each row's AW for every checkpoint as column `aw` (N floats), looked up by sample id."""
     weights = table.weights_for(list(train["id"]))
@@ -128,8 +138,7 @@ def run_distill(recipe: Recipe, method: str) -> Path:
             raise ValueError(f"distill.teacher_signal is 'cached' but {missing[0]} is missing; run the "
                              "`signals` stage first (distillkit-scd signals RECIPE)")
         signals = [SignalCache.load(p) for p in paths]
-    spec = LossSpec(divergence="taid" if method == "taid" else d.divergence, temperature=d.temperature,
-                    alpha=d.alpha, chunk_size=d.chunk_size)
+    spec = loss_spec(method, d)
     taid = TAIDState(d.taid.t_start, d.taid.t_end, d.taid.alpha, d.taid.beta) if method == "taid" else None
     args = build_sft_config(recipe, out, d.learning_rate or recipe.optim.learning_rate, max_steps=total,
                             prediction_loss_only=True)
