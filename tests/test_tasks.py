@@ -153,13 +153,44 @@ def test_validation_carved_from_train(shared_data, task):
 
 
 def test_limits(shared_data):
-    """limit_train / limit_test cap the splits (smoke runs); the validation split is untouched."""
-    dd = load_task("smdis", str(shared_data), limit_train=10, limit_test=5)
+    """limit_train / limit_validation / limit_test cap the splits (smoke runs) with a subset of each split;
+    an uncapped split is untouched; a cap at or above the size keeps everything."""
+    dd = load_task("smdis", str(shared_data), limit_train=10, limit_validation=4, limit_test=5)
     full = load_task("smdis", str(shared_data))
-    assert (len(dd["train"]), len(dd["test"])) == (10, 5)
-    assert _ids(dd["train"]) == _ids(full["train"])[:10] and len(dd["validation"]) == len(full["validation"])
-    with pytest.raises(ValueError, match="limit_train"):
-        load_task("smdis", str(shared_data), limit_train=0)
+    assert (len(dd["train"]), len(dd["validation"]), len(dd["test"])) == (10, 4, 5)
+    for split in ("train", "validation", "test"):
+        assert set(_ids(dd[split])) <= set(_ids(full[split]))
+    assert _ids(load_task("smdis", str(shared_data), limit_test=5)["validation"]) == _ids(full["validation"])
+    assert _ids(load_task("rrtnm", str(shared_data), limit_test=10_000)["test"]) == \
+        _ids(load_task("rrtnm", str(shared_data))["test"])
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="limit_train"):
+            load_task("smdis", str(shared_data), limit_train=bad)
+
+
+def test_caps_are_seeded_and_keep_the_label_mix(shared_data):
+    """PubMedQA's test file lists its 276 "yes" first: a prefix of 100 would be all "yes"; the cap keeps
+    the 276/169/55 mix (largest remainder: 55/34/11), is the same for the same seed and differs for another."""
+    from collections import Counter
+
+    dd = load_task("pubmedqa", str(shared_data), limit_test=100)
+    assert Counter(dd["test"]["answer"]) == {"yes": 55, "no": 34, "maybe": 11}
+    assert _ids(load_task("pubmedqa", str(shared_data), limit_test=100)["test"]) == _ids(dd["test"])
+    assert _ids(load_task("pubmedqa", str(shared_data), limit_test=100, seed=1)["test"]) != _ids(dd["test"])
+    crade = load_task("crade", str(shared_data), limit_train=100)  # natural mix A 81 %, B/C/D rare
+    full = Counter(load_task("crade", str(shared_data))["train"]["answer"])
+    got = Counter(crade["train"]["answer"])
+    for label, count in full.items():
+        assert abs(got[label] - 100 * count / sum(full.values())) < 1  # within rounding of proportional
+
+
+def test_stratified_quota_by_hand():
+    """Largest-remainder rounding: quotas are proportional and sum to the cap exactly."""
+    from distillkit_scd.tasks.common import stratified_quota
+
+    assert stratified_quota({"yes": 276, "no": 169, "maybe": 55}, 100) == {"yes": 55, "no": 34, "maybe": 11}
+    assert stratified_quota({"a": 1, "b": 1, "c": 1}, 2) == {"a": 1, "b": 1, "c": 0}  # tie: sorted label first
+    assert stratified_quota({"a": 5}, 3) == {"a": 3}
 
 
 # ---------------------------------------------------------------- JMED prompts

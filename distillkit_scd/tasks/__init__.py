@@ -55,8 +55,8 @@ def load_task(name: str, source: str | None = None, **options) -> DatasetDict:
     """Load a registered task with its official split (see the module docstring).
 
     Common options: `split` ("by_source", ours, or "rows", the paper's row-level split), `validation_fraction`
-    (0.1, carved from train), `seed` (42), `limit_train` /
-    `limit_test` (caps for smoke runs); JMED tasks also `pool` ("all" or "benchmark") and
+    (0.1, carved from train), `seed` (42), `limit_train` / `limit_validation` /
+    `limit_test` (seeded caps that keep the label mix, for smoke runs); JMED tasks also `pool` ("all" or "benchmark") and
     `test_fraction` (0.2); `synthetic` takes `num_train` / `num_test`; `chat` takes `metric`, `config`,
     `splits`, `test_fraction`, `group_by`, `stratify_by` (see `tasks/chat.py`).
 

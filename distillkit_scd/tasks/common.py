@@ -132,12 +132,38 @@ def to_dataset_dict(train: list[dict], validation: list[dict], test: list[dict],
     return dd
 
 
-def limit_rows(rows: list[dict], limit: int | None, name: str) -> list[dict]:
+def stratified_quota(counts: dict[str, int], limit: int) -> dict[str, int]:
+    """Rows per label for a cap of `limit`: proportional to `counts`, rounded by largest remainder (ties to
+    the label that sorts first), so the quotas sum to `limit` exactly."""
+    n = sum(counts.values())
+    exact = {label: limit * c / n for label, c in counts.items()}
+    quota = {label: int(x) for label, x in exact.items()}
+    rest = sorted(counts, key=lambda label: (-(exact[label] - quota[label]), label))
+    for label in rest[: limit - sum(quota.values())]:
+        quota[label] += 1
+    return quota
+
+
+def limit_rows(rows: list[dict], limit: int | None, name: str, seed: int = 42,
+               label_of: Callable[[dict], str] | None = None) -> list[dict]:
+    """At most `limit` rows: a seeded sample (hash order of the ids, `stable_shuffle`), stratified by
+    `label_of` when given so the capped split keeps the label mix; input order is kept.
+
+    Not a prefix: data files can be sorted by label (PubMedQA's test file lists its 276 "yes" first) or
+    by source (CRADE's first rows are one report).
+    """
     if limit is None:
         return rows
-    if limit < 1:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"{name}: expected a positive integer, got {limit!r}")
-    return rows[:limit]
+    if limit >= len(rows):
+        return rows
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(str(label_of(r)) if label_of else "", []).append(str(r["id"]))
+    quota = stratified_quota({k: len(v) for k, v in groups.items()}, limit)
+    keep = {i for k, ids in groups.items() for i in stable_shuffle(ids, seed)[: quota[k]]}
+    return [r for r in rows if str(r["id"]) in keep]
 
 
 def pick_source(source: str | None, default_subdir: str, task: str, expected: str = "") -> tuple[str, Path | None]:

@@ -137,13 +137,14 @@ def _records(task: str, source: str | None, pool: str) -> tuple[list[dict], str]
 
 def build_task(task: str, source: str | None = None, pool: str = "all", split: str = "by_source",
                test_fraction: float = 0.2, validation_fraction: float = 0.1, seed: int = 42,
-               limit_train: int | None = None, limit_test: int | None = None, use_system_role: bool = True,
+               limit_train: int | None = None, limit_validation: int | None = None, limit_test: int | None = None,
+               use_system_role: bool = True,
                **unknown) -> DatasetDict:
     """Load one JMED task; `split` is "by_source" (ours, leak-free) or "rows" (the paper's plain row split);
     `use_system_role=False` merges the system prompt into the user turn (upstream)."""
     if unknown:
         raise ValueError(f"task {task}: unknown option(s) {sorted(unknown)}; allowed: pool, split, test_fraction, "
-                         "validation_fraction, seed, limit_train, limit_test, use_system_role")
+                         "validation_fraction, seed, limit_train, limit_validation, limit_test, use_system_role")
     if pool not in ("all", "benchmark"):
         raise ValueError(f"task {task}: option pool: expected 'all' or 'benchmark', got {pool!r}")
     records, where = _records(task, source, pool)
@@ -153,8 +154,10 @@ def build_task(task: str, source: str | None = None, pool: str = "all", split: s
     group = lambda r: source_text(task, r["question"])  # noqa: E731
     train, test = split_rows(rows, split, group, test_fraction, seed, task)
     train, val = carve_validation(train, validation_fraction, seed, group_of=group if split == "by_source" else None)
-    train = limit_rows(train, limit_train, "limit_train")
-    test = limit_rows(test, limit_test, "limit_test")
+    label = (lambda r: r["tag"]) if task == "nrner" else (lambda r: r["answer"])  # noqa: E731
+    train = limit_rows(train, limit_train, "limit_train", seed, label)  # seeded, keeping the label mix
+    val = limit_rows(val, limit_validation, "limit_validation", seed, label)
+    test = limit_rows(test, limit_test, "limit_test", seed, label)
     how = "by source text" if split == "by_source" else "by row (the paper's split)"
     info = {"task": task, "source": where, "pool": pool, "split": split,
             "definition": f"{pool} pool, {1 - test_fraction:.0%}/{test_fraction:.0%} split {how}, "

@@ -109,7 +109,8 @@ def _row(pmid: str, item: dict, where: str, use_system_role: bool = True) -> dic
 
 
 def build(source: str | None = None, validation_fraction: float = 0.1, seed: int = 42,
-          limit_train: int | None = None, limit_test: int | None = None, test_ids_file: str | None = None,
+          limit_train: int | None = None, limit_validation: int | None = None, limit_test: int | None = None,
+          test_ids_file: str | None = None,
           use_system_role: bool = True, split: str = "by_source", **unknown) -> DatasetDict:
     """Load PubMedQA PQA-L from local files or the Hub (`qiaojin/PubMedQA`, configuration pqa_labeled); the
     Hub split's test ids are the shipped official ones unless `test_ids_file` names another list.
@@ -119,7 +120,7 @@ def build(source: str | None = None, validation_fraction: float = 0.1, seed: int
     """
     if unknown:
         raise ValueError(f"task pubmedqa: unknown option(s) {sorted(unknown)}; allowed: validation_fraction, "
-                         "seed, limit_train, limit_test, test_ids_file, use_system_role, split")
+                         "seed, limit_train, limit_validation, limit_test, test_ids_file, use_system_role, split")
     if split not in SPLITS:
         raise ValueError(f"task pubmedqa: option split: expected one of {', '.join(SPLITS)}, got {split!r}")
     kind, path = pick_source(source, "pubmedqa", "pubmedqa", expected="ori_pqal.json and test_ground_truth.json")
@@ -129,8 +130,10 @@ def build(source: str | None = None, validation_fraction: float = 0.1, seed: int
     train = [_row(k, v, where, use_system_role) for k, v in pqal.items() if k not in test_set]
     test = [_row(k, pqal[k], where, use_system_role) for k in test_ids]
     train, val = carve_validation(train, validation_fraction, seed)
-    train = limit_rows(train, limit_train, "limit_train")
-    test = limit_rows(test, limit_test, "limit_test")
+    answer = lambda r: r["answer"]  # noqa: E731  (seeded caps keep the yes/no/maybe mix)
+    train = limit_rows(train, limit_train, "limit_train", seed, answer)
+    val = limit_rows(val, limit_validation, "limit_validation", seed, answer)
+    test = limit_rows(test, limit_test, "limit_test", seed, answer)
     info = {"task": "pubmedqa", "source": where, "split": split,
             "definition": "official PQA-L split: test = test_ground_truth.json (500), train = other 500; "
             f"validation {validation_fraction} of train, seed {seed}"}
