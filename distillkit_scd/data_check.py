@@ -34,7 +34,7 @@ def check_data(recipe: Recipe, source: str = "<recipe>") -> str:
     t = recipe.task
     if is_hub_id(t.source):
         return (f"task.source {t.source!r} is a Hub dataset id: not checked offline (the first stage downloads "
-                "it; gated datasets need `huggingface-cli login`)")
+                "it; gated datasets need `hf auth login` or HF_TOKEN)")
     try:
         splits = load_task(t.name, t.source, **{"seed": recipe.seed, **t.options})
     except ValueError as err:
