@@ -55,6 +55,8 @@ def test_carve_is_seeded_grouped_and_stratified(tmp_path):
     assert not sides["train"] & sides["test"] and not sides["validation"] & sides["test"]
     strat = load_task("chat", str(path), stratify_by="label", test_fraction=0.5, validation_fraction=0)
     assert sorted(strat["test"]["tag"]) == ["neg"] * 10 + ["pos"] * 10
+    capped = load_task("chat", str(path), stratify_by="label", test_fraction=0.5, validation_fraction=0, limit_test=4)
+    assert sorted(capped["test"]["tag"]) == ["neg", "neg", "pos", "pos"]  # a cap keeps the strata's mix
     with pytest.raises(ValueError, match="at most one"):
         load_task("chat", str(path), group_by="doc", stratify_by="label")
     with pytest.raises(ValueError, match=r"d.jsonl: line 1: column 'topic' \(options.group_by\)"):

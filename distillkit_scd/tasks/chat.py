@@ -33,7 +33,7 @@ EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
 ROLES = ("system", "user", "assistant")
 OPTIONS = ("metric", "config", "splits", "test_fraction", "validation_fraction", "seed", "group_by", "stratify_by",
-           "limit_train", "limit_test")
+           "limit_train", "limit_validation", "limit_test")
 
 Record = tuple[str, dict]  # (where: "file: row N", record)
 
@@ -214,8 +214,8 @@ def stratified_split(rows: list[dict], fraction: float, seed: int, key: str) -> 
 
 def build(source: str | None = None, metric=None, config: str | None = None, splits: dict | None = None,
           test_fraction: float = 0.2, validation_fraction: float = 0.1, seed: int = 42, group_by: str | None = None,
-          stratify_by: str | None = None, limit_train: int | None = None, limit_test: int | None = None,
-          **unknown) -> DatasetDict:
+          stratify_by: str | None = None, limit_train: int | None = None, limit_validation: int | None = None,
+          limit_test: int | None = None, **unknown) -> DatasetDict:
     """Load a chat dataset (see the module docstring); `metric` is checked here and used by scoring."""
     from distillkit_scd.chat_metrics import build_chat_scoring
 
@@ -274,5 +274,7 @@ def build(source: str | None = None, metric=None, config: str | None = None, spl
     by = f" by {group_by!r}" if group_by else f" stratified by {stratify_by!r}" if stratify_by else ""
     info = {"task": "chat", "source": str(path or source),
             "definition": f"{'; '.join(how)}; carved{by} with seed {seed}"}
-    return to_dataset_dict(limit_rows(train, limit_train, "limit_train"), val,
-                           limit_rows(test, limit_test, "limit_test"), info)
+    label = (lambda r: r["tag"]) if stratify_by else None  # capped splits keep the strata's mix
+    return to_dataset_dict(limit_rows(train, limit_train, "limit_train", seed, label),
+                           limit_rows(val, limit_validation, "limit_validation", seed, label),
+                           limit_rows(test, limit_test, "limit_test", seed, label), info)
