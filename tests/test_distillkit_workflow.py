@@ -201,6 +201,26 @@ def test_assistant_mask_stops_at_end_of_turn_token():
     assert ids[-1] == 2 and mask[-1] == 0  # the trailing newline is in the sequence, unlabelled
 
 
+def test_aw_rows_collator_tags_each_sample_and_packed_sample():
+    """The static-AW collator tags every position with its sample's table row: padded rows up to their
+    length, packed rows per sample (position_ids restart at 0); padding and label-free samples get -1; a
+    sample missing from the table is an error naming the command that writes it."""
+    from distillkit_scd.integrations.distillkit_aw import AW_ROWS, AWRowCollator, sample_key
+
+    a, b, c = [5, 6, 7], [8, 9], [10, 11, 12, 13]
+    rows = {sample_key(a): 0, sample_key(b): 1, sample_key(c): 2}
+    padded = {"input_ids": torch.tensor([a + [0], b + [0, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]),
+              "labels": torch.tensor([[-100, 6, 7, -100], [-100, 9, -100, -100]])}
+    out = AWRowCollator(lambda examples: dict(padded), rows)([])
+    assert out[AW_ROWS].tolist() == [[0, 0, 0, -1], [1, 1, -1, -1]]
+    packed = {"input_ids": torch.tensor([a + c + b + [0]]), "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0, 1, 0]]),
+              "labels": torch.tensor([[-100, 6, 7, -100, 11, 12, 13, -100, 9, -100]])}
+    out = AWRowCollator(lambda examples: dict(packed), rows)([])
+    assert out[AW_ROWS].tolist() == [[0, 0, 0, 2, 2, 2, 2, 1, 1, -1]]
+    with pytest.raises(ValueError, match="not in the AW table.*distillkit-scd aw-table CONFIG"):
+        AWRowCollator(lambda examples: dict(padded), {})([])
+
+
 def test_prompt_completion_rows_label_the_completion(tiny_tokenizer):
     """String and conversational prompt/completion rows: the completion (plus EOS for strings) carries the
     labels; `labels: all` labels every token."""
@@ -276,6 +296,25 @@ def test_real_batch_labels_assistant_only_and_opt_out(tiny_pair, workspace, tmp_
             else:
                 assert "Be brief." in text and "plus" in text and f"It is {answer}." in text, text
     assert labelled["assistant"] != labelled["all"]
+
+
+def test_real_batch_prompt_completion_rows(tiny_pair, workspace, tmp_path):
+    """Prompt/completion rows (which plain DistillKit refuses) train through our entry point with labels on the
+    completion and its EOS only."""
+    import datasets
+
+    data = tmp_path / "pc"
+    datasets.Dataset.from_list([{"prompt": f"Q: {i} plus {i}? A:", "completion": f" {2 * i}"}
+                                for i in range(4)]).save_to_disk(str(data))
+    cfg = _config(tiny_pair, workspace)
+    cfg["dataset"]["train_dataset"]["disk_path"] = str(data)
+    cfg["output_path"] = str(tmp_path / "out")
+    trainer, batch = _trainer_batch(_write(tmp_path / "pc.yaml", cfg))
+    tok = trainer.processing_class
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        text = tok.decode([t for t in labels.tolist() if t != -100])
+        prompt = tok.decode([t for t, y in zip(ids.tolist(), labels.tolist()) if y == -100 and t != tok.pad_token_id])
+        assert text == f" {int(prompt.split('Q: ')[1].split(' ')[0]) * 2}{tok.eos_token}", (prompt, text)
 
 
 def _teacher_pool(capsys, tiny_pair, workspace, tmp_path):

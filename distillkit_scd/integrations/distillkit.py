@@ -341,7 +341,7 @@ def load_config(path: str | Path, check_files: bool = True):
     return run_config, settings, text
 
 
-def uses_ours(run_config, settings: IntegrationSettings, raw_section) -> bool:
+def uses_ours(run_config, raw_section) -> bool:
     """True when plain `distillkit` could not run this config as meant (our section or loss names)."""
     return bool(raw_section) or any(lf.function.value in LOSS_NAMES for lf in run_config.loss_functions)
 
@@ -355,7 +355,7 @@ def run(path: str | Path) -> None:
     import distillkit.main as dk_main
 
     raw = (yaml.safe_load(text) or {}).get(SECTION)
-    hint = plain_run_hint(run_config.output_path, uses_ours(run_config, settings, raw))
+    hint = plain_run_hint(run_config.output_path, uses_ours(run_config, raw))
     if hint:
         print(hint, file=sys.stderr)
     out = Path(run_config.output_path)
