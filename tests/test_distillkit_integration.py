@@ -53,6 +53,8 @@ def test_settings_defaults_and_strict_keys(tmp_path):
         dk_int.parse_settings({"schedule": {"steps": 3}}, source="cfg.yaml")
     with pytest.raises(RecipeError, match=r"unknown key distillkit_scd.alpha"):
         dk_int.parse_settings({"alpha": 0.5})
+    with pytest.raises(RecipeError, match=r"unknown key distillkit_scd.taid.ce_weight"):  # DistillKit's weights mix CE
+        dk_int.parse_settings({"taid": {"ce_weight": 0.5}})
     with pytest.raises(RecipeError, match=r"distillkit_scd.taid.beta: expected a number in \[0, 1\), got 1.0"):
         dk_int.parse_settings({"taid": {"beta": 1.0}})
     with pytest.raises(RecipeError, match=r"distillkit_scd.schedule.manifest: expected the teacher's manifest"):

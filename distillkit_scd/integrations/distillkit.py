@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from distillkit_scd.config import RecipeError, TAIDConfig, _build
+from distillkit_scd.config import RecipeError, _build
 from distillkit_scd.integrations.distillkit_checks import (
     MARKER,
     SECTION,
@@ -80,6 +80,22 @@ class ScheduleSettings:
 
 
 @dataclass
+class TAIDSettings:
+    """TAID's adaptive interpolation for the `taid` loss (official defaults, Shing et al. 2025). How much CE is
+    mixed in is DistillKit's business: the weights of the `taid` and `cross_entropy` entries.
+
+    t_start (`float`, defaults to `0.4`), t_end (`float`, defaults to `1.0`): interpolation range.
+    alpha (`float`, defaults to `5e-4`): step size of the adaptive update.
+    beta (`float`, defaults to `0.99`): momentum of the relative loss change.
+    """
+
+    t_start: float = 0.4
+    t_end: float = 1.0
+    alpha: float = 5e-4
+    beta: float = 0.99
+
+
+@dataclass
 class AWSettings:
     """Where `scd_aw_kl` takes each sample's AW from.
 
@@ -100,13 +116,13 @@ class IntegrationSettings:
     labels (`str`, defaults to `"assistant"`): assistant: loss (CE and every distillation term) only on
         assistant turns of `messages` / `conversations` rows and on the completion of prompt/completion rows
         (tokenised by us, before DistillKit's trainer sees them); all: DistillKit's own behaviour, every token.
-    taid (`TAIDConfig`): t_start, t_end, alpha, beta of the `taid` loss (official defaults).
+    taid (`TAIDSettings`): t_start, t_end, alpha, beta of the `taid` loss (official defaults).
     schedule (`ScheduleSettings`): the teacher checkpoint schedule (CD / SCD).
     aw (`AWSettings`): static (paper) or online AW for `scd_aw_kl`.
     """
 
     labels: Literal["assistant", "all"] = "assistant"
-    taid: TAIDConfig = field(default_factory=TAIDConfig)
+    taid: TAIDSettings = field(default_factory=TAIDSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     aw: AWSettings = field(default_factory=AWSettings)
 
