@@ -86,3 +86,20 @@ def test_pubmedqa_hub_rows_map_to_the_local_layout(shared_data):
     items = hub_items(rows)
     for k, v in list(pqal.items())[:5]:
         assert items[k] == {key: v[key] for key in ("QUESTION", "CONTEXTS", "LABELS", "final_decision")}
+
+
+def test_cli_data_fetch(tmp_path, shared_data, monkeypatch, capsys):
+    """`distillkit-scd data fetch pubmedqa --to DIR` (served from the local mirror) prints where the data
+    went and how to use it; a damaged file exits 2 with one line."""
+    import functools
+
+    from distillkit_scd import cli
+
+    urls = mirror(tmp_path / "mirror", shared_data, damage="crade.csv")
+    monkeypatch.setattr(data_fetch, "fetch", functools.partial(fetch, base_urls=urls))
+    assert cli.main(["data", "fetch", "pubmedqa", "--to", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'data' / 'pubmedqa'}: checksums verified" in out and "task.source:" in out
+    assert cli.main(["data", "fetch", "jmed", "--to", str(tmp_path / "data")]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the log lines of the files that were fine
+    assert last.startswith("error: data fetch: ") and "crade.csv: sha256" in last

@@ -35,3 +35,28 @@ def test_per_sample_mean_answer_ce_matches_plain_forward(tiny_pair, tiny_tokeniz
         assert [s["id"] for s in samples] == ["r0", "r1", "r2"]
         assert [s["scores"]["loss"] for s in samples] == pytest.approx(want, rel=1e-5)
         assert metrics["loss"] == pytest.approx(sum(want) / 3, rel=1e-5) and metrics["dropped"] == 0
+
+
+def test_metric_none_selects_the_lowest_loss_and_skips_generation(tiny_pair, tiny_tokenizer, monkeypatch):
+    """With metric `none` the evaluate stage scores by loss (no generation call), checkpoint selection takes
+    the lowest loss under both protocols, and SFT's p(best) falls back to the validation loss."""
+    import distillkit_scd.generation
+    from distillkit_scd.chat_metrics import build_chat_scoring
+    from distillkit_scd.evaluate import choose_checkpoint, score_model
+    from distillkit_scd.models import load_model
+    from distillkit_scd.sft import _scores_generations
+
+    monkeypatch.setattr(distillkit_scd.generation, "generate", lambda *a, **k: pytest.fail("generated"))
+    split = Dataset.from_list([{"id": "a", "answer": "7", "messages": [{"role": "user", "content": "3 + 4?"},
+                                                                      {"role": "assistant", "content": "7"}]}])
+    recipe = SimpleNamespace(task=SimpleNamespace(max_length=64, name="chat", options={"metric": "none"}),
+                             evaluation=SimpleNamespace(batch_size=4), distill=SimpleNamespace(chunk_size=8),
+                             sft=SimpleNamespace(select_by="val_score"))
+    metrics, samples = score_model(load_model(str(tiny_pair[1])), tiny_tokenizer, split,
+                                   build_chat_scoring("chat", "none"), recipe, 8)
+    assert metrics["loss"] == samples[0]["scores"]["loss"] > 0
+    scored = [{"checkpoint": f"step-{i}", "path": str(i), "test": {"loss": t}, "validation": {"loss": v},
+               "samples": []} for i, (t, v) in enumerate([(2.0, 1.5), (1.0, 1.2), (1.5, 1.0)])]
+    sel = choose_checkpoint(scored, "chat", "validation", options={"metric": "none"})
+    assert sel["protocols"]["clean"]["index"] == 2 and sel["protocols"]["paper"]["index"] == 1
+    assert not _scores_generations(recipe)
