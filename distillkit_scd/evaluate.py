@@ -66,8 +66,9 @@ def evaluation_tokenizer(ws: Workspace, row: str):
     return ws.tokenizer()
 
 
-def score_model(model, tokenizer, split, scoring: Scoring, recipe: Recipe, max_new_tokens: int):
-    """(metrics, samples) of one model on one split: generate and parse, or (loss-only metric) the loss."""
+def score_model(model, tokenizer, split, scoring: Scoring, recipe: Recipe, max_new_tokens: int, shard=None):
+    """(metrics, samples) of one model on one split: generate and parse, or (loss-only metric) the loss.
+    `shard` (`sharding.Shard`): generate this process's batches only and gather the completions."""
     if not scoring.needs_generation:
         from distillkit_scd.loss_scores import score_by_loss
 
@@ -79,7 +80,7 @@ def score_model(model, tokenizer, split, scoring: Scoring, recipe: Recipe, max_n
     # the official 512-token budget that would leave nothing of a 512-token prompt. Generation stops at
     # end-of-turn, so the budget only bounds answers that run on.
     generations = generate(model, tokenizer, prompts, max_new_tokens, recipe.evaluation.batch_size,
-                           max_prompt_length=recipe.task.max_length)
+                           max_prompt_length=recipe.task.max_length, shard=shard)
     metrics, samples = scoring.score(list(split["answer"]), generations)
     for sample, rid, gold, text in zip(samples, split["id"], split["answer"], generations):
         sample.update({"id": rid, "gold": gold, "generation": text})
@@ -97,7 +98,9 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     from distillkit_scd.checkpoints import read_manifest
     from distillkit_scd.models import load_model
     from distillkit_scd.scoring import scoring_for
+    from distillkit_scd.sharding import stage_shard
 
+    shard = stage_shard()  # under a data-parallel launch: this process's batches; results gathered
     ws = Workspace(recipe)
     task = recipe.task.name
     scoring = scoring_for(task, recipe.task.options)
@@ -109,12 +112,11 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     scored = []
     for label, path in candidates(ws, row):
         model = load_model(path, m.dtype, m.trust_remote_code, m.attn_implementation)
-        if _cuda():
-            model = model.to("cuda")
+        model = model.to(shard.device())
         entry = {"checkpoint": label, "path": str(path)}
         if has_val:
-            entry["validation"], _ = score_model(model, tokenizer, splits["validation"], scoring, recipe, max_new)
-        entry["test"], entry["samples"] = score_model(model, tokenizer, splits["test"], scoring, recipe, max_new)
+            entry["validation"], _ = score_model(model, tokenizer, splits["validation"], scoring, recipe, max_new, shard)
+        entry["test"], entry["samples"] = score_model(model, tokenizer, splits["test"], scoring, recipe, max_new, shard)
         logger.info("%s %s: test %s", row, label, {k: round(v, 4) for k, v in entry["test"].items()})
         scored.append(entry)
         del model
@@ -134,7 +136,8 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
         scoring.describe(),
     )
     path = ws.results_path(row)
-    write_results(path, result)
+    if shard.is_main:  # every process holds the same gathered result; one writes it
+        write_results(path, result)
     return path
 
 

@@ -45,7 +45,7 @@ def _check_prompts(messages_list: Sequence[Sequence[dict]]) -> None:
 
 @torch.no_grad()
 def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_tokens: int, batch_size: int = 16,
-             progress: bool = True, max_prompt_length: int | None = None) -> list[str]:
+             progress: bool = True, max_prompt_length: int | None = None, shard=None) -> list[str]:
     """Greedy completions for chat prompts.
 
     Args:
@@ -55,6 +55,9 @@ def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_
         batch_size: prompts per `model.generate` call (left padded).
         progress: show a tqdm bar over batches.
         max_prompt_length: prompts longer than this are cut in the middle (as in training).
+        shard (`sharding.Shard`, *optional*): under a data-parallel launch, this process generates every
+            world-th batch of the list one process would build and the completions are gathered, so each
+            completion equals the single-process one.
     Returns:
         The completions decoded without special tokens, in input order.
     Raises:
@@ -70,8 +73,10 @@ def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     was_training = model.training
     model.eval()
-    outputs: list[str] = [""] * len(encoded)
+    outputs: dict[int, str] = {}
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if shard is not None:
+        batches = shard.take(batches)
     try:
         for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
             width = max(len(encoded[i]) for i in batch)
@@ -88,7 +93,9 @@ def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_
                 outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True)
     finally:
         model.train(was_training)
-    return outputs
+    if shard is not None:
+        outputs = shard.gather_dict(outputs)
+    return [outputs[i] for i in range(len(encoded))]
 
 
 def vllm_available() -> bool:

@@ -17,9 +17,10 @@ transformers then, whose own copy is filled before the group exists (world size 
 assertion on CPU. Precision: DDP gets `--mixed_precision`; under DeepSpeed the JSON's "auto" bf16/fp16 are
 filled from `launcher.mixed_precision`, so a fixed value there must agree with it.
 
-Forward-only stages (evaluation, AW table, signals) of a multi-process recipe run as N plain data-parallel
-processes (`--multi_gpu`, whole model per process; see `sharding.py`); on more than one machine they run as one
-process on the launching node, by design.
+Forward-only stages: evaluation and the AW table of a multi-process recipe run as N plain data-parallel
+processes (`--multi_gpu`, whole model per process, rows sharded and gathered; see `sharding.py`); the signals
+stage (one teacher pass per checkpoint, being reworked with the AW pass) runs as one process by design, and so
+do all three when the accelerate config spans more than one machine.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 TRAINING = ("sft", "distill")
 FORWARD_ONLY = ("evaluate", "aw-table", "signals")
-SHARDED: tuple[str, ...] = ()
+SHARDED: tuple[str, ...] = ("evaluate", "aw-table")
 """Forward-only stage commands that shard their rows over the launched processes (the others run as one)."""
 _SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "DEEPSPEED")
 

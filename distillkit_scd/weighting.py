@@ -145,21 +145,22 @@ def _length_batches(dataset, batch_size: int, collator) -> list[tuple[list[int],
     return out
 
 
-def _losses(model, batches, num_rows: int, chunk_size: int) -> torch.Tensor:
-    """Per-row sequence CE (num_rows,) float64 in dataset order."""
+def _losses(model, batches, num_rows: int, chunk_size: int, shard=None) -> torch.Tensor:
+    """Per-row sequence CE (num_rows,) float64 in dataset order. With a `sharding.Shard`, this process runs
+    every world-th batch and the rows are gathered (the other rows are 0 here, so the sum is exact)."""
     was_training = model.training
     model.eval()
     out = torch.zeros(num_rows, dtype=torch.float64)
     try:
-        for rows, batch in batches:
-            out[rows] = sequence_losses(model, batch, chunk_size)
+        for rows, batch in (batches if shard is None else shard.take(batches)):
+            out[rows] = sequence_losses(model, batch, chunk_size).to("cpu", torch.float64)
     finally:
         model.train(was_training)
-    return out
+    return out if shard is None else shard.sum(out)
 
 
 def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teacher=None, collator=None,
-                     chunk_size: int = 1024, teacher_losses: torch.Tensor | None = None) -> AWTable:
+                     chunk_size: int = 1024, teacher_losses: torch.Tensor | None = None, shard=None) -> AWTable:
     """L_S, L_T^(j) and AW^(j) for every row of a tokenised split (columns id, input_ids, labels).
 
     Args:
@@ -171,6 +172,8 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
         collator: defaults to `DistillationCollator(pad_token_id=0)` (pad ids are masked out).
         teacher_losses: (S, N) L_T^(j) already computed (the teacher-signal pass yields them): then the
             teachers are not run, only the student.
+        shard (`sharding.Shard`, *optional*): split the batches over the launched processes and gather;
+            every process returns the whole table, equal to the single-process one.
 
     Raises:
         ValueError: empty dataset, or a pool without a `teacher` module.
@@ -184,7 +187,7 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
     collator = collator or DistillationCollator(pad_token_id=0)
     batches = _length_batches(dataset, batch_size, collator)
     n_rows = len(dataset)
-    student_loss = _losses(student, batches, n_rows, chunk_size)
+    student_loss = _losses(student, batches, n_rows, chunk_size, shard)
     columns = []
     if teacher_losses is not None:
         if teacher_losses.shape[0] != n_rows:
@@ -197,13 +200,13 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
         try:
             for j in range(teachers.num_checkpoints):
                 teachers.load_into(teacher, j)
-                columns.append(_losses(teacher, batches, n_rows, chunk_size))
+                columns.append(_losses(teacher, batches, n_rows, chunk_size, shard))
                 logger.info("AW: teacher checkpoint %d done", j)
         finally:
             if restore is not None:
                 teachers.load_into(teacher, restore)
     else:
-        columns = [_losses(m, batches, n_rows, chunk_size) for m in teachers]
+        columns = [_losses(m, batches, n_rows, chunk_size, shard) for m in teachers]
     no_labels = sum(1 for y in dataset["labels"] if all(v == -100 for v in list(y)[1:]))
     if no_labels:
         logger.warning("AW: %d rows have no label tokens (L_S = L_T = 0 → AW = 0.5)", no_labels)
@@ -235,6 +238,7 @@ def run_aw_table(recipe) -> Path:
     from distillkit_scd.collate import DistillationCollator
     from distillkit_scd.logging_utils import is_main_process
     from distillkit_scd.models import load_model
+    from distillkit_scd.sharding import stage_shard
     from distillkit_scd.teachers import CheckpointPool
     from distillkit_scd.workspace import Workspace
 
@@ -257,14 +261,16 @@ def run_aw_table(recipe) -> Path:
                 logger.info("AW table: inputs unchanged, reusing %s", path)
                 return path
             logger.info("AW table: inputs changed (models or data), recomputing")
-    student = load_model(str(student_dir), m.dtype, m.trust_remote_code, m.attn_implementation)
+    shard = stage_shard()  # under a data-parallel launch: this process's batches; the table is gathered
+    student = load_model(str(student_dir), m.dtype, m.trust_remote_code, m.attn_implementation).to(shard.device())
     teacher_losses = _signal_teacher_losses(recipe, ws.root, train, pool.num_checkpoints)
     teacher = None
     if teacher_losses is None:
         teacher = pool.load_model(pool.best_index, m.dtype, m.trust_remote_code, m.attn_implementation)
+        teacher = teacher.to(shard.device())
     table = compute_aw_table(student, pool, train, batch_size=recipe.evaluation.batch_size, teacher=teacher,
                              collator=DistillationCollator(tokenizer.pad_token_id), chunk_size=recipe.distill.chunk_size,
-                             teacher_losses=teacher_losses)
+                             teacher_losses=teacher_losses, shard=shard)
     table.key = key
     table.metadata = {"student": str(student_dir), "checkpoints": [str(d) for d in checkpoint_dirs],
                       "max_length": recipe.task.max_length, "dtype": m.dtype, "task": recipe.task.name,

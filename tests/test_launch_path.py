@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from distillkit_scd.config import RecipeError, recipe_from_dict
@@ -165,3 +166,166 @@ def test_accelerate_config_refusals(tmp_path):
     for path, extra, match in cases:
         with pytest.raises(RecipeError, match=match):
             check_launch(_recipe(tmp_path, {"num_processes": 2, "accelerate_config": path, **extra}), "r.yaml")
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end: `distillkit-scd run` of a reduced quickstart under each launcher (slow, multiprocess).
+# --------------------------------------------------------------------------------------------------
+# The quickstart reduced to what still runs every stage: TD and SCD w/ AW (so the AW table, the SCD
+# selector and the teacher swaps run), N = 2 teacher checkpoints, T = 2 steps per stage, 32 train rows, no
+# zero-shot rows. Global batch 4 in every mode: 1 process × 4, or 2 processes × 2.
+
+E2E = """
+name: launch_path
+output_dir: {out}
+seed: 7
+models: {{teacher: "tiny:teacher", student: "tiny:student"}}
+task: {{name: synthetic, max_length: 48, options: {{num_train: 32, num_test: 8}}}}
+optim: {{per_device_train_batch_size: 4, learning_rate: 3.0e-3, logging_steps: 1, warmup_ratio: 0.0}}
+sft: {{num_checkpoints: 2, teacher: {{num_train_epochs: 2}}, student: {{num_train_epochs: 1}}}}
+distill: {{steps_per_stage: 2, methods: [td, scd_aw], scd: {{probe_size: 8}}}}
+evaluation: {{batch_size: 4, zero_shot: false}}
+"""
+HALF = ["launcher.num_processes=2", "optim.per_device_train_batch_size=2"]
+MODES = {  # --set overrides of each launch; ZeRO-3 also takes the cached-signal path
+    "ddp": [*HALF, "distill.methods=[scd_aw]"],  # TD under DDP: tests/test_launch_modes.py (CI time)
+    "zero3": [*HALF, "launcher.accelerate_config=recipes/accelerate/cpu_zero3.yaml", "distill.teacher_signal=cached"],
+}
+LOSS_KEYS = ("loss", "loss_ce", "loss_distill", "grad_norm")
+E2E_RTOL = 2e-5  # tests/test_launch_modes.py: float32 reduction order across 2 processes
+
+
+def _step_logs(run: Path, method: str) -> list[dict]:
+    folder = run / "distill" / method
+    last = max(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return [e for e in json.loads((last / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+
+
+def _chosen(run: Path) -> list[int]:
+    log = json.loads((run / "distill" / "scd_aw" / "schedule_log.json").read_text())
+    return [s["chosen"] for s in log["stages"]]
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """e2e(name, sets, start_from=None, only=None) → run folder; the 1-process references run in-process."""
+    import os
+    import shutil
+    import subprocess
+
+    from distillkit_scd.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("launch_path")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(E2E.format(out=root / "reference"))
+    cache: dict = {}
+
+    def run(name: str, sets: list[str], start_from: str | None = None, only: list[str] | None = None) -> Path:
+        if name in cache:
+            return cache[name]
+        out = root / name
+        if start_from is not None:
+            shutil.copytree(e2e_run(start_from), out)
+        sets = [*sets, f"output_dir={out}"]
+        if name.startswith("reference"):
+            results = run_pipeline(recipe, sets, in_process=True)
+            assert all(r.status in ("done", "skipped") for r in results), [vars(r) for r in results]
+        else:
+            cmd = [sys.executable, "-m", "distillkit_scd", "run", str(recipe), *(a for s in sets for a in ("--set", s))]
+            cmd += ["--only", *only] if only else []
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, f"{name}: {' '.join(cmd)}\n{proc.stderr[-5000:]}"
+        cache[name] = out
+        return out
+
+    def e2e_run(name: str) -> Path:
+        return cache[name]
+
+    return run
+
+
+def _check_run(run: Path, reference: Path) -> dict:
+    """Every stage done, a Table 1 with both rows, and TD's and SCD w/ AW's per-step losses equal to the
+    1-process run's; returns the stage stamps."""
+    summary = json.loads((run / "stages" / "summary.json").read_text())
+    assert {s["status"] for s in summary["stages"]} == {"done"}, summary["stages"]
+    table = (run / "report" / "table1.md").read_text()
+    assert "SCD w/ AW" in table
+    methods = [m for m in ("td", "scd_aw") if (run / "distill" / m).is_dir()]
+    assert "scd_aw" in methods
+    for method in methods:
+        want, got = _step_logs(reference, method), _step_logs(run, method)
+        assert [e["step"] for e in got] == [e["step"] for e in want] == [1, 2, 3, 4]
+        for a, b in zip(want, got):
+            for key in LOSS_KEYS:
+                assert b[key] == pytest.approx(a[key], rel=E2E_RTOL, abs=1e-6), (
+                    f"{run.name} {method} step {a['step']} {key}: {b[key]} vs 1 process {a[key]}")
+    assert _chosen(run) == _chosen(reference)
+    return {s["stage"]: s for s in summary["stages"]}
+
+
+_TRANSFORMERS_5 = int(__import__("transformers").__version__.split(".")[0]) >= 5
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not _TRANSFORMERS_5, reason="CI time: the DDP pipeline runs on the latest stack, the ZeRO-3 "
+                    "pipeline on the distillkit stack (DDP on 4.57 is covered by tests/test_launch_modes.py)")
+def test_pipeline_under_ddp_and_sharded_forward_stages_equal_one_process(e2e):
+    """`distillkit-scd run` with launcher.num_processes=2 (DDP): every stage runs, training stages under
+    `accelerate launch --multi_gpu`, evaluation and the AW table as 2 data-parallel processes; SCD w/ AW logs
+    the 1-process run's losses and makes its choices (TD under DDP: tests/test_launch_modes.py). The sharded stages' outputs equal one process's on the same models
+    (the run's own SFT/distilled checkpoints, re-scored here in this process): every generation, metric and
+    AW-table entry."""
+    from safetensors.torch import load_file
+
+    from distillkit_scd.config import load_recipe
+    from distillkit_scd.evaluate import run_evaluation
+    from distillkit_scd.weighting import TABLE_TENSORS, run_aw_table
+
+    reference = e2e("reference", [])
+    run = e2e("ddp", MODES["ddp"])
+    stamps = _check_run(run, reference)
+    assert "--multi_gpu --num_processes 2" in stamps["sft-teacher"]["command"]
+    for stage in ("eval-teacher_sft", "eval-scd_aw", "aw-table"):
+        assert "--multi_gpu --num_processes 2" in stamps[stage]["command"], stage
+    sharded = {row: json.loads((run / "results" / row / "synthetic.json").read_text())
+               for row in ("teacher_sft", "scd_aw")}
+    table = load_file(str(run / "aw" / TABLE_TENSORS))
+    (run / "aw" / "aw_table.json").unlink()  # recompute in this process (one shard) on the same models
+    recipe = load_recipe(run / "resolved_recipe.yaml")
+    run_aw_table(recipe)
+    for name, tensor in load_file(str(run / "aw" / TABLE_TENSORS)).items():
+        assert torch.equal(tensor, table[name]), name
+    for row, got in sharded.items():
+        want = json.loads(run_evaluation(recipe, row).read_text())
+        assert got["metrics"] == want["metrics"] and got["samples"] == want["samples"], row
+        assert len(want["samples"]) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.skipif(_TRANSFORMERS_5, reason="CI time: the ZeRO-3 pipeline runs on the distillkit stack, the DDP "
+                    "pipeline on the latest stack (ZeRO-3 on 5.x is covered by tests/test_launch_modes.py)")
+def test_pipeline_under_zero3_accelerate_config_and_deepspeed_alone(e2e):
+    """The paper recipes' launch (an accelerate config with DeepSpeed ZeRO-3: recipes/accelerate/cpu_zero3.yaml,
+    the CPU mirror of 8xA800.yaml) with the cached-signal path: every stage, including the signals stage, the
+    SCD selector's teacher swaps inside the ZeRO-3 teacher, and a Table 1; TD and SCD w/ AW log the 1-process
+    cached run's losses. Then `launcher.deepspeed_config` alone re-runs TD's distillation launched with
+    DeepSpeed (not --multi_gpu) and logs the same losses."""
+    pytest.importorskip("deepspeed")
+    e2e("reference", [])
+    reference = e2e("reference-cached", ["distill.teacher_signal=cached"], start_from="reference")
+    run = e2e("zero3", MODES["zero3"])
+    stamps = _check_run(run, reference)
+    assert "--config_file recipes/accelerate/cpu_zero3.yaml --num_processes 2" in stamps["distill-scd_aw"]["command"]
+    assert "accelerate" not in stamps["signals"]["command"]  # one process, by design
+    alone = e2e("ds-alone", [*HALF, "distill.teacher_signal=cached", "launcher.deepspeed_config=recipes/deepspeed/zero3.json"],
+                start_from="zero3", only=["distill-td"])
+    stamps = {s["stage"]: s for s in json.loads((alone / "stages" / "summary.json").read_text())["stages"]}
+    assert "--use_deepspeed --deepspeed_config_file recipes/deepspeed/zero3.json" in stamps["distill-td"]["command"]
+    assert "--multi_gpu" not in stamps["distill-td"]["command"]
+    for a, b in zip(_step_logs(reference, "td"), _step_logs(alone, "td")):
+        for key in LOSS_KEYS:
+            assert b[key] == pytest.approx(a[key], rel=E2E_RTOL, abs=1e-6), (key, a, b)
