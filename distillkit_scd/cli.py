@@ -1,6 +1,7 @@
 """The `distillkit-scd` command (also `python -m distillkit_scd`, and `accelerate launch -m distillkit_scd`).
 
-Pipeline:  quickstart [--out DIR] | run RECIPE | validate RECIPE | plan RECIPE | report RUN_DIR | toy
+Pipeline:  quickstart [--out DIR] | run RECIPE | sweep RECIPE --grid F=V1,V2 | validate RECIPE | plan RECIPE
+           | report RUN_DIR | toy
 Stages (what `run` launches, one process each):  sft | aw-table | signals | distill | evaluate
 DistillKit:  distillkit CONFIG | distillkit-teacher CONFIG --checkpoints N | aw-table CONFIG (docs/distillkit.md)
 Data:  data fetch pubmedqa|jmed|all --to DIR (the paper's data, checksummed) | data example OUT.jsonl
@@ -72,6 +73,13 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what would run or be skipped, and the commands")
     p.add_argument("--in-process", action="store_true",
                    help="single-process recipes: run stages in this process (faster start, shared state)")
+
+    p = sub.add_parser("sweep", help="grid search for the TD baseline (the paper's), then every row at the best point")
+    _add_recipe(p)
+    p.add_argument("--grid", action="append", required=True, metavar="FIELD=V1,V2,...",
+                   help="recipe field and values to try, e.g. optim.learning_rate=5e-6,1e-5,2e-5 (repeatable: "
+                        "every combination)")
+    p.add_argument("--in-process", action="store_true", help="single-process recipes: run stages in this process")
 
     p = sub.add_parser("validate", help="check a recipe (types, ranges, local files) and print it resolved")
     _add_recipe(p)
@@ -183,6 +191,8 @@ def _dispatch(args) -> int:
         return _data(args)
     if cmd in ("run", "quickstart"):
         return _run(args)
+    if cmd == "sweep":
+        return _sweep(args)
     if cmd == "plan":
         from distillkit_scd.plan import format_plan
 
@@ -262,6 +272,20 @@ def _data(args) -> int:
 
     path = atomic_write_text(Path(args.out), chat_jsonl(args.rows, args.seed))
     print(f"{path}: {args.rows} chat rows (messages: system, user, assistant; plus id and tag)")
+    return 0
+
+
+def _sweep(args) -> int:
+    from distillkit_scd.pipeline import StageFailed
+    from distillkit_scd.sweep import format_grid, run_sweep
+
+    try:
+        record = run_sweep(args.recipe, args.grid, args.overrides, in_process=args.in_process)
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_grid(record), end="")
+    print(f"Chosen: {record['chosen']['point']} → {record['chosen']['folder']}")
     return 0
 
 
