@@ -21,7 +21,7 @@ CYCLE_EDGES = {
 OVER_LIMIT = {"pipeline": "the stage table (issue #16 item 2) takes the stage definitions out of it"}
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("basics", ("distillkit_scd", "methods", "atomic", "hashing", "logging_utils", "distributed", "paper_reference",
+    ("basics", ("distillkit_scd", "methods", "atomic", "hashing", "logging_utils", "distributed", "sharding", "paper_reference",
                 "interrupts")),
     ("data, schema and files", ("config_schema", "tasks", "collate", "formatting", "evaluation", "chat_metrics",
                                 "scoring", "checkpoints", "data_fetch")),
