@@ -133,3 +133,7 @@ def test_bad_sources_and_options(tmp_path):
         load_task("chat", str(path), shuffle=True)
     with pytest.raises(ValueError, match="task.options.metric"):
         load_task("chat", str(path), metric="bleu")
+    with pytest.raises(ValueError, match=r"option test_fraction: expected a number in \(0, 1\), got 0"):
+        load_task("chat", str(path), test_fraction=0)
+    with pytest.raises(ValueError, match=r"option validation_fraction: expected a number in \[0, 1\), got 1.0"):
+        load_task("chat", str(path), validation_fraction=1.0)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from .common import carve_validation, group_split, limit_rows, pick_source, to_dataset_dict
+from .common import group_split, limit_rows, pick_source, to_dataset_dict
 
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev", "val"), "test": ("test",)}
@@ -212,6 +212,12 @@ def stratified_split(rows: list[dict], fraction: float, seed: int, key: str) -> 
 # ------------------------------------------------------------------------------------------ the task
 
 
+def _check_fraction(name: str, value, zero_ok: bool) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (0 <= value < 1 if zero_ok else 0 < value < 1):
+        raise ValueError(f"task chat: option {name}: expected a number in {'[0' if zero_ok else '(0'}, 1), got {value!r}")
+
+
 def build(source: str | None = None, metric=None, config: str | None = None, splits: dict | None = None,
           test_fraction: float = 0.2, validation_fraction: float = 0.1, seed: int = 42, group_by: str | None = None,
           stratify_by: str | None = None, limit_train: int | None = None, limit_validation: int | None = None,
@@ -227,6 +233,8 @@ def build(source: str | None = None, metric=None, config: str | None = None, spl
     build_chat_scoring("chat", metric)  # a bad metric fails at load (and so at `validate`), not after training
     if group_by and stratify_by:
         raise ValueError("task chat: options group_by and stratify_by: expected at most one of them")
+    _check_fraction("test_fraction", test_fraction, zero_ok=False)
+    _check_fraction("validation_fraction", validation_fraction, zero_ok=True)
     names = dict(splits or {})
     if set(names) - set(SPLIT_ALIASES) or not all(isinstance(v, str) for v in names.values()):
         raise ValueError(f"task chat: option splits: expected a mapping of train/validation/test to split names, "
@@ -268,8 +276,7 @@ def build(source: str | None = None, metric=None, config: str | None = None, spl
     elif validation_fraction == 0:
         val = []
     else:
-        train, val = carve(train, validation_fraction, seed + 1) if (group_by or stratify_by) else \
-            carve_validation(train, validation_fraction, seed)
+        train, val = carve(train, validation_fraction, seed + 1)  # as `carve_validation` seeds it
         how.append(f"validation: {validation_fraction} of train")
     by = f" by {group_by!r}" if group_by else f" stratified by {stratify_by!r}" if stratify_by else ""
     info = {"task": "chat", "source": str(path or source),
