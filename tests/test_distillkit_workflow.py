@@ -139,6 +139,18 @@ def test_plain_distillkit_run_gets_a_hint(tmp_path):
     assert checks.plain_run_hint(tmp_path, uses_ours=True) is None
 
 
+def test_prepared_dataset_cache_gets_its_own_folder():
+    """DistillKit keys its prepared-dataset cache by path, seed and sample count only: assistant-only rows go
+    to a subfolder so they never overwrite (or are read as) DistillKit's own formatting."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(dataset=SimpleNamespace(prepared_dataset_path="/cache"))
+    dk_data.prepared_path_for(cfg, "all")
+    assert cfg.dataset.prepared_dataset_path == "/cache"
+    dk_data.prepared_path_for(cfg, "assistant")
+    assert cfg.dataset.prepared_dataset_path == "/cache/distillkit_scd-assistant"
+
+
 def test_assistant_mask_marks_every_assistant_turn(tiny_tokenizer):
     """Multi-turn rows: the masked tokens decode to exactly the assistant turns (each with what the template
     closes it with), nothing of the system or user turns; conversations (from/value) map the same way."""

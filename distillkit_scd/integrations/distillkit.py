@@ -366,18 +366,20 @@ def run(path: str | Path) -> None:
     """Train as `distillkit CONFIG` does, with our losses, schedule, data labelling and fixes."""
     from distillkit_scd.atomic import atomic_write_json
     from distillkit_scd.integrations.distillkit_data import patched_data, prepared_path_for
+    from distillkit_scd.logging_utils import is_main_process
 
     run_config, settings, text = load_config(path)
     import distillkit.main as dk_main
 
-    raw = (yaml.safe_load(text) or {}).get(SECTION)
-    hint = plain_run_hint(run_config.output_path, uses_ours(run_config, raw))
-    if hint:
-        print(hint, file=sys.stderr)
-    out = Path(run_config.output_path)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / MARKER, {"config": str(path), "distillkit": distillkit_version(),
-                                     "settings": dataclasses.asdict(settings)})
+    if is_main_process():  # one hint, one marker (other processes would race rank 0 to the marker)
+        raw = (yaml.safe_load(text) or {}).get(SECTION)
+        hint = plain_run_hint(run_config.output_path, uses_ours(run_config, raw))
+        if hint:
+            print(hint, file=sys.stderr)
+        out = Path(run_config.output_path)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / MARKER, {"config": str(path), "distillkit": distillkit_version(),
+                                         "settings": dataclasses.asdict(settings)})
     logger.info("distillkit_scd: DistillKit %s, losses %s, schedule %s, labels %s", distillkit_version(),
                 [lf.function.value for lf in run_config.loss_functions], settings.schedule.method, settings.labels)
     prepared_path_for(run_config, settings.labels)
