@@ -86,9 +86,9 @@ class StageCallback(TrainerCallback):
             chosen, terms = self.schedule.checkpoint_for_stage(stage, student=student)
             student.train(was_training)
             self.log.append({"stage": stage, "step": step, "chosen": int(chosen), "terms": terms})
-            logger.info("stage %d (step %d): teacher checkpoint %d %s", stage, step, chosen,
+            logger.info("stage %d (step %d): teacher checkpoint %d %s", stage + 1, step, chosen + 1,  # 1-based
                         "" if not terms else "; terms " + ", ".join(
-                            f"j={t['checkpoint']}: {t['kl_best']:.4f}+{t['kl_student']:.4f}" for t in terms))
+                            f"j={t['checkpoint'] + 1}: {t['kl_best']:.4f}+{t['kl_student']:.4f}" for t in terms))
         if self.pool is not None:
             self.pool.load_into(self.trainer.teacher_model_module, chosen)
         self.trainer.active_checkpoint = int(chosen)

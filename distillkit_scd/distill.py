@@ -120,8 +120,8 @@ def run_distill(recipe: Recipe, method: str) -> Path:
     T = stage_steps(recipe, len(train))
     total = n * T
     stage_ends = [T * (i + 1) for i in range(n)]
-    logger.info("distill %s: N=%d stages × T=%d steps = %d steps; teacher p(best)=%d", method, n, T, total,
-                pool.best_index)
+    logger.info("distill %s: N=%d stages × T=%d steps = %d steps; teacher p(best) = checkpoint %d (1-based)",
+                method, n, T, total, pool.best_index + 1)
 
     m = recipe.models
     student = load_model(str(best_checkpoint(ws.sft_dir("student"))), m.dtype, m.trust_remote_code,

@@ -20,9 +20,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distillkit_scd.atomic import atomic_write, atomic_write_text
+from distillkit_scd.atomic import atomic_write_text
+from distillkit_scd.figures import (  # noqa: F401  (figure functions, re-exported)
+    fig5_summary,
+    plot_aw_histogram,
+    plot_fig5,
+    plot_scd_decisions,
+    plot_score_difference,
+    score_differences,
+)
 from distillkit_scd.paper_reference import PAPER_COLUMNS, PAPER_TABLE
-from distillkit_scd.results import load_results, primary_keys, table_columns
+from distillkit_scd.results import load_results, table_columns
 
 logger = logging.getLogger(__name__)
 
@@ -227,113 +235,12 @@ def render_csv(table: Table) -> str:
     return buf.getvalue()
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"),
-                        suffix=".png")
-
-
-def plot_scd_decisions(schedule_log, path) -> Path:
-    """Fig. 3: per SCD stage, the two terms KL(p_best‖p_j) and KL(q‖p_j) per checkpoint j as stacked bars
-    (their sum is what SCD minimises) and a marker on the chosen checkpoint.
-
-    `schedule_log`: the list of stages `{"stage": i (0-based), "terms": [{"checkpoint": j, "kl_best",
-    "kl_student"}], "chosen": j}`, or the schedule_log.json dict holding it under "stages".
-    """
-    stages = schedule_log["stages"] if isinstance(schedule_log, dict) else schedule_log
-    stages = [s for s in stages if s.get("terms")]
-    if not stages:
-        raise ValueError(f"{path}: the schedule log has no stage with SCD terms to plot")
-    plt = _pyplot()
-    ymax = max(t["kl_best"] + t["kl_student"] for s in stages for t in s["terms"]) or 1.0
-    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3.2), squeeze=False, sharey=True)
-    for ax, stage in zip(axes[0], stages):
-        js = [t["checkpoint"] + 1 for t in stage["terms"]]  # paper numbers checkpoints from 1
-        a = [t["kl_best"] for t in stage["terms"]]
-        b = [t["kl_student"] for t in stage["terms"]]
-        ax.bar(js, a, color="#4c72b0", label="metric 1: KL(p_best‖p_j)")
-        ax.bar(js, b, bottom=a, color="#dd8452", label="metric 2: KL(q‖p_j)")
-        ckpts = [t["checkpoint"] for t in stage["terms"]]
-        if stage["chosen"] not in ckpts:
-            raise ValueError(f"{path}: stage {stage['stage']}: chosen checkpoint {stage['chosen']!r} is not "
-                             f"among its terms' checkpoints {ckpts}")
-        k = ckpts.index(stage["chosen"])
-        top = a[k] + b[k]
-        ax.annotate("", xy=(js[k], top), xytext=(js[k], top + 0.2 * ymax),  # red arrow on j*, as the paper
-                    arrowprops={"arrowstyle": "->", "color": "#c44e52", "lw": 2})
-        ax.set_ylim(0, 1.3 * ymax)
-        ax.set_title(f"stage {stage['stage'] + 1}: j* = {stage['chosen'] + 1}", fontsize=9)
-        ax.set_xlabel("teacher checkpoint j")
-        ax.set_xticks(js)
-    axes[0][0].set_ylabel("probe-set KL (sum of both)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 1.0))
-    _save(fig, path)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_aw_histogram(aw_values: dict, path, title: str = "") -> Path:
-    """Fig. 4: histogram of AW over the train set, one outline per key (task or teacher checkpoint)."""
-    if not aw_values:
-        raise ValueError(f"{path}: no AW values to plot")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for label, values in aw_values.items():
-        vals = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
-        ax.hist(vals, bins=30, range=(0, 1), histtype="step", label=str(label))
-    ax.set_xlabel("AW = L_S / (L_S + L_T)")
-    ax.set_ylabel("train samples")
-    ax.set_title(title or "Adaptive weights")
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    plt.close(fig)
-    return Path(path)
-
-
-def score_differences(teacher: dict, student: dict, metric: str | None = None) -> list[float]:
-    """Per-sample teacher − student score on the ids both results share, sorted descending (as Fig. 5)."""
-    metric = metric or primary_keys(teacher)[0]
-    s_by_id = {s["id"]: s["scores"][metric] for s in student["samples"]}
-    diffs = sorted((s["scores"][metric] - s_by_id[s["id"]] for s in teacher["samples"] if s["id"] in s_by_id),
-                   reverse=True)
-    if not diffs:
-        raise ValueError(f"score difference: the teacher and student results share no sample id (task "
-                         f"{teacher['task']!r})")
-    return diffs
-
-
-def plot_score_difference(teacher_results: dict, student_results: dict, path, metric: str | None = None) -> Path:
-    """Fig. 5: per-sample teacher − student score, sorted; teacher-favoured (TFS, > 0) and
-    student-favoured (SFS, < 0) samples coloured, ties grey."""
-    metric = metric or primary_keys(teacher_results)[0]
-    diffs = score_differences(teacher_results, student_results, metric)
-    plt = _pyplot()
-    colors = ["#c44e52" if d < 0 else ("#55a868" if d > 0 else "#999999") for d in diffs]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar(range(len(diffs)), diffs, color=colors, width=1.0)
-    tfs, sfs = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-    ax.set_title(f"{teacher_results['task']}: teacher − student ({metric}); TFS {tfs}, SFS {sfs}, "
-                 f"ties {len(diffs) - tfs - sfs}", fontsize=9)
-    ax.set_xlabel("test samples (sorted)")
-    _save(fig, path)
-    plt.close(fig)
-    return Path(path)
-
-
 def write_report(run_dir, out_dir=None, extra_run_dirs=(), protocol: str | None = None) -> dict[str, Path]:
     """Write table1.md, table1.csv and the figures the run's artifacts allow; returns name → path.
 
     Figures: fig3_<method>.png from distill/<method>/schedule_log.json (SCD rows), fig4_aw.png from
-    aw/aw_table.json, fig5_<task>.png when both teacher_sft and student_sft results exist.
+    aw/aw_table.json, fig5_<task>.png (+ fig5_<task>.json: the summed TFS deficit and SFS advantage per
+    row) when teacher_sft and at least one student row (student SFT or a method) exist.
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
@@ -344,21 +251,27 @@ def write_report(run_dir, out_dir=None, extra_run_dirs=(), protocol: str | None 
         raise ValueError(f"{run_dir}: no results/<row>/<task>.json files to report (rows: {', '.join(ROWS)})")
     written = {"markdown": atomic_write_text(out / "table1.md", render_markdown(table)),
                "csv": atomic_write_text(out / "table1.csv", render_csv(table))}
+    tasks = sorted({key.split("/")[1] for key in table.results})
+    task_name = ", ".join(tasks)
     for method in ("scd", "scd_aw"):
         log = run_dir / "distill" / method / "schedule_log.json"
         if log.is_file():
-            written[f"fig3_{method}"] = plot_scd_decisions(json.loads(log.read_text()), out / f"fig3_{method}.png")
+            written[f"fig3_{method}"] = plot_scd_decisions(json.loads(log.read_text()), out / f"fig3_{method}.png",
+                                                           title=f"{ROWS[method]} on {task_name}")
     aw = run_dir / "aw" / "aw_table.json"
     if aw.is_file():
         from distillkit_scd.weighting import AWTable
 
         weights = AWTable.load(aw).weights  # (S, N)
         per_ckpt = {f"p({j + 1})": weights[:, j] for j in range(weights.shape[1])}
-        written["fig4"] = plot_aw_histogram(per_ckpt, out / "fig4_aw.png", f"AW over train ({run_dir.name})")
-    for key, data in table.results.items():
-        row, task = key.split("/")
-        if row == "teacher_sft" and f"student_sft/{task}" in table.results:
-            written[f"fig5_{task}"] = plot_score_difference(data, table.results[f"student_sft/{task}"],
-                                                            out / f"fig5_{task}.png")
+        written["fig4"] = plot_aw_histogram(per_ckpt, out / "fig4_aw.png",
+                                            f"AW over the train split of {task_name}, per teacher checkpoint")
+    for task in tasks:  # Fig. 5: teacher SFT − each student row, per sample
+        teacher = table.results.get(f"teacher_sft/{task}")
+        students = {ROWS[row]: table.results[f"{row}/{task}"] for row in ("student_sft", "td", "taid", "cd", "scd",
+                                                                          "scd_aw") if f"{row}/{task}" in table.results}
+        if teacher is not None and students:
+            written[f"fig5_{task}"] = plot_fig5(teacher, students, out / f"fig5_{task}.png")
+            atomic_write_text(out / f"fig5_{task}.json", json.dumps(fig5_summary(teacher, students), indent=1))
     logger.info("report: %s", ", ".join(str(p) for p in written.values()))
     return written

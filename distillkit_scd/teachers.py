@@ -253,6 +253,6 @@ class CheckpointPool:
         folder = self.path(index)
         if index == self.active_index:
             return
-        logger.info("teacher: loading checkpoint %d (%s) in place", index, folder)
+        logger.info("teacher: loading checkpoint %d (%s) in place", index + 1, folder)  # 1-based, as the paper
         load_weights_in_place(model, folder)
         self.active_index = index

@@ -201,7 +201,7 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
             for j in range(teachers.num_checkpoints):
                 teachers.load_into(teacher, j)
                 columns.append(_losses(teacher, batches, n_rows, chunk_size, shard))
-                logger.info("AW: teacher checkpoint %d done", j)
+                logger.info("AW: teacher checkpoint %d done", j + 1)  # 1-based
         finally:
             if restore is not None:
                 teachers.load_into(teacher, restore)
