@@ -168,6 +168,28 @@ def test_accelerate_config_refusals(tmp_path):
             check_launch(_recipe(tmp_path, {"num_processes": 2, "accelerate_config": path, **extra}), "r.yaml")
 
 
+def test_trainer_gets_deepspeed_from_accelerate_only(tmp_path, monkeypatch):
+    """Launched by accelerate with DeepSpeed, transformers is not handed the JSON as well (its copy is filled
+    before the process group exists: the issue's `16 != 16 * 1 * 2`); a launch with another JSON than the
+    recipe's is refused, and so are several CPU processes without accelerate's DeepSpeed launch."""
+    from distillkit_scd.training_args import _deepspeed_for_transformers
+
+    recipe = _recipe(tmp_path, {"num_processes": 2, "deepspeed_config": ZERO3})
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", ZERO3)
+    assert _deepspeed_for_transformers(recipe) is None
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(tmp_path / "other.json"))
+    with pytest.raises(ValueError, match=r"accelerate was launched with --deepspeed_config_file .*other.json"):
+        _deepspeed_for_transformers(recipe)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _deepspeed_for_transformers(recipe) == ZERO3  # one plain process: transformers' own path
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ValueError, match=r"several CPU processes need accelerate's DeepSpeed launch"):
+            _deepspeed_for_transformers(recipe)
+
+
 # --------------------------------------------------------------------------------------------------
 # End to end: `distillkit-scd run` of a reduced quickstart under each launcher (slow, multiprocess).
 # --------------------------------------------------------------------------------------------------
