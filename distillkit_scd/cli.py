@@ -57,6 +57,8 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillkit-scd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="warnings, errors and results only: no progress lines or bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("quickstart", help="all nine Table 1 rows on `synthetic` with tiny models (CPU, minutes)")
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     words = [a for a in argv if not a.startswith("-")]
     args = build_parser(with_toy=bool(words) and words[0] == "toy").parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.quiet)
     try:
         with interrupts.handlers():
             return _dispatch(args)

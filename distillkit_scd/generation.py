@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distillkit_scd.formatting import prompt_ids
+from distillkit_scd.progress import progress_bars
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_
             with the tokenizer's chat template and `add_generation_prompt=True`.
         max_new_tokens: generation budget per example.
         batch_size: prompts per `model.generate` call (left padded).
-        progress: show a tqdm bar over batches.
+        progress: show a tqdm bar over batches (on a terminal only, see `progress.progress_bars`).
         max_prompt_length: prompts longer than this are cut in the middle (as in training).
         shard (`sharding.Shard`, *optional*): under a data-parallel launch, this process generates every
             world-th batch of the list one process would build and the completions are gathered, so each
@@ -78,7 +79,7 @@ def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_
     if shard is not None:
         batches = shard.take(batches)
     try:
-        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+        for batch in tqdm(batches, desc="generate", disable=not (progress and progress_bars()), leave=False):
             width = max(len(encoded[i]) for i in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, width)
             mask = torch.zeros((len(batch), width), dtype=torch.long)

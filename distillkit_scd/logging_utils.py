@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
+QUIET_ENV = "DISTILLKIT_SCD_QUIET"
 _NOISY = ("httpx", "urllib3", "filelock", "DeepSpeed", "torch.distributed", "matplotlib")
 
 
@@ -26,9 +28,18 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Configure the root logger: INFO (DEBUG with `verbose`) on rank 0, WARNING elsewhere."""
-    level = logging.DEBUG if verbose else logging.INFO
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Configure the root logger: INFO (DEBUG with `verbose`, WARNING with `quiet`) on rank 0, WARNING
+    elsewhere. Without a terminal, or with `quiet`, progress bars are switched off (through the
+    environment, which the libraries read at import and stage processes inherit)."""
+    quiet = quiet or os.environ.get(QUIET_ENV) == "1"
+    if quiet:
+        os.environ[QUIET_ENV] = "1"  # stage processes started by the pipeline are quiet too
+    if quiet or not sys.stderr.isatty():
+        from distillkit_scd.progress import switch_off_bars
+
+        switch_off_bars()
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
         level=level if is_main_process() else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

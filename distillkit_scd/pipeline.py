@@ -50,6 +50,7 @@ from distillkit_scd.config import METHODS, Recipe, RecipeError, check_local_file
 from distillkit_scd.data_check import check_data
 from distillkit_scd.launch import accelerate_command, check_launch, describe
 from distillkit_scd.model_refs import prepare_models
+from distillkit_scd.progress import StageClock
 
 logger = logging.getLogger(__name__)
 
@@ -317,15 +318,26 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
     logger.info("%s: %d stages (%s), run directory %s", recipe.name, len(chosen),
                 ", ".join(s.name for s in chosen), out)
     logger.info("%s", describe(launch))
+
+    def up_to_date(stage: Stage, stamp: dict) -> bool:
+        artifact_ok = not stage.artifact or (out / stage.artifact).exists()
+        return stamp.get("status") == "done" and stamp.get("fingerprint") == prints[stage.name] and artifact_ok
+
+    stamps = {s.name: read_stamp(out, s.name) for s in chosen}
+    clock = StageClock({s.name: (s.command[0], stamps[s.name].get("seconds")) for s in chosen
+                        if s.name in forced or not up_to_date(s, stamps[s.name])})
     for i, (stage, res) in enumerate(zip(chosen, results), 1):
         tag = f"[{i}/{len(chosen)}] {stage.name:24}"
-        stamp = read_stamp(out, stage.name)
+        stamp = stamps[stage.name]
         inputs = stage_inputs(recipe, stage)
         artifact_ok = not stage.artifact or (out / stage.artifact).exists()
-        up_to_date = stamp.get("status") == "done" and stamp.get("fingerprint") == prints[stage.name] and artifact_ok
-        cmd = launch_command(recipe, stage, resolved)
+        if dry_run:  # nothing is written: the commands name the recipe and its --set overrides
+            cmd = launch_command(recipe, stage, Path(recipe_path))
+            cmd += [] if stage.command[0] == "report" else [a for o in overrides or [] for a in ("--set", o)]
+        else:
+            cmd = launch_command(recipe, stage, resolved)
         res.command = shlex.join(cmd)
-        if up_to_date and stage.name not in forced:
+        if up_to_date(stage, stamp) and stage.name not in forced:
             res.status, res.reason = ("would skip" if dry_run else "skipped"), "inputs unchanged"
             logger.info("%s skip (inputs unchanged)", tag)
             continue
@@ -346,13 +358,13 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
             logger.warning("%s upstream stage(s) %s have no stamp; it will likely fail", tag, ", ".join(missing))
         if dry_run:
             res.status = "would run"
-            logger.info("%s would run (%s): %s", tag, res.reason, res.command)
+            logger.info("%s would run (%s)", tag, res.reason)
             continue
         # A stage whose last attempt (done or not) had other inputs, or that is forced, starts clean; an
         # attempt with these inputs that was interrupted keeps its files, and the stage resumes from them.
         if stage.output and (stage.name in forced or stamp.get("fingerprint") not in (None, prints[stage.name])):
             _remove(out / stage.output, tag)
-        logger.info("%s running (%s)", tag, res.reason)
+        logger.info("%s running (%s); %s in all", tag, res.reason, clock.text())
         res.status = "running"
         atomic_write_json(out / "stages" / f"{stage.name}.json", default=str, data={
             "stage": stage.name, "fingerprint": prints[stage.name], "status": "running",
@@ -388,6 +400,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         })
         res.status = "done"
         save_summary()
+        clock.done(stage.name, res.seconds)
         logger.info("%s done in %.1f s", tag, res.seconds)
     save_summary()
     return results

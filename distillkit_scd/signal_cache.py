@@ -26,12 +26,12 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from distillkit_scd import hashing
 from distillkit_scd.atomic import atomic_write, atomic_write_json
 from distillkit_scd.losses import TopKSignal, topk_signal
 from distillkit_scd.model_outputs import iter_label_logprobs, label_hidden
+from distillkit_scd.progress import ProgressLog
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,9 @@ def build_checkpoint_signals(teacher, dataset, collator, top_k: int, batch_size:
         raise ValueError("build_checkpoint_signals: rows must be in increasing sample_index order")
     counts = torch.zeros(sample_index[-1] + 1 if sample_index else 0, dtype=torch.long)
     seq_loss = torch.zeros(len(counts), dtype=torch.float64)
-    for batch in tqdm(list(_batches(dataset, collator, batch_size)), desc=desc, leave=False):
+    batches = list(_batches(dataset, collator, batch_size))
+    progress = ProgressLog(desc, len(batches), log=logger)
+    for batch in batches:
         hidden, flat_idx, targets = label_hidden(teacher, batch)
         length = batch["labels"].shape[1]
         rows = torch.div(flat_idx, length, rounding_mode="floor").cpu()
@@ -103,6 +105,7 @@ def build_checkpoint_signals(teacher, dataset, collator, top_k: int, batch_size:
             ids.append(signal.indices.cpu())
             tails.append(signal.tail_logmass.float().cpu())
         seq_loss[batch["sample_index"]] = batch_loss
+        progress.update()
     offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(counts, 0)
     return SignalCache(torch.cat(values), torch.cat(ids), offsets, torch.cat(tails), seq_loss)

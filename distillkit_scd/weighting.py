@@ -26,6 +26,7 @@ from distillkit_scd import hashing
 from distillkit_scd.atomic import atomic_write, atomic_write_json
 from distillkit_scd.losses import adaptive_weight
 from distillkit_scd.model_outputs import sequence_losses
+from distillkit_scd.progress import ProgressLog
 
 logger = logging.getLogger(__name__)
 
@@ -145,15 +146,19 @@ def _length_batches(dataset, batch_size: int, collator) -> list[tuple[list[int],
     return out
 
 
-def _losses(model, batches, num_rows: int, chunk_size: int, shard=None) -> torch.Tensor:
-    """Per-row sequence CE (num_rows,) float64 in dataset order. With a `sharding.Shard`, this process runs
-    every world-th batch and the rows are gathered (the other rows are 0 here, so the sum is exact)."""
+def _losses(model, batches, num_rows: int, chunk_size: int, shard=None, what: str = "AW table") -> torch.Tensor:
+    """Per-row sequence CE (num_rows,) float64 in dataset order, progress logged as lines. With a
+    `sharding.Shard`, this process runs every world-th batch and the rows are gathered (the other rows
+    are 0 here, so the sum is exact)."""
     was_training = model.training
     model.eval()
     out = torch.zeros(num_rows, dtype=torch.float64)
     try:
-        for rows, batch in (batches if shard is None else shard.take(batches)):
+        mine = batches if shard is None else shard.take(batches)
+        progress = ProgressLog(what, len(mine), log=logger)
+        for rows, batch in mine:
             out[rows] = sequence_losses(model, batch, chunk_size).to("cpu", torch.float64)
+            progress.update()
     finally:
         model.train(was_training)
     return out if shard is None else shard.sum(out)
@@ -187,7 +192,7 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
     collator = collator or DistillationCollator(pad_token_id=0)
     batches = _length_batches(dataset, batch_size, collator)
     n_rows = len(dataset)
-    student_loss = _losses(student, batches, n_rows, chunk_size, shard)
+    student_loss = _losses(student, batches, n_rows, chunk_size, shard, "AW table: student")
     columns = []
     if teacher_losses is not None:
         if teacher_losses.shape[0] != n_rows:
@@ -200,7 +205,8 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
         try:
             for j in range(teachers.num_checkpoints):
                 teachers.load_into(teacher, j)
-                columns.append(_losses(teacher, batches, n_rows, chunk_size, shard))
+                columns.append(_losses(teacher, batches, n_rows, chunk_size, shard,
+                                       f"AW table: teacher checkpoint {j + 1}/{teachers.num_checkpoints}"))
                 logger.info("AW: teacher checkpoint %d done", j + 1)  # 1-based
         finally:
             if restore is not None:
