@@ -320,6 +320,6 @@ def _run(args) -> int:
     out = Path(load_recipe(path, overrides).output_dir)
     table = out / "report" / "table1.md"
     if table.is_file():
-        print("\n" + table.read_text(encoding="utf-8").split("\n### The paper")[0])
+        print("\n" + table.read_text(encoding="utf-8").split("\n## The paper")[0].rstrip())
         print(f"Report and figures: {table.parent}")
     return 0

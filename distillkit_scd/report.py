@@ -243,6 +243,10 @@ def write_report(run_dir, out_dir=None, extra_run_dirs=(), protocol: str | None 
     row) when teacher_sft and at least one student row (student SFT or a method) exist.
     """
     run_dir = Path(run_dir)
+    for folder in (run_dir, *map(Path, extra_run_dirs)):
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such run directory" if not folder.exists() else
+                             f"{folder}: not a directory (expected a run directory with results/)")
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     files = [p for d in (run_dir, *map(Path, extra_run_dirs)) for p in _results_files(d)]

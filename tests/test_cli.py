@@ -182,3 +182,10 @@ def test_validate_refuses_an_output_dir_that_cannot_be_a_folder(tmp_path, capsys
     if where == "file":
         assert cli.main(["run", str(recipe), "--set", f"output_dir={target}", "--dry-run"]) == 2
         assert "is a file" in capsys.readouterr().err
+
+
+def test_report_on_a_missing_directory_says_it_is_missing(tmp_path, capsys):
+    """`report` on a path that does not exist names it as missing (not 'no results files'); exit 2."""
+    assert cli.main(["report", str(tmp_path / "runs" / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'runs' / 'nope'}: no such run directory"
+    assert not (tmp_path / "runs").exists()  # nothing created on the way
