@@ -45,19 +45,16 @@ def test_pinned_date_in_prompts_and_training_rows(dated_tokenizer):
     assert answer == [t for t in unpinned["labels"] if t != -100]
 
 
-def test_recipe_date_is_validated_and_reaches_the_workspace_tokenizer(tmp_path, monkeypatch):
+def test_recipe_date_is_validated_and_reaches_the_workspace_tokenizer(tmp_path, tiny_pair):
     """`task.date_string` must look like a template date; the workspace's tokenizer carries it."""
     from distillkit_scd.config import RecipeError, recipe_from_dict
     from distillkit_scd.formatting import TEMPLATE_KWARGS
     from distillkit_scd.workspace import Workspace
 
-    base = {"name": "d", "output_dir": str(tmp_path), "models": {"teacher": "tiny:teacher", "student": "tiny:student"}}
+    base = {"name": "d", "output_dir": str(tmp_path),
+            "models": {"teacher": str(tiny_pair[0]), "student": str(tiny_pair[1])}}
     with pytest.raises(RecipeError, match="task.date_string"):
         recipe_from_dict({**base, "task": {"name": "synthetic", "date_string": "2024-07-26"}})
     recipe = recipe_from_dict({**base, "task": {"name": "synthetic", "date_string": "01 Jan 2025"}})
     assert recipe_from_dict({**base, "task": {"name": "synthetic"}}).task.date_string == "26 Jul 2024"
-    monkeypatch.chdir(tmp_path)
-    from distillkit_scd.model_refs import prepare_models
-
-    prepare_models(recipe)
     assert getattr(Workspace(recipe).tokenizer(), TEMPLATE_KWARGS) == {"date_string": "01 Jan 2025"}
