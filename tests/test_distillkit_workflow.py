@@ -383,18 +383,29 @@ def test_teacher_command_aw_table_and_cd_run_with_static_aw(tiny_pair, workspace
     assert float(table.student_loss[row]) == pytest.approx(ce, rel=1e-5)
     assert batch[AW_ROWS][0, :n].eq(row).all() and batch[AW_ROWS][0, n:].eq(-1).all()
 
-    kept = []
+    kept, evals = [], []
     real_total = dk_int_fixes().SCDDistillationTrainer.total_distillation_loss
 
     def spy(self, outputs, inputs, num_items_in_batch=None):
         loss = real_total(self, outputs, inputs, num_items_in_batch)
-        kept.append((self.active_checkpoint, inputs[AW_ROWS].clone(), self.batch_context.aw.clone()))
+        if self.model.training:
+            kept.append((self.active_checkpoint, inputs[AW_ROWS].clone(), self.batch_context.aw.clone()))
+        else:  # evaluation rows are not in the train table: online AW
+            assert AW_ROWS not in inputs and self.batch_context.aw is None
+            evals.append(1)
         return loss
 
+    # Evaluation on rows the table does not hold (their AW is computed online) must not stop the run.
+    import datasets
+
+    datasets.Dataset.from_list(_rows(12)[8:]).save_to_disk(str(tmp_path / "eval"))
+    run_cfg = json.loads(json.dumps(cfg))
+    run_cfg["dataset"]["eval_dataset"] = {"disk_path": str(tmp_path / "eval")}
+    run_cfg["training_args"].update(eval_strategy="steps", eval_steps=2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dk_int_fixes().SCDDistillationTrainer, "total_distillation_loss", spy)
-        assert dk_int.main([str(path)]) == 0
-    assert [k[0] for k in kept] == [0, 1]  # CD: p(1) in stage 0, p(2) in stage 1
+        assert dk_int.main([str(_write(tmp_path / "run.yaml", run_cfg))]) == 0
+    assert [k[0] for k in kept] == [0, 1] and evals  # CD: p(1) in stage 0, p(2) in stage 1; evaluated
     for j, rows, aw in kept:
         expected = table.weights[rows[:, 1:].clamp(min=0), j].float()
         assert torch.equal(aw, expected)

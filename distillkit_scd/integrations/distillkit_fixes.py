@@ -233,7 +233,8 @@ class SCDDistillationTrainer(DistillationTrainer):
         self._log_sums: dict[str, torch.Tensor] = {}
         self._prepare_teacher()
         self.stage_callback = self._schedule_callback()
-        self.aw_weights = self._static_aw(aw_table)  # after the SCD probe batches are collated
+        self._aw_collator = None
+        self.aw_weights = self._static_aw(aw_table)
         sched = settings.schedule
         per_stage = self.stage_callback is not None and sched.lr_schedule == "per_stage"
         self.steps_per_stage = sched.steps_per_stage if per_stage else None  # LR restarts every stage
@@ -287,6 +288,16 @@ class SCDDistillationTrainer(DistillationTrainer):
         self.add_callback(callback)
         return callback
 
+    def get_train_dataloader(self):
+        """Static AW: training batches go through the collator that tags each sample's AW table row."""
+        if self.aw_weights is None:
+            return super().get_train_dataloader()
+        plain, self.data_collator = self.data_collator, self._aw_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = plain
+
     def _static_aw(self, aw_table):
         """Load the AW table, wrap the collator to tag each position with its sample's table row; returns the
         (S, N) float32 AW on the device (None for online AW)."""
@@ -296,7 +307,7 @@ class SCDDistillationTrainer(DistillationTrainer):
         from distillkit_scd.weighting import AWTable
 
         table = AWTable.load(aw_table)
-        self.data_collator = AWRowCollator(self.data_collator, rows_by_key(table))
+        self._aw_collator = AWRowCollator(self.data_collator, rows_by_key(table))  # train batches only
         logger.info("distillkit_scd: static AW from %s (%d samples x %d checkpoints)", aw_table, len(table.ids),
                     table.num_checkpoints)
         return table.weights.to(device=self.accelerator.device, dtype=torch.float32)
@@ -334,14 +345,17 @@ class SCDDistillationTrainer(DistillationTrainer):
         ctx = self.batch_context
         ctx.targets, ctx.segments = targets, segment_ids(inputs)
         ctx.taid_t = self.taid_state.t if self.taid_state is not None else 1.0
-        ctx.aw = None
+        ctx.aw = None  # online AW: from this batch's logits
         if self.aw_weights is not None:
             from distillkit_scd.integrations.distillkit_aw import AW_ROWS
 
-            if AW_ROWS not in inputs:
-                raise ValueError("scd_aw_kl (static AW): the batch has no AW rows; the trainer's collator was replaced")
-            rows = inputs[AW_ROWS][:, 1:]  # (B, T-1): the sample of token s+1, which position s predicts
-            ctx.aw = self.aw_weights[rows.clamp(min=0), self.active_checkpoint if self.stage_callback else 0]
+            if AW_ROWS in inputs:
+                rows = inputs[AW_ROWS][:, 1:]  # (B, T-1): the sample of token s+1, which position s predicts
+                ctx.aw = self.aw_weights[rows.clamp(min=0), self.active_checkpoint if self.stage_callback else 0]
+            elif self.model.training:
+                raise ValueError("scd_aw_kl (static AW): a training batch has no AW rows; the train dataloader's "
+                                 "collator was replaced")
+            # evaluation batches are not in the (train-split) table: their AW is computed online
 
         total, weights = 0.0, 0.0
         parts: dict[str, torch.Tensor] = {}
