@@ -56,8 +56,9 @@ def format_time_estimate(recipe: Recipe, rows: int, steps: dict[str, int], stude
     flops = stage_flops(recipe, rows, steps, student, teacher)
     total = sum(flops.values())
     world = recipe.launcher.num_processes
-    lines = [f"time (upper bound: every row {recipe.task.max_length} tokens; assumed MFU {ASSUMED_MFU:.0%}, ours — "
-             "measure it with benchmarks/gpu_check.sh; evaluation not included):"]
+    lines = [f"time (model FLOPs with every row at {recipe.task.max_length} tokens, at an assumed MFU of "
+             f"{ASSUMED_MFU:.0%} (ours; benchmarks/gpu_check.sh measures it); not included: evaluation, "
+             "checkpoint saves, small-batch ZeRO-3 overheads):"]
     lines += [f"  {k:24} {v:10.3g} FLOPs" for k, v in flops.items()]
     for gpu, peak in GPU_PEAK_TFLOPS.items():
         hours = total / (peak * 1e12 * ASSUMED_MFU) / 3600
