@@ -24,7 +24,8 @@ else
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device (GPU_CHECK_CPU=1 for the CPU dry run)')" || exit 1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   SHAPES="llama-1b-3b"; DTYPE=bfloat16; STEPS=10; LENGTH=512; LIMIT=270; RECORD=()
-  MINI=(--set launcher.deepspeed_config=recipes/deepspeed/zero3.json --set launcher.mixed_precision=bf16)
+  MINI=(--set launcher.deepspeed_config=recipes/deepspeed/zero3.json --set launcher.mixed_precision=bf16
+        --set sft.teacher.num_train_epochs=10)
 fi
 DK=$("$PY" -c "import distillkit" 2>/dev/null && echo --distillkit)
 
@@ -54,8 +55,10 @@ import datetime, json, sys
 from pathlib import Path
 run, results, cpu = Path(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""
 rows = []
-for stamp in sorted((run / "stages").glob("*.json")):
+for stamp in sorted((run / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):  # in run order
     s = json.loads(stamp.read_text())
+    if "stage" not in s:  # the run summary
+        continue
     rows.append(f"| {s.get('stage', stamp.stem)} | {s.get('status')} | {s.get('seconds', float('nan')):.1f} |")
 try:
     import torch
