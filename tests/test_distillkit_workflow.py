@@ -85,11 +85,14 @@ def test_edit_distance_hand_cases():
     (lambda c: c["distillkit_scd"]["schedule"].update(manifest="MISSING"),
      r"cfg.yaml: distillkit_scd.schedule.manifest: MISSING: manifest not found \(write it with `distillkit-scd "
      r"distillkit-teacher CONFIG --checkpoints N`"),
+    (lambda c: None,  # m.json holds `{}`
+     r"cfg.yaml: distillkit_scd.schedule.manifest: \S*m.json: checkpoints: expected a non-empty list of checkpoint "
+     r"objects, got None"),
 ])
 def test_config_errors_exit_with_one_line_before_any_model(tiny_pair, tmp_path, capsys, no_model_loads, mutate,
                                                            expected):
-    """A misspelt section, a loss-option typo and a missing manifest: exit 2, one line naming the key or
-    file, no model loaded (these checks need neither DistillKit nor any model)."""
+    """A misspelt section, a loss-option typo, a missing and a malformed manifest: exit 2, one line naming the
+    key or file, no model loaded (these checks need neither DistillKit nor any model)."""
     config = _config(tiny_pair, tmp_path, schedule={"method": "cd", "manifest": str(tmp_path / "m.json"),
                                                     "steps_per_stage": 1})
     _write(tmp_path / "m.json", {})
