@@ -13,6 +13,10 @@ It prints neither the grid nor the split it chose on; ours:
 3. The recipe's other rows run at the chosen point, in that point's folder (its finished stages are
    skipped, since adding methods re-runs nothing), and `OUT/sweep/chosen` names that folder.
 
+Stages a grid field does not reach (the SFT of both models, for a `distill.*` field) run once: before a
+point runs, every stage whose fingerprint equals a finished stage of the first point is shared —
+its output hard-linked (no extra disk) and its stamp copied — so the pipeline skips it there.
+
 Resumable like `run`: each point is a pipeline whose finished stages are skipped on a re-run.
 """
 
@@ -61,6 +65,44 @@ def point_name(point: dict[str, str]) -> str:
     return f"{safe}-{hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:6]}"
 
 
+def _link_copy(src: Path, dst: Path) -> None:
+    """Copy a file or folder as hard links (a plain copy where links are not possible)."""
+    import os
+    import shutil
+
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=link)
+    else:
+        link(src, dst)
+
+
+def share_finished_stages(recipe_path, src_sets: list[str], dst_sets: list[str], src: Path, dst: Path) -> list[str]:
+    """Give run folder `dst` every stage that `src` finished with the same fingerprint (output hard-linked,
+    stamp copied), unless `dst` has its own record of it; returns the names shared."""
+    from distillkit_scd.pipeline import build_stages, fingerprints, read_stamp
+
+    a, b = load_recipe(recipe_path, src_sets), load_recipe(recipe_path, dst_sets)
+    mine, theirs = fingerprints(b, build_stages(b)), fingerprints(a, build_stages(a))
+    shared = []
+    for stage in build_stages(b):
+        stamp = read_stamp(src, stage.name)
+        if (theirs.get(stage.name) != mine[stage.name] or stamp.get("status") != "done" or not stage.output
+                or stamp.get("fingerprint") != mine[stage.name] or read_stamp(dst, stage.name)
+                or not (src / stage.output).exists() or (dst / stage.output).exists()):
+            continue
+        _link_copy(src / stage.output, dst / stage.output)
+        atomic_write_json(dst / "stages" / f"{stage.name}.json", {**stamp, "shared_from": str(src)})
+        shared.append(stage.name)
+    return shared
+
+
 def td_score(run_dir: Path, task: str, options: dict) -> tuple[float, str]:
     """(score, split) of a finished TD row: the selection-split score of the checkpoint its protocol reports."""
     from distillkit_scd.results import load_results
@@ -88,12 +130,16 @@ def run_sweep(recipe_path: str | Path, grid_items: list[str], overrides: list[st
     grid = parse_grid(grid_items)
     root = Path(recipe.output_dir) / "sweep"
     points = [dict(zip([f for f, _ in grid], combo)) for combo in itertools.product(*[v for _, v in grid])]
-    rows = []
+    rows, first = [], None
     for i, point in enumerate(points, 1):
         folder = root / point_name(point)
-        sets = [*overrides, *(f"{k}={v}" for k, v in point.items()), f"output_dir={folder}"]
+        sets = [*overrides, *(f"{k}={v}" for k, v in point.items()), f"output_dir={folder}", "distill.methods=[td]"]
+        if first is not None:
+            shared = share_finished_stages(recipe_path, first[1], sets, first[0], folder)
+            logger.info("sweep point %d: %s shared with %s", i, ", ".join(shared) or "no stage", first[0])
         logger.info("sweep point %d/%d %s → %s", i, len(points), point, folder)
-        run_pipeline(recipe_path, [*sets, "distill.methods=[td]"], in_process=in_process)
+        run_pipeline(recipe_path, sets, in_process=in_process)
+        first = first or (folder, sets)
         score, split = td_score(folder, recipe.task.name, recipe.task.options)
         rows.append({"point": point, "folder": str(folder), "td_score": score, "split": split})
     best = best_index([r["td_score"] for r in rows])

@@ -20,9 +20,9 @@ def test_parse_grid_and_point_names():
 
 @pytest.mark.slow
 def test_sweep_on_the_micro_quickstart(tmp_path):
-    """Two distillation learning rates: each runs TD in its own folder, the chosen one has the best TD
-    score on validation (ties: the first) and then also the CD row; grid.json/grid.md record it all; a
-    second sweep skips every stage."""
+    """Two distillation learning rates: each runs TD in its own folder (the SFT stages, which the field does
+    not reach, once: shared), the chosen one has the best TD score on validation (ties: the first) and then
+    also the CD row; grid.json/grid.md record it all; a second sweep skips every stage."""
     from distillkit_scd.pipeline import read_stamp
     from distillkit_scd.selection import best_index
     from distillkit_scd.sweep import run_sweep
@@ -42,6 +42,9 @@ def test_sweep_on_the_micro_quickstart(tmp_path):
         rows = sorted(f.parent.name for f in (tmp_path / p["folder"]).glob("results/*/synthetic.json"))
         assert rows == (["cd", "student_sft", "td", "teacher_sft"] if p["folder"] == chosen
                         else ["student_sft", "td", "teacher_sft"])
+    second = tmp_path / record["points"][1]["folder"]  # the SFT stages ran once, for the first point
+    assert read_stamp(second, "sft-teacher")["shared_from"] == record["points"][0]["folder"]
+    assert "shared_from" not in read_stamp(second, "distill-td")
     stamp = read_stamp(tmp_path / chosen, "distill-td")
     run_sweep(recipe, ["distill.learning_rate=1e-3,3e-3"], in_process=True)  # resumes: nothing re-runs
     assert read_stamp(tmp_path / chosen, "distill-td")["finished"] == stamp["finished"]
