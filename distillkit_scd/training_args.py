@@ -74,6 +74,9 @@ def build_sft_config(recipe: Recipe, output_dir: str | Path, learning_rate: floa
         # each trains alone on the same batches; the trainer refuses that). DDP needs use_cpu; DeepSpeed
         # (from the recipe or `accelerate launch --use_deepspeed`) needs the gloo backend instead.
         if recipe.launcher.deepspeed_config or _accelerate_deepspeed():
+            if mp != "no":  # transformers refuses it ("Your setup doesn't support bf16/gpu"); say what to change
+                raise ValueError(f"launcher.mixed_precision: {mp} with DeepSpeed needs a GPU; on a CPU-only machine "
+                                 "set launcher.mixed_precision: \"no\" (DDP runs bf16 on CPU, DeepSpeed does not)")
             kwargs["ddp_backend"] = "gloo"
         else:
             kwargs["use_cpu"] = True

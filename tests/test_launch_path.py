@@ -190,6 +190,18 @@ def test_trainer_gets_deepspeed_from_accelerate_only(tmp_path, monkeypatch):
             _deepspeed_for_transformers(recipe)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for CPU-only machines")
+def test_deepspeed_mixed_precision_on_cpu_is_one_clear_error(tmp_path, monkeypatch):
+    """bf16 under DeepSpeed on a CPU-only machine: one line naming launcher.mixed_precision, not transformers'
+    "Your setup doesn't support bf16/gpu" from every rank (DDP runs bf16 on CPU)."""
+    from distillkit_scd.training_args import build_sft_config
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    recipe = _recipe(tmp_path, {"num_processes": 2, "mixed_precision": "bf16"})
+    with pytest.raises(ValueError, match=r"launcher.mixed_precision: bf16 with DeepSpeed needs a GPU"):
+        build_sft_config(recipe, tmp_path / "o", 1e-3)
+
+
 # --------------------------------------------------------------------------------------------------
 # End to end: `distillkit-scd run` of a reduced quickstart under each launcher (slow, multiprocess).
 # --------------------------------------------------------------------------------------------------
