@@ -174,9 +174,9 @@ def choose_checkpoint(scored: list[dict], task: str, select_by: str,
 def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokenizer) -> list[dict]:
     """Task metrics by generation of every checkpoint on the selection split, in `paths` order.
 
-    Scores already in `folder/selection_scores.json` (keyed by checkpoint path) are reused, and each new
-    one is written as soon as it exists, so a stage killed while scoring resumes where it stopped (the
-    pipeline removes the folder whenever the stage's inputs change).
+    Scores already in `folder/selection_scores.json` (keyed by checkpoint path, made with the same split
+    and generation settings) are reused, and each new one is written as soon as it exists, so a stage
+    killed while scoring resumes where it stopped.
 
     Raises:
         ValueError: the selection split is empty (clean protocol with `validation_fraction: 0`).
@@ -195,12 +195,17 @@ def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokeni
                          "set task.options.validation_fraction > 0, evaluation.select_by: test (the paper's "
                          "protocol) or sft.select_by: val_loss")
     file = Path(folder) / SCORES_FILE
-    try:
-        done = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        done = {}
     m = recipe.models
     max_new = generation_budget(recipe)
+    # Scores are reused only when made the same way (a direct `sft` call may follow a recipe change).
+    settings = {"task": recipe.task.name, "options": recipe.task.options, "split": split_name,
+                "max_new_tokens": max_new, "batch_size": recipe.evaluation.batch_size,
+                "date_string": recipe.task.date_string, "max_length": recipe.task.max_length}
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    done = saved.get("scores", {}) if saved.get("settings") == json.loads(json.dumps(settings)) else {}
     out = []
     for path in paths:
         if str(path) not in done:
@@ -211,7 +216,7 @@ def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokeni
             metrics, _ = score_model(model, tokenizer, split, scoring, recipe, max_new)
             del model
             done[str(path)] = metrics
-            atomic_write_json(file, done)
+            atomic_write_json(file, {"settings": settings, "scores": done})
             logger.info("selection (%s split): %s %s", split_name, Path(path).name,
                         {k: round(v, 4) for k, v in metrics.items()})
         out.append(done[str(path)])

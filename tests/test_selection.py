@@ -80,3 +80,26 @@ def test_report_prints_either_protocol_labelled(scored, tmp_path):
                                           sel_no_val))
     with pytest.raises(ValueError, match="no checkpoint for the clean protocol"):
         build_table(files, "clean")
+
+
+def test_selection_scores_resume_only_with_the_same_settings(tmp_path):
+    """A killed SFT stage re-scores only the checkpoints without a score; scores made with other generation
+    settings are not reused (here: loading the missing checkpoint fails, proving it was not skipped)."""
+    import json
+
+    from distillkit_scd.config import recipe_from_dict
+    from distillkit_scd.evaluate import score_checkpoints
+
+    def recipe(**evaluation):
+        return recipe_from_dict({"name": "s", "output_dir": str(tmp_path), "task": {"name": "synthetic"},
+                                 "models": {"teacher": "tiny:teacher", "student": "tiny:student"},
+                                 "evaluation": evaluation})
+
+    paths = [str(tmp_path / "checkpoint-1"), str(tmp_path / "checkpoint-2")]  # no weights: loading would fail
+    fake = {p: {"accuracy": 0.5 + i / 10} for i, p in enumerate(paths)}
+    settings = {"task": "synthetic", "options": {}, "split": "validation", "max_new_tokens": 8, "batch_size": 16,
+                "date_string": "26 Jul 2024", "max_length": 512}
+    (tmp_path / "selection_scores.json").write_text(json.dumps({"settings": settings, "scores": fake}))
+    assert score_checkpoints(recipe(), tmp_path, paths, tokenizer=None) == [fake[p] for p in paths]
+    with pytest.raises((OSError, ValueError)):  # another budget: the saved scores do not count
+        score_checkpoints(recipe(max_new_tokens=4), tmp_path, paths, tokenizer=None)
