@@ -25,12 +25,12 @@ from pathlib import Path
 
 from distillkit_scd import interrupts
 from distillkit_scd.atomic import DiskFullError
-from distillkit_scd.config import METHODS, RecipeError, check_local_files, load_recipe
+from distillkit_scd.config import RecipeError, check_local_files, load_recipe
 from distillkit_scd.logging_utils import is_main_process, setup_logging
+from distillkit_scd.methods import METHODS, ROWS
 
 logger = logging.getLogger("distillkit_scd")
 
-ROWS = ("teacher_zero_shot", "student_zero_shot", "teacher_sft", "student_sft", *METHODS)
 
 
 def quickstart_recipe_path() -> Path:
@@ -102,11 +102,11 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="stage: distil the student with one method")
     _add_recipe(p)
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=tuple(METHODS))
 
     p = sub.add_parser("evaluate", help="stage: score one Table 1 row on the test split")
     _add_recipe(p)
-    p.add_argument("--row", required=True, choices=ROWS)
+    p.add_argument("--row", required=True, choices=tuple(ROWS))
 
     p = sub.add_parser("report", help="Table 1 (Markdown, CSV) and figures from a run directory")
     p.add_argument("run_dir", nargs="+", help="run directory (several: one table across tasks)")

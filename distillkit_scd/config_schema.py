@@ -12,10 +12,9 @@ from typing import Any, Literal
 
 import yaml
 
-METHODS = ("td", "taid", "cd", "scd", "scd_aw")
-"""Distillation rows of Table 1, in the paper's order."""
+from distillkit_scd.methods import METHODS
 
-Method = Literal["td", "taid", "cd", "scd", "scd_aw"]
+Method = Literal[tuple(METHODS)]  # the method names of `methods.METHODS`, in the paper's order
 Divergence = Literal["forward_kl", "reverse_kl"]
 
 

@@ -3,7 +3,8 @@
 The student starts from its SFT p(best); every method shares the CD infrastructure (paper): N stages of
 T optimizer steps, the optimizer reset at every stage (the LR schedule runs once over N×T steps, or
 restarts per stage with `distill.lr_schedule: per_stage`), a checkpoint saved (and its loss on the
-selection split recorded) at every stage end. What differs is the teacher and the per-token weight:
+selection split recorded) at every stage end. What differs is the teacher and the per-token weight
+(each method is one row of `methods.METHODS`):
 
 | method | teacher per stage              | weight w in w·KL + (1−w)·CE |
 |--------|--------------------------------|-----------------------------|
@@ -27,10 +28,10 @@ from distillkit_scd.atomic import atomic_write_json
 from distillkit_scd.callbacks import ExtraStateCallback, SaveAtStepsCallback, StageCallback, StepLossCallback
 from distillkit_scd.checkpoints import best_checkpoint, check_resume_checkpoint, last_checkpoint
 from distillkit_scd.collate import DistillationCollator
-from distillkit_scd.config import METHODS, Recipe
+from distillkit_scd.config import Recipe
 from distillkit_scd.losses import LossSpec, TAIDState
-from distillkit_scd.scd import probe_batches
-from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
+from distillkit_scd.methods import method_spec
+from distillkit_scd.scd import build_schedule, probe_batches
 from distillkit_scd.selection import selection_split
 from distillkit_scd.sft import eval_loss_history, steps_per_epoch, write_checkpoint_manifest
 from distillkit_scd.teachers import CheckpointPool
@@ -50,25 +51,6 @@ def stage_steps(recipe: Recipe, num_train_rows: int) -> int:
     return max(1, math.ceil(d.epochs_per_stage * steps_per_epoch(num_train_rows, recipe)))
 
 
-def build_schedule(method: str, pool: CheckpointPool, teacher, probes: list[dict], recipe: Recipe, signals=None):
-    """The teacher schedule of a method: p(best) throughout (TD, TAID), CD's progression, or SCD's choice
-    on the fixed probe batches (their teacher distributions read from cached `signals` when given)."""
-    if method in ("td", "taid"):
-        return FixedSchedule(pool.best_index)
-    if method == "cd":
-        return ProgressiveSchedule(pool.num_checkpoints)
-    from distillkit_scd.scd import SCDSelector, cache_from_signals
-
-    d = recipe.distill
-    selector = SCDSelector(pool, teacher, probes, top_k=d.cache_top_k if signals else d.scd.top_k,
-                           chunk_size=d.chunk_size)
-    if signals is not None:
-        head = teacher.get_output_embeddings().weight
-        selector.vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight
-        selector.set_cache(cache_from_signals(signals, probes, d.chunk_size), pool.best_index)
-    return ScheduledSelection(selector)
-
-
 def teacher_rows(trainer, schedule, probes: list[dict]) -> dict[str, int]:
     """Rows the teacher ran on in this stage, by purpose (summed per checkpoint pass): train steps, validation
     loss, SCD's probe cache (N passes over the probe rows unless read from cached signals)."""
@@ -81,11 +63,12 @@ def teacher_rows(trainer, schedule, probes: list[dict]) -> dict[str, int]:
 def loss_spec(method: str, d) -> LossSpec:
     """The compound loss of a method: α·KL + (1−α)·CE; TAID's term in KL's place, mixed with CE at
     `distill.taid.ce_weight` when set (0 = the official TAID code's TAID-only loss)."""
+    spec = method_spec(method)
     alpha = d.alpha
-    if method == "taid" and d.taid.ce_weight is not None:
+    if spec.taid and d.taid.ce_weight is not None:
         alpha = 1.0 - d.taid.ce_weight
-    return LossSpec(divergence="taid" if method == "taid" else d.divergence, temperature=d.temperature,
-                    alpha=alpha, chunk_size=d.chunk_size)
+    return LossSpec(divergence=spec.divergence(d.divergence), temperature=d.temperature, alpha=alpha,
+                    chunk_size=d.chunk_size)
 
 
 def attach_aw(train, table, num_checkpoints: int):
@@ -98,8 +81,7 @@ def attach_aw(train, table, num_checkpoints: int):
 
 def run_distill(recipe: Recipe, method: str) -> Path:
     """Distil the student with `method`; returns its folder (stage checkpoints, manifest, schedule log)."""
-    if method not in METHODS:
-        raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    spec = method_spec(method)  # ValueError naming the methods for an unknown one
     from distillkit_scd.models import load_model
     from distillkit_scd.trainer import DistillationTrainer
 
@@ -112,7 +94,7 @@ def run_distill(recipe: Recipe, method: str) -> Path:
     collator = DistillationCollator(tokenizer.pad_token_id)
     pool = CheckpointPool(ws.sft_dir("teacher"))
     n = pool.num_checkpoints
-    if method == "scd_aw":
+    if spec.aw:
         from distillkit_scd.weighting import TABLE_JSON, AWTable
 
         train = attach_aw(train, AWTable.load(ws.aw_dir() / TABLE_JSON), n)
@@ -138,18 +120,19 @@ def run_distill(recipe: Recipe, method: str) -> Path:
             raise ValueError(f"distill.teacher_signal is 'cached' but {missing[0]} is missing; run the "
                              "`signals` stage first (distillkit-scd signals RECIPE)")
         signals = [SignalCache.load(p) for p in paths]
-    spec = loss_spec(method, d)
-    taid = TAIDState(d.taid.t_start, d.taid.t_end, d.taid.alpha, d.taid.beta) if method == "taid" else None
+    loss = loss_spec(method, d)
+    taid = TAIDState(d.taid.t_start, d.taid.t_end, d.taid.alpha, d.taid.beta) if spec.taid else None
     args = build_sft_config(recipe, out, d.learning_rate or recipe.optim.learning_rate, max_steps=total,
                             prediction_loss_only=True)
     saver = SaveAtStepsCallback(stage_ends, evaluate=val is not None)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=train, eval_dataset=val,
                                   processing_class=tokenizer, data_collator=collator, callbacks=[saver],
-                                  teacher_model=teacher, loss_spec=spec, use_aw=method == "scd_aw",
+                                  teacher_model=teacher, loss_spec=loss, use_aw=spec.aw,
                                   taid_state=taid, steps_per_stage=T if d.lr_schedule == "per_stage" else None,
                                   teacher_signals=signals, fused_loss=d.fused_loss)
     probes = probe_batches(train, collator, d.scd.probe_size, recipe.seed, recipe.optim.per_device_train_batch_size)
-    schedule = build_schedule(method, pool, trainer.teacher_model_module, probes, recipe, signals)
+    schedule = build_schedule(spec.schedule, pool, trainer.teacher_model_module, probes,
+                              top_k=d.cache_top_k if signals else d.scd.top_k, chunk_size=d.chunk_size, signals=signals)
     stages = StageCallback(trainer, T, schedule=schedule, pool=pool, reset_optimizer=d.reset_optimizer)
     extra = ExtraStateCallback(trainer, stages)
     trainer.add_callback(stages)

@@ -13,8 +13,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from distillkit_scd.config import METHODS, Recipe
+from distillkit_scd.config import Recipe
 from distillkit_scd.evaluation import Scoring
+from distillkit_scd.methods import METHODS, ROWS, SFT_ROWS, ZERO_SHOT_ROWS
 from distillkit_scd.results import build_results, write_results
 from distillkit_scd.selection import best_index, primary_score, protocol_name, selection_split
 from distillkit_scd.workspace import Workspace
@@ -24,9 +25,6 @@ logger = logging.getLogger(__name__)
 SCORES_FILE = "selection_scores.json"
 """Per-checkpoint selection scores of an SFT run (a resumed stage re-scores only what is missing)."""
 
-ZERO_SHOT_ROWS = ("teacher_zero_shot", "student_zero_shot")
-SFT_ROWS = ("teacher_sft", "student_sft")
-ROWS = ZERO_SHOT_ROWS + SFT_ROWS + METHODS
 
 
 def candidates(ws: Workspace, row: str) -> list[tuple[str, str]]:

@@ -46,16 +46,15 @@ from typing import Any
 
 from distillkit_scd import interrupts
 from distillkit_scd.atomic import atomic_write_json, atomic_write_text
-from distillkit_scd.config import METHODS, Recipe, RecipeError, check_local_files, load_recipe
+from distillkit_scd.config import Recipe, RecipeError, check_local_files, load_recipe
 from distillkit_scd.data_check import check_data
 from distillkit_scd.launch import accelerate_command, check_launch, describe
+from distillkit_scd.methods import METHODS
 from distillkit_scd.model_refs import prepare_models
 from distillkit_scd.progress import StageClock
 
 logger = logging.getLogger(__name__)
 
-ROWS = ("teacher_zero_shot", "student_zero_shot", "teacher_sft", "student_sft", *METHODS)
-"""Table 1 rows, in the paper's order."""
 
 # Recipe fields every stage reads. `launcher` is part of training: process count and precision change
 # the effective batch and the numerics.
@@ -66,7 +65,6 @@ _EVAL = (*_BASE, "evaluation.max_new_tokens", "evaluation.batch_size", "evaluati
 # `methods` itself is left out so adding a method does not re-run the others.
 _DISTILL_SHARED = ("alpha", "temperature", "divergence", "epochs_per_stage", "steps_per_stage",
                    "learning_rate", "reset_optimizer", "lr_schedule", "chunk_size", "teacher_signal", "cache_top_k")
-_DISTILL_OWN = {"taid": ("taid",), "scd": ("scd",), "scd_aw": ("scd",)}
 
 
 @dataclass(frozen=True)
@@ -125,13 +123,13 @@ def build_stages(recipe: Recipe) -> list[Stage]:
         stages.append(Stage("signals", ("signals",), ("sft-teacher",),
                             (*_BASE, "evaluation.batch_size", "distill.cache_top_k", "distill.chunk_size"),
                             "signals/signals.json", "signals"))
-    if "scd_aw" in methods:  # with cached signals, L_T comes from the signals pass
+    if any(METHODS[m].aw for m in methods):  # with cached signals, L_T comes from the signals pass
         stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student") + ("signals",) * cached,
                             (*_BASE, "evaluation.batch_size", "distill.teacher_signal"), "aw/aw_table.json", "aw"))
     for method in methods:
-        needs = ("sft-teacher", "sft-student") + (("aw-table",) if method == "scd_aw" else ())
+        needs = ("sft-teacher", "sft-student") + (("aw-table",) if METHODS[method].aw else ())
         needs += ("signals",) if cached else ()
-        inputs = (*_TRAIN, *(f"distill.{k}" for k in (*_DISTILL_SHARED, *_DISTILL_OWN.get(method, ()))))
+        inputs = (*_TRAIN, *(f"distill.{k}" for k in (*_DISTILL_SHARED, *METHODS[method].settings)))
         stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, inputs,
                             f"distill/{method}/manifest.json", f"distill/{method}"))
         stages.append(evaluation(method, (f"distill-{method}",)))

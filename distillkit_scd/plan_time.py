@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from distillkit_scd.config import Recipe
+from distillkit_scd.methods import METHODS
 
 if TYPE_CHECKING:
     from distillkit_scd.plan import Arch
@@ -40,7 +41,7 @@ def stage_flops(recipe: Recipe, rows: int, steps: dict[str, int], student: Arch,
         "sft-teacher": 6 * pt * steps["sft-teacher"] * tokens_per_step,
         "sft-student": 6 * ps * steps["sft-student"] * tokens_per_step,
     }
-    if "scd_aw" in d.methods:
+    if any(METHODS[m].aw for m in d.methods):
         out["aw-table"] = 2 * (ps + n * pt) * train_tokens
     cached = d.teacher_signal == "cached"
     if cached:

@@ -29,26 +29,11 @@ from distillkit_scd.figures import (  # noqa: F401  (figure functions, re-export
     plot_score_difference,
     score_differences,
 )
+from distillkit_scd.methods import METHODS, ROWS
 from distillkit_scd.paper_reference import PAPER_COLUMNS, PAPER_TABLE
 from distillkit_scd.results import load_results, table_columns
 
 logger = logging.getLogger(__name__)
-
-ROWS = {  # results folder name → Table 1 row name, in the paper's order
-    "teacher_zero_shot": "Teacher zero-shot",
-    "teacher_sft": "Teacher SFT",
-    "student_zero_shot": "Student zero-shot",
-    "student_sft": "Student SFT",
-    "td": "TD",
-    "taid": "TAID",
-    "cd": "CD",
-    "scd": "SCD",
-    "scd_aw": "SCD w/ AW",
-}
-ROW_ORDER = tuple(ROWS)
-ROW_NAMES = ROWS
-
-
 
 def column_order(column: str) -> tuple[int, str]:
     """The paper's columns in its order, then any other column (synthetic, chat, …) by name."""
@@ -257,7 +242,7 @@ def write_report(run_dir, out_dir=None, extra_run_dirs=(), protocol: str | None 
                "csv": atomic_write_text(out / "table1.csv", render_csv(table))}
     tasks = sorted({key.split("/")[1] for key in table.results})
     task_name = ", ".join(tasks)
-    for method in ("scd", "scd_aw"):
+    for method in (m for m, spec in METHODS.items() if spec.schedule == "scd"):
         log = run_dir / "distill" / method / "schedule_log.json"
         if log.is_file():
             written[f"fig3_{method}"] = plot_scd_decisions(json.loads(log.read_text()), out / f"fig3_{method}.png",
@@ -272,8 +257,8 @@ def write_report(run_dir, out_dir=None, extra_run_dirs=(), protocol: str | None 
                                             f"AW over the train split of {task_name}, per teacher checkpoint")
     for task in tasks:  # Fig. 5: teacher SFT − each student row, per sample
         teacher = table.results.get(f"teacher_sft/{task}")
-        students = {ROWS[row]: table.results[f"{row}/{task}"] for row in ("student_sft", "td", "taid", "cd", "scd",
-                                                                          "scd_aw") if f"{row}/{task}" in table.results}
+        students = {ROWS[row]: table.results[f"{row}/{task}"] for row in ("student_sft", *METHODS)
+                    if f"{row}/{task}" in table.results}
         if teacher is not None and students:
             written[f"fig5_{task}"] = plot_fig5(teacher, students, out / f"fig5_{task}.png")
             atomic_write_text(out / f"fig5_{task}.json", json.dumps(fig5_summary(teacher, students), indent=1))

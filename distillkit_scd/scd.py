@@ -236,3 +236,28 @@ def cache_from_signals(signals: list, probe_batches: list[dict], chunk_size: int
                 chunks.append(TopKSignal(rows.logprobs[part].float(), rows.indices[part], rows.tail_logmass[part].float()))
         cache.append(chunks)
     return cache
+
+
+def build_schedule(kind: str, pool, teacher=None, probes: list[dict] | None = None, top_k: int = 0,
+                   chunk_size: int = 1024, signals: list | None = None):
+    """The teacher schedule named `kind` (one of `methods.SCHEDULES`), shared by the distill stage and
+    the DistillKit integration: `fixed` = p(best) throughout, `cd` = p(1), …, p(N), `scd` = SCD's choice on
+    the fixed `probes` (their teacher distributions read from cached `signals` when given).
+
+    Raises:
+        ValueError: an unknown schedule name.
+    """
+    from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
+
+    if kind == "fixed":
+        return FixedSchedule(pool.best_index)
+    if kind == "cd":
+        return ProgressiveSchedule(pool.num_checkpoints)
+    if kind != "scd":
+        raise ValueError(f"teacher schedule: expected fixed, cd or scd, got {kind!r}")
+    selector = SCDSelector(pool, teacher, probes, top_k=top_k, chunk_size=chunk_size)
+    if signals is not None:
+        head = teacher.get_output_embeddings().weight
+        selector.vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight
+        selector.set_cache(cache_from_signals(signals, probes, chunk_size), pool.best_index)
+    return ScheduledSelection(selector)

@@ -35,6 +35,7 @@ from distillkit_scd.integrations.distillkit_checks import (
     plain_run_hint,
     validate_manifest,
 )
+from distillkit_scd.methods import SCHEDULES
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class ScheduleSettings:
     chunk_size (`int`, defaults to `1024`): SCD: label positions per logits chunk.
     """
 
-    method: Literal["none", "fixed", "cd", "scd"] = "none"
+    method: Literal[("none", *SCHEDULES)] = "none"  # the teacher schedules of `methods.SCHEDULES`
     manifest: str | None = None
     steps_per_stage: int | None = None
     reset_optimizer: bool = True

@@ -263,7 +263,7 @@ class SCDDistillationTrainer(DistillationTrainer):
         sched = self.settings.schedule
         if sched.method == "none":
             return None
-        from distillkit_scd.schedules import FixedSchedule, ProgressiveSchedule, ScheduledSelection
+        from distillkit_scd.scd import build_schedule
         from distillkit_scd.teachers import CheckpointPool
 
         if self.teacher_model_module is None:
@@ -272,17 +272,14 @@ class SCDDistillationTrainer(DistillationTrainer):
         from distillkit_scd.integrations.distillkit_checks import check_module_shapes
 
         check_module_shapes(self.teacher_model_module, pool)  # every checkpoint now, not when its stage starts
-        if sched.method == "fixed":
-            schedule = FixedSchedule(pool.best_index)
-        elif sched.method == "cd":
-            schedule = ProgressiveSchedule(pool.num_checkpoints)
-        else:
-            from distillkit_scd.scd import SCDSelector, probe_batches
+        probes = None
+        if sched.method == "scd":
+            from distillkit_scd.scd import probe_batches
 
             probes = probe_batches(self.train_dataset, self.data_collator, sched.probe_size, sched.probe_seed,
                                    self.args.per_device_train_batch_size)
-            schedule = ScheduledSelection(SCDSelector(pool, self.teacher_model_module, probes, top_k=sched.top_k,
-                                                      chunk_size=sched.chunk_size))
+        schedule = build_schedule(sched.method, pool, self.teacher_model_module, probes, top_k=sched.top_k,
+                                  chunk_size=sched.chunk_size)
         callback = StageCallback(self, sched.steps_per_stage, schedule=schedule, pool=pool,
                                  reset_optimizer=sched.reset_optimizer)
         self.add_callback(callback)
