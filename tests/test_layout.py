@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training pieces", ("trainer", "callbacks", "training_args", "scd", "weighting", "signal_cache", "workspace",
                          "results", "loss_scores")),
     ("stages", ("sft", "distill", "evaluate", "report", "baselines")),
-    ("orchestration", ("pipeline", "plan", "plan_time", "toy", "integrations", "cli", "__main__")),
+    ("orchestration", ("pipeline", "plan", "plan_time", "sweep", "toy", "integrations", "cli", "__main__")),
 ]
 
 
