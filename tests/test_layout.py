@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("models", "model_refs", "model_outputs", "teachers", "generation")),
     ("training pieces", ("trainer", "callbacks", "training_args", "scd", "weighting", "signal_cache", "workspace",
                          "results", "loss_scores")),
-    ("stages", ("sft", "distill", "evaluate", "report", "baselines")),
+    ("stages", ("sft", "distill", "evaluate", "figures", "report", "baselines")),
     ("orchestration", ("pipeline", "plan", "plan_time", "sweep", "toy", "integrations", "cli", "__main__")),
 ]
 
