@@ -107,14 +107,23 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     m = recipe.models
     tokenizer = evaluation_tokenizer(ws, row)
     has_val = row not in ZERO_SHOT_ROWS and len(splits["validation"]) > 0
+    # SFT rows: the SFT stage already generated on the selection split for every checkpoint; reuse it.
+    stored = stored_selection_scores(recipe, ws.sft_dir(row.split("_")[0])) if row in SFT_ROWS else {}
+    reused = selection_split(recipe)
     scored = []
     for label, path in candidates(ws, row):
-        model = load_model(path, m.dtype, m.trust_remote_code, m.attn_implementation)
-        model = model.to(shard.device())
-        entry = {"checkpoint": label, "path": str(path)}
-        if has_val:
-            entry["validation"], _ = score_model(model, tokenizer, splits["validation"], scoring, recipe, max_new, shard)
-        entry["test"], entry["samples"] = score_model(model, tokenizer, splits["test"], scoring, recipe, max_new, shard)
+        entry, model = {"checkpoint": label, "path": str(path)}, None
+        for name in (["validation"] if has_val else []) + ["test"]:
+            if name == reused and str(path) in stored:
+                metrics, samples = stored[str(path)]["metrics"], stored[str(path)]["samples"]
+            else:
+                if model is None:
+                    model = load_model(path, m.dtype, m.trust_remote_code, m.attn_implementation)
+                    model = model.to(shard.device())
+                metrics, samples = score_model(model, tokenizer, splits[name], scoring, recipe, max_new, shard)
+            entry[name] = metrics
+            if name == "test":
+                entry["samples"] = samples
         logger.info("%s %s: test %s", row, label, {k: round(v, 4) for k, v in entry["test"].items()})
         scored.append(entry)
         del model
@@ -169,18 +178,41 @@ def choose_checkpoint(scored: list[dict], task: str, select_by: str,
     }
 
 
+def _selection_settings(recipe: Recipe) -> dict:
+    """How selection scores are made; stored scores count only when these match (JSON-normalised)."""
+    import json
+
+    settings = {"task": recipe.task.name, "options": recipe.task.options, "split": selection_split(recipe),
+                "max_new_tokens": generation_budget(recipe), "batch_size": recipe.evaluation.batch_size,
+                "date_string": recipe.task.date_string, "max_length": recipe.task.max_length}
+    return json.loads(json.dumps(settings))
+
+
+def stored_selection_scores(recipe: Recipe, folder: Path) -> dict[str, dict]:
+    """checkpoint path → {"metrics", "samples"} from `folder/selection_scores.json`, if made as `recipe`
+    would make them (same split and generation settings); else {}."""
+    import json
+
+    try:
+        saved = json.loads((Path(folder) / SCORES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict) or saved.get("settings") != _selection_settings(recipe):
+        return {}
+    scores = saved.get("scores", {})
+    return {k: v for k, v in scores.items() if isinstance(v, dict) and {"metrics", "samples"} <= set(v)}
+
+
 def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokenizer) -> list[dict]:
     """Task metrics by generation of every checkpoint on the selection split, in `paths` order.
 
-    Scores already in `folder/selection_scores.json` (keyed by checkpoint path, made with the same split
-    and generation settings) are reused, and each new one is written as soon as it exists, so a stage
-    killed while scoring resumes where it stopped.
+    Metrics and samples go to `folder/selection_scores.json` as soon as each checkpoint is scored: a
+    stage killed while scoring resumes where it stopped, and the SFT rows' evaluation reuses them
+    instead of generating again (`stored_selection_scores`; only when made with the same settings).
 
     Raises:
         ValueError: the selection split is empty (clean protocol with `validation_fraction: 0`).
     """
-    import json
-
     from distillkit_scd.atomic import atomic_write_json
     from distillkit_scd.models import load_model
     from distillkit_scd.scoring import scoring_for
@@ -194,31 +226,20 @@ def score_checkpoints(recipe: Recipe, folder: Path, paths: Sequence[str], tokeni
                          "protocol) or sft.select_by: val_loss")
     file = Path(folder) / SCORES_FILE
     m = recipe.models
-    max_new = generation_budget(recipe)
-    # Scores are reused only when made the same way (a direct `sft` call may follow a recipe change).
-    settings = {"task": recipe.task.name, "options": recipe.task.options, "split": split_name,
-                "max_new_tokens": max_new, "batch_size": recipe.evaluation.batch_size,
-                "date_string": recipe.task.date_string, "max_length": recipe.task.max_length}
-    try:
-        saved = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        saved = {}
-    done = saved.get("scores", {}) if saved.get("settings") == json.loads(json.dumps(settings)) else {}
-    out = []
+    done = stored_selection_scores(recipe, folder)
     for path in paths:
         if str(path) not in done:
             model = load_model(str(path), m.dtype, m.trust_remote_code, m.attn_implementation)
             if _cuda():
                 model = model.to("cuda")
             scoring = scoring_for(recipe.task.name, recipe.task.options)
-            metrics, _ = score_model(model, tokenizer, split, scoring, recipe, max_new)
+            metrics, samples = score_model(model, tokenizer, split, scoring, recipe, generation_budget(recipe))
             del model
-            done[str(path)] = metrics
-            atomic_write_json(file, {"settings": settings, "scores": done})
+            done[str(path)] = {"metrics": metrics, "samples": samples}
+            atomic_write_json(file, {"settings": _selection_settings(recipe), "scores": done})
             logger.info("selection (%s split): %s %s", split_name, Path(path).name,
                         {k: round(v, 4) for k, v in metrics.items()})
-        out.append(done[str(path)])
-    return out
+    return [done[str(path)]["metrics"] for path in paths]
 
 
 def _cuda() -> bool:

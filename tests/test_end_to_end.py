@@ -63,6 +63,9 @@ def test_all_rows_results_and_table_recomputable(tmp_path):
     scores = [c["val_score"] for c in manifest["checkpoints"]]
     assert all(isinstance(c["val_loss"], float) for c in manifest["checkpoints"])
     assert all(isinstance(v, float) for v in scores) and manifest["best_index"] == scores.index(max(scores))
+    stored = json.loads((run / "sft" / "teacher" / "selection_scores.json").read_text())["scores"]
+    candidates = raw["teacher_sft/synthetic"]["selection"]["candidates"]  # reused, not generated again
+    assert [c["validation"] for c in candidates] == [stored[c["path"]]["metrics"] for c in candidates]
     teacher_sft = raw["teacher_sft/synthetic"]["model"]["checkpoint"]  # the Teacher SFT row is p(best)
     assert teacher_sft == f"step-{manifest['checkpoints'][manifest['best_index']]['step']}"
     md = (run / "report" / "table1.md").read_text()

@@ -96,10 +96,10 @@ def test_selection_scores_resume_only_with_the_same_settings(tmp_path):
                                  "evaluation": evaluation})
 
     paths = [str(tmp_path / "checkpoint-1"), str(tmp_path / "checkpoint-2")]  # no weights: loading would fail
-    fake = {p: {"accuracy": 0.5 + i / 10} for i, p in enumerate(paths)}
+    fake = {p: {"metrics": {"accuracy": 0.5 + i / 10}, "samples": []} for i, p in enumerate(paths)}
     settings = {"task": "synthetic", "options": {}, "split": "validation", "max_new_tokens": 8, "batch_size": 16,
                 "date_string": "26 Jul 2024", "max_length": 512}
     (tmp_path / "selection_scores.json").write_text(json.dumps({"settings": settings, "scores": fake}))
-    assert score_checkpoints(recipe(), tmp_path, paths, tokenizer=None) == [fake[p] for p in paths]
+    assert score_checkpoints(recipe(), tmp_path, paths, tokenizer=None) == [fake[p]["metrics"] for p in paths]
     with pytest.raises((OSError, ValueError)):  # another budget: the saved scores do not count
         score_checkpoints(recipe(max_new_tokens=4), tmp_path, paths, tokenizer=None)
