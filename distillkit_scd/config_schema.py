@@ -2,6 +2,10 @@
 
 YAML loading, `extends`, `--set` overrides and the checks live in `config_loading.py`; import both
 through `distillkit_scd.config`.
+
+ADDING A FIELD: also give it a line in `FIELD_STAGES` (the pipeline stages whose results it changes; their
+fingerprints then include it, so changing it re-runs them and their dependants) or in `RESULT_NEUTRAL`
+(with why it changes no result), at the end of this file. tests/test_fingerprints.py fails until it has one.
 """
 
 from __future__ import annotations
@@ -271,3 +275,63 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# What each field affects: the pipeline derives every stage's fingerprint from this (`fingerprints.py`).
+# Values are stage-name patterns (fnmatch: `eval-*` is every evaluation), or a function of the recipe
+# giving them. A stage also depends on its upstream stages, so list only the stages that read a field.
+# --------------------------------------------------------------------------------------------------
+
+_MODEL_STAGES = ("eval-*", "sft-*", "signals", "aw-table", "distill-*")  # everything that runs a model
+_TRAIN = ("sft-*", "distill-*")
+_DISTILL = ("distill-*",)
+
+
+def _methods(pick) -> tuple[str, ...]:
+    return tuple(f"distill-{name}" for name, spec in METHODS.items() if pick(spec))
+
+
+def _if_scored(recipe) -> tuple[str, ...]:
+    """SFT picks p(best) by generation under `sft.select_by: val_score`, so generation settings count."""
+    return ("eval-*", "sft-*") if recipe.sft.select_by == "val_score" else ("eval-*",)
+
+
+FIELD_STAGES: dict = {
+    "name": ("report",),
+    "seed": _MODEL_STAGES,
+    **{f"models.{k}": _MODEL_STAGES for k in ("teacher", "student", "dtype", "trust_remote_code",
+                                             "attn_implementation")},
+    "task.name": (*_MODEL_STAGES, "report"),
+    **{f"task.{k}": _MODEL_STAGES for k in ("source", "options", "max_length", "date_string")},
+    **{f"optim.{k}": _TRAIN for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                                     "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm", "lr_scheduler_type",
+                                     "warmup_ratio", "nonfinite_loss", "max_nonfinite_steps")},
+    "sft.num_checkpoints": ("sft-*",),
+    "sft.select_by": ("sft-*",),
+    **{f"sft.{role}.{k}": (f"sft-{role}",) for role in ("teacher", "student") for k in ("num_train_epochs",
+                                                                                        "learning_rate")},
+    **{f"distill.{k}": _DISTILL for k in ("alpha", "temperature", "divergence", "epochs_per_stage", "steps_per_stage",
+                                         "learning_rate", "reset_optimizer", "lr_schedule", "fused_loss")},
+    "distill.chunk_size": (*_DISTILL, "signals", "aw-table"),
+    "distill.teacher_signal": (*_DISTILL, "aw-table"),
+    "distill.cache_top_k": (*_DISTILL, "signals"),
+    **{f"distill.taid.{k}": _methods(lambda spec: spec.taid) for k in ("t_start", "t_end", "alpha", "beta",
+                                                                       "ce_weight")},
+    **{f"distill.scd.{k}": _methods(lambda spec: spec.schedule == "scd") for k in ("probe_size", "top_k")},
+    "evaluation.max_new_tokens": _if_scored,
+    "evaluation.batch_size": lambda recipe: (*_if_scored(recipe), "signals", "aw-table"),
+    "evaluation.select_by": ("eval-*", "sft-*"),
+    **{f"launcher.{k}": _TRAIN for k in ("num_processes", "accelerate_config", "deepspeed_config",
+                                        "mixed_precision")},
+    "training_args": _TRAIN,
+}
+"""Recipe field (dotted) → the stages whose results it changes."""
+
+RESULT_NEUTRAL: dict[str, str] = {
+    "output_dir": "where the run is written, not what it computes",
+    "optim.logging_steps": "how often a log line is written; no update depends on it",
+    "distill.methods": "which distillation stages exist; each one's own settings are in its fingerprint",
+    "evaluation.zero_shot": "whether the zero-shot evaluations exist; they read no training output",
+}
+"""Recipe fields that change no result, with why (they enter no fingerprint)."""

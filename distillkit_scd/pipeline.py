@@ -3,9 +3,10 @@
 Stages, in order: zero-shot evaluations (if `evaluation.zero_shot`), SFT of teacher and student, their
 evaluations, the AW table (if `scd_aw` is a method), distillation + evaluation per method, the report.
 
-Each stage has a fingerprint: sha256 of its name, the recipe fields it reads (`Stage.inputs`) and the
-fingerprints of the stages it depends on. After a stage succeeds, `OUT/stages/<stage>.json` (written
-atomically) records that fingerprint; a stage whose stamp matches is skipped, so a killed pipeline
+Each stage has a fingerprint (`fingerprints.py`): sha256 of its name, the recipe fields that affect it
+(`Stage.inputs`, derived from `config_schema.FIELD_STAGES`), the data's content hash and the models'
+identity, and the fingerprints of the stages it depends on. After a stage succeeds,
+`OUT/stages/<stage>.json` (written atomically) records that fingerprint; a stage whose stamp matches is skipped, so a killed pipeline
 resumes where it stopped and a changed recipe field re-runs exactly the stages that read it and their
 dependants. A stamp whose artifact is gone does not count. A failed stage names itself; every finished
 stage keeps its stamp. The stamp is written when a stage starts too (status running, then failed or
@@ -27,8 +28,8 @@ saves the ~7 s import of torch/transformers/TRL per stage, a third of the CPU qu
 
 from __future__ import annotations
 
+import functools
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from distillkit_scd import interrupts
 from distillkit_scd.atomic import atomic_write_json, atomic_write_text
 from distillkit_scd.config import Recipe, RecipeError, check_local_files, load_recipe
 from distillkit_scd.data_check import check_data
+from distillkit_scd.fingerprints import digest, fingerprints, identity, stage_fields, stage_inputs
 from distillkit_scd.launch import accelerate_command, check_launch, describe
 from distillkit_scd.methods import METHODS
 from distillkit_scd.model_refs import prepare_models
@@ -56,23 +58,13 @@ from distillkit_scd.progress import StageClock
 logger = logging.getLogger(__name__)
 
 
-# Recipe fields every stage reads. `launcher` is part of training: process count and precision change
-# the effective batch and the numerics.
-_BASE = ("seed", "models", "task")
-_TRAIN = (*_BASE, "optim", "training_args", "launcher")
-_EVAL = (*_BASE, "evaluation.max_new_tokens", "evaluation.batch_size", "evaluation.select_by")
-# `distill` fields shared by every method; method-specific sub-sections are added per method, and
-# `methods` itself is left out so adding a method does not re-run the others.
-_DISTILL_SHARED = ("alpha", "temperature", "divergence", "epochs_per_stage", "steps_per_stage",
-                   "learning_rate", "reset_optimizer", "lr_schedule", "chunk_size", "teacher_signal", "cache_top_k")
-
-
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline.
 
     name: stage name (`sft-teacher`, `eval-td`, …).  command: the CLI stage command and its options
-    (without the recipe).  needs: upstream stage names.  inputs: dotted recipe fields it reads.
+    (without the recipe).  needs: upstream stage names.  inputs: the dotted recipe fields that affect its
+    results (`fingerprints.stage_fields`, from `config_schema.FIELD_STAGES`).
     artifact: the file under OUT that proves it finished; a stamp without it does not count.
     output: the file or folder under OUT the stage writes; removed before a run with new inputs, so
         that the stage's own resume logic never continues from checkpoints of other settings.
@@ -81,7 +73,7 @@ class Stage:
     name: str
     command: tuple[str, ...]
     needs: tuple[str, ...] = ()
-    inputs: tuple[str, ...] = _BASE
+    inputs: tuple[str, ...] = ()
     artifact: str = ""
     output: str = ""
 
@@ -102,67 +94,35 @@ class StageFailed(RuntimeError):
 def build_stages(recipe: Recipe) -> list[Stage]:
     """The ordered stage list of a recipe."""
     stages: list[Stage] = []
+    fields = functools.partial(stage_fields, recipe)
 
     def evaluation(row: str, needs: tuple[str, ...]) -> Stage:
         result = f"results/{row}/{recipe.task.name}.json"
-        return Stage(f"eval-{row}", ("evaluate", "--row", row), needs, _EVAL, result, result)
+        return Stage(f"eval-{row}", ("evaluate", "--row", row), needs, fields(f"eval-{row}"), result, result)
 
     if recipe.evaluation.zero_shot:
         stages += [evaluation(f"{role}_zero_shot", ()) for role in ("teacher", "student")]
     for role in ("teacher", "student"):
-        own = ("sft.num_checkpoints",) if role == "teacher" else ()
-        own += ("sft.select_by", "evaluation.select_by")  # the selection split
-        if recipe.sft.select_by == "val_score":  # p(best) by generation
-            own += ("evaluation.max_new_tokens", "evaluation.batch_size")
-        stages.append(Stage(f"sft-{role}", ("sft", "--role", role), (), (*_TRAIN, *own, f"sft.{role}"),
+        stages.append(Stage(f"sft-{role}", ("sft", "--role", role), (), fields(f"sft-{role}"),
                             f"sft/{role}/manifest.json", f"sft/{role}"))
     stages += [evaluation(f"{role}_sft", (f"sft-{role}",)) for role in ("teacher", "student")]
     methods = [m for m in METHODS if m in recipe.distill.methods]  # paper order, whatever the recipe's
     cached = recipe.distill.teacher_signal == "cached"
     if cached and methods:  # one teacher pass per checkpoint, shared by every method and the AW table
         stages.append(Stage("signals", ("signals",), ("sft-teacher",),
-                            (*_BASE, "evaluation.batch_size", "distill.cache_top_k", "distill.chunk_size"),
-                            "signals/signals.json", "signals"))
+                            fields("signals"), "signals/signals.json", "signals"))
     if any(METHODS[m].aw for m in methods):  # with cached signals, L_T comes from the signals pass
         stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student") + ("signals",) * cached,
-                            (*_BASE, "evaluation.batch_size", "distill.teacher_signal"), "aw/aw_table.json", "aw"))
+                            fields("aw-table"), "aw/aw_table.json", "aw"))
     for method in methods:
         needs = ("sft-teacher", "sft-student") + (("aw-table",) if METHODS[method].aw else ())
         needs += ("signals",) if cached else ()
-        inputs = (*_TRAIN, *(f"distill.{k}" for k in (*_DISTILL_SHARED, *METHODS[method].settings)))
-        stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, inputs,
+        stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, fields(f"distill-{method}"),
                             f"distill/{method}/manifest.json", f"distill/{method}"))
         stages.append(evaluation(method, (f"distill-{method}",)))
     evals = tuple(s.name for s in stages if s.name.startswith("eval-"))
-    stages.append(Stage("report", ("report",), evals, ("name", "task.name"), "report/table1.md"))
+    stages.append(Stage("report", ("report",), evals, fields("report"), "report/table1.md"))
     return stages
-
-
-def _field(data: dict[str, Any], dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def stage_inputs(recipe: Recipe, stage: Stage) -> dict[str, Any]:
-    """The recipe values a stage reads, keyed by dotted field name (stored in its stamp)."""
-    data = recipe.to_dict()
-    return {key: _field(data, key) for key in stage.inputs}
-
-
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def fingerprints(recipe: Recipe, stages: list[Stage]) -> dict[str, str]:
-    """sha256 of (stage name, its recipe inputs, its upstream fingerprints), in stage order."""
-    out: dict[str, str] = {}
-    for stage in stages:
-        payload = {"stage": stage.name, "inputs": stage_inputs(recipe, stage),
-                   "upstream": {n: out[n] for n in stage.needs}}
-        out[stage.name] = _digest(payload)
-    return out
 
 
 def is_multiprocess(recipe: Recipe) -> bool:
@@ -259,7 +219,7 @@ def _changed_fields(stamp: dict, inputs: dict[str, Any]) -> list[str]:
     def diff(prefix: str, old: Any, new: Any) -> list[str]:
         if isinstance(old, dict) and isinstance(new, dict):
             return [f for k in sorted(set(old) | set(new)) for f in diff(f"{prefix}.{k}", old.get(k), new.get(k))]
-        return [prefix] if _digest(old) != _digest(new) else []
+        return [prefix] if digest(old) != digest(new) else []
 
     old = stamp.get("inputs", {})
     return [f for k in inputs for f in diff(k, old.get(k), inputs[k])]
@@ -295,7 +255,8 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
     launch = check_launch(recipe, str(recipe_path))
     out = Path(recipe.output_dir)
     stages = build_stages(recipe)
-    prints = fingerprints(recipe, stages)
+    ident = identity(recipe)  # the data's content hash and the models' identity (fingerprints.py)
+    prints = fingerprints(recipe, stages, ident)
     chosen, forced = select_stages(stages, only, start)
     resolved = out / "resolved_recipe.yaml"
     if not dry_run:
@@ -327,7 +288,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
     for i, (stage, res) in enumerate(zip(chosen, results), 1):
         tag = f"[{i}/{len(chosen)}] {stage.name:24}"
         stamp = stamps[stage.name]
-        inputs = stage_inputs(recipe, stage)
+        inputs = stage_inputs(recipe, stage, ident)
         artifact_ok = not stage.artifact or (out / stage.artifact).exists()
         if dry_run:  # nothing is written: the commands name the recipe and its --set overrides
             cmd = launch_command(recipe, stage, Path(recipe_path))

@@ -64,8 +64,9 @@ def test_pipeline_stages_follow_the_table(monkeypatch):
                                "distill": {"methods": ["td", "taid", "scd"]}})
     stages = {s.name: s for s in pipeline.build_stages(recipe)}
     assert "aw-table" not in stages
-    assert "distill.taid" in stages["distill-taid"].inputs and "distill.taid" not in stages["distill-td"].inputs
-    assert "distill.scd" in stages["distill-scd"].inputs
+    assert "distill.taid.t_start" in stages["distill-taid"].inputs
+    assert "distill.taid.t_start" not in stages["distill-td"].inputs
+    assert "distill.scd.probe_size" in stages["distill-scd"].inputs
     monkeypatch.setitem(METHODS, "scd", MethodSpec("SCD", "scd", aw=True))  # a row change is all it takes
     stages = {s.name: s for s in pipeline.build_stages(recipe)}
     assert "aw-table" in stages and "aw-table" in stages["distill-scd"].needs
