@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from distillkit_scd.config_schema import Recipe, RecipeError, RoleSFTConfig
+from distillkit_scd.taid_state import check_taid
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -298,10 +299,10 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
     t = d.taid
     if t.ce_weight is not None:
         _require(0 <= t.ce_weight <= 1, source, "distill.taid.ce_weight", t.ce_weight, "a number in [0, 1] (or unset)")
-    _require(0 <= t.t_start < t.t_end <= 1, source, "distill.taid.t_start",
-             (t.t_start, t.t_end), "0 <= t_start < t_end <= 1")
-    _require(0 < t.alpha <= 1, source, "distill.taid.alpha", t.alpha, "a number in (0, 1] (as TAIDState)")
-    _require(0 <= t.beta < 1, source, "distill.taid.beta", t.beta, "a number in [0, 1)")
+    try:  # one rule for TAID's settings: taid_state.check_taid (TAIDState and the DistillKit section use it too)
+        check_taid(t.t_start, t.t_end, t.alpha, t.beta, where="distill.taid")
+    except ValueError as err:
+        raise RecipeError(f"{source}: {err}") from None
     _require(d.scd.probe_size >= 1, source, "distill.scd.probe_size", d.scd.probe_size, "an integer >= 1")
     _require(d.scd.top_k >= 0, source, "distill.scd.top_k", d.scd.top_k, "an integer >= 0 (0 = full)")
     e = r.evaluation

@@ -121,7 +121,7 @@ def run_distill(recipe: Recipe, method: str) -> Path:
                              "`signals` stage first (distillkit-scd signals RECIPE)")
         signals = [SignalCache.load(p) for p in paths]
     loss = loss_spec(method, d)
-    taid = TAIDState(d.taid.t_start, d.taid.t_end, d.taid.alpha, d.taid.beta) if spec.taid else None
+    taid = TAIDState.from_config(d.taid) if spec.taid else None
     args = build_sft_config(recipe, out, d.learning_rate or recipe.optim.learning_rate, max_steps=total,
                             prediction_loss_only=True)
     saver = SaveAtStepsCallback(stage_ends, evaluate=val is not None)

@@ -6,6 +6,24 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 
+def check_taid(t_start: float, t_end: float, alpha: float, beta: float, where: str = "TAIDState") -> None:
+    """TAID's settings, checked in one place: by `TAIDState`, the recipe's `distill.taid` and the DistillKit
+    section's `taid` (`where` names the field path in the message).
+
+    Raises:
+        ValueError: `<where>.<field>: expected …, got …` for the first value out of range.
+    """
+    if not 0 <= t_start < 1:
+        raise ValueError(f"{where}.t_start: expected a number in [0, 1), got {t_start!r}")
+    if not t_start < t_end <= 1:
+        raise ValueError(f"{where}.t_end: expected t_start < t_end <= 1 (t_start={t_start}), got {t_end!r}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"{where}.alpha: expected a number in [0, 1] (0 leaves only the linear floor), "
+                         f"got {alpha!r}")
+    if not 0 <= beta < 1:
+        raise ValueError(f"{where}.beta: expected a number in [0, 1), got {beta!r}")
+
+
 @dataclass
 class TAIDState:
     """TAID's adaptive interpolation t, updated once per optimizer step (official rule, SakanaAI/TAID
@@ -31,17 +49,15 @@ class TAIDState:
     prev_loss: float | None = None
 
     def __post_init__(self):
-        if not 0 <= self.t_start < 1:
-            raise ValueError(f"TAIDState.t_start: expected a number in [0, 1), got {self.t_start!r}")
-        if not self.t_start < self.t_end <= 1:
-            raise ValueError(f"TAIDState.t_end: expected t_start < t_end <= 1 (t_start={self.t_start}), "
-                             f"got {self.t_end!r}")
-        if not 0 <= self.alpha <= 1:
-            raise ValueError(f"TAIDState.alpha: expected a number in [0, 1], got {self.alpha!r}")
-        if not 0 <= self.beta < 1:
-            raise ValueError(f"TAIDState.beta: expected a number in [0, 1), got {self.beta!r}")
+        check_taid(self.t_start, self.t_end, self.alpha, self.beta)
         if self.t is None:
             self.t = self.t_start
+
+    @classmethod
+    def from_config(cls, config) -> TAIDState:
+        """The initial state of a run from its settings (`config.TAIDConfig`, or the DistillKit section's
+        `TAIDSettings`): anything with t_start, t_end, alpha and beta; other fields (ce_weight) are the loss's."""
+        return cls(config.t_start, config.t_end, config.alpha, config.beta)
 
     def update(self, loss: float, step: int, total_steps: int) -> float:
         """Advance t from the loss of one optimizer step; returns the new t.

@@ -147,3 +147,23 @@ def test_trainer_adapts_t_from_each_steps_distillation_term(tmp_path, tiny_pair,
     ref = official_trajectory([e["loss_distill"] for e in logs], steps=range(6), total=6, alpha=1.0, beta=0.0)
     assert [e["taid_t"] for e in logs] == pytest.approx(ref, abs=2e-5), json.dumps(logs)
     assert any(e["loss_distill"] != pytest.approx(e["loss"], rel=1e-3) for e in logs)  # not the total loss
+
+
+def test_one_rule_for_taid_settings():
+    """TAIDState, the recipe's distill.taid and the DistillKit section's taid share one range check
+    (`taid_state.check_taid`): α = 0 (only the linear floor) is valid everywhere, α > 1 refused everywhere,
+    each message naming its own field path; `TAIDState.from_config` takes only the state's settings."""
+    from distillkit_scd.config import RecipeError, TAIDConfig, recipe_from_dict
+    from distillkit_scd.integrations import distillkit as dk_int
+
+    base = {"name": "t", "output_dir": "/tmp/unused", "models": {"teacher": "tiny:teacher", "student": "tiny:student"},
+            "task": {"name": "synthetic"}}
+    recipe = recipe_from_dict({**base, "distill": {"taid": {"alpha": 0.0, "ce_weight": 0.0}}})
+    state = TAIDState.from_config(recipe.distill.taid)
+    assert (state.alpha, state.t) == (0.0, 0.4) and dk_int.parse_settings({"taid": {"alpha": 0.0}}).taid.alpha == 0
+    with pytest.raises(RecipeError, match=r"<recipe>: distill\.taid\.alpha: expected a number in \[0, 1\]"):
+        recipe_from_dict({**base, "distill": {"taid": {"alpha": 1.5}}})
+    with pytest.raises(RecipeError, match=r"distillkit_scd\.taid\.alpha: expected a number in \[0, 1\]"):
+        dk_int.parse_settings({"taid": {"alpha": 1.5}})
+    with pytest.raises(ValueError, match=r"^TAIDState\.alpha: expected a number in \[0, 1\]"):
+        TAIDState.from_config(TAIDConfig(alpha=1.5))

@@ -36,6 +36,7 @@ from distillkit_scd.integrations.distillkit_checks import (
     validate_manifest,
 )
 from distillkit_scd.methods import SCHEDULES
+from distillkit_scd.taid_state import check_taid
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +142,10 @@ def parse_settings(section: Any, source: str = "<config>", check_files: bool = T
     """
     settings = _build(IntegrationSettings, {} if section is None else section, path=SECTION, source=source)
     t = settings.taid
-    if not 0 <= t.t_start < t.t_end <= 1:
-        _fail(source, f"{SECTION}.taid.t_start", (t.t_start, t.t_end), "0 <= t_start < t_end <= 1")
-    if not 0 <= t.alpha <= 1:
-        _fail(source, f"{SECTION}.taid.alpha", t.alpha, "a number in [0, 1]")
-    if not 0 <= t.beta < 1:
-        _fail(source, f"{SECTION}.taid.beta", t.beta, "a number in [0, 1)")
+    try:  # the one rule for TAID's settings (the recipe's distill.taid and TAIDState use it too)
+        check_taid(t.t_start, t.t_end, t.alpha, t.beta, where=f"{SECTION}.taid")
+    except ValueError as err:
+        raise RecipeError(f"{source}: {err}") from None
     s = settings.schedule
     where = f"{SECTION}.schedule"
     if s.method != "none":

@@ -225,7 +225,7 @@ class SCDDistillationTrainer(DistillationTrainer):
             if isinstance(fn, SCDLossBase):
                 fn.context = self.batch_context
         use_taid = any(isinstance(fn, TAIDLoss) for fn in self.loss_functions)
-        self.taid_state = TAIDState(**dataclasses.asdict(settings.taid)) if use_taid else None
+        self.taid_state = TAIDState.from_config(settings.taid) if use_taid else None
         self.last_batch_ids: list[int] = []
         self._step_loss: torch.Tensor | float = 0.0
         self._step_taid: torch.Tensor | float = 0.0  # the step's `taid` loss term (what TAID's update reads)
