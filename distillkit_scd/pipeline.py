@@ -382,21 +382,25 @@ def _subprocess_runner(stage: Stage, cmd: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="distillkit-scd-") as tmp:
         report = Path(tmp) / "interrupt.json"
         env[interrupts.CHILD_ENV] = str(report)
-        proc = subprocess.Popen(cmd, env=env)
         received: list[int] = []
+        proc: subprocess.Popen | None = None
 
         def forward(signum, frame) -> None:
             received.append(signum)
             try:
-                proc.kill() if len(received) > 1 else proc.send_signal(signum)
+                if proc is not None:
+                    proc.kill() if len(received) > 1 else proc.send_signal(signum)
             except ProcessLookupError:
                 pass
 
-        try:
+        try:  # before the start: a signal that arrives while the stage starts is forwarded too
             previous = {sig: signal.signal(sig, forward) for sig in interrupts.SIGNALS}
         except ValueError:  # not the main thread: no forwarding
             previous = {}
         try:
+            proc = subprocess.Popen(cmd, env=env)
+            if received:  # arrived before the stage process existed
+                proc.send_signal(received[0])
             code = proc.wait()
         finally:
             for sig, handler in previous.items():  # after a forwarded signal, ignore more during clean-up

@@ -141,6 +141,7 @@ def test_in_process_interrupt_is_recorded_and_the_cli_prints_one_line(tmp_path, 
 
     monkeypatch.setattr(pipeline, "_in_process_runner", runner_for)
     monkeypatch.setattr(pipeline, "prepare_models", lambda recipe: None)
+    before = signal.getsignal(signal.SIGINT)
     assert main(["run", str(recipe), "--in-process"]) == interrupts.EXIT_CODE
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "interrupted" in line]
@@ -150,4 +151,4 @@ def test_in_process_interrupt_is_recorded_and_the_cli_prints_one_line(tmp_path, 
     run = tmp_path / "run"
     assert _stamp(run, "sft-teacher")["status"] == "interrupted" and _stamp(run, "sft-teacher")["step"] == 3
     assert _summary(run)["sft-teacher"] == "interrupted" and _summary(run)["sft-student"] == "pending"
-    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the CLI gave the handlers back
+    assert signal.getsignal(signal.SIGINT) is before  # the CLI gave the handler back
