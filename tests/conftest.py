@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# DeepSpeed JIT-builds its CPU comm op into torch's extension cache; the build command names the venv's
+# include paths, so two stacks sharing one cache rebuild it (~70 s) every time they alternate. One cache
+# per venv (inherited by the launched processes).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions",
+                                                           os.path.basename(os.path.realpath(sys.prefix))))
 
 from pathlib import Path  # noqa: E402
 

@@ -223,7 +223,9 @@ evaluation: {{batch_size: 4, zero_shot: false}}
 HALF = ["launcher.num_processes=2", "optim.per_device_train_batch_size=2"]
 MODES = {  # --set overrides of each launch; ZeRO-3 also takes the cached-signal path
     "ddp": [*HALF, "distill.methods=[scd_aw]"],  # TD under DDP: tests/test_launch_modes.py (CI time)
-    "zero3": [*HALF, "launcher.accelerate_config=recipes/accelerate/cpu_zero3.yaml", "distill.teacher_signal=cached"],
+    # TD under ZeRO-3 runs in the deepspeed_config-alone re-run of the same folder (CI time)
+    "zero3": [*HALF, "launcher.accelerate_config=recipes/accelerate/cpu_zero3.yaml", "distill.teacher_signal=cached",
+              "distill.methods=[scd_aw]"],
 }
 LOSS_KEYS = ("loss", "loss_ce", "loss_distill", "grad_norm")
 E2E_RTOL = 2e-5  # tests/test_launch_modes.py: float32 reduction order across 2 processes
@@ -345,9 +347,9 @@ def test_pipeline_under_ddp_and_sharded_forward_stages_equal_one_process(e2e):
 def test_pipeline_under_zero3_accelerate_config_and_deepspeed_alone(e2e):
     """The paper recipes' launch (an accelerate config with DeepSpeed ZeRO-3: recipes/accelerate/cpu_zero3.yaml,
     the CPU mirror of 8xA800.yaml) with the cached-signal path: every stage, including the signals stage, the
-    SCD selector's teacher swaps inside the ZeRO-3 teacher, and a Table 1; TD and SCD w/ AW log the 1-process
-    cached run's losses. Then `launcher.deepspeed_config` alone re-runs TD's distillation launched with
-    DeepSpeed (not --multi_gpu) and logs the same losses."""
+    SCD selector's teacher swaps inside the ZeRO-3 teacher, and a Table 1; SCD w/ AW logs the 1-process cached
+    run's losses and makes its choices. Then `launcher.deepspeed_config` alone runs TD's distillation in the
+    same folder, launched with DeepSpeed (not --multi_gpu), and logs the 1-process run's TD losses."""
     pytest.importorskip("deepspeed")
     e2e("reference", [])
     reference = e2e("reference-cached", ["distill.teacher_signal=cached"], start_from="reference")
