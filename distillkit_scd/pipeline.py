@@ -323,7 +323,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         # attempt with these inputs that was interrupted keeps its files, and the stage resumes from them.
         if stage.output and (stage.name in forced or stamp.get("fingerprint") not in (None, prints[stage.name])):
             _remove(out / stage.output, tag)
-        logger.info("%s running (%s); %s in all", tag, res.reason, clock.text())
+        logger.info("%s running (%s); %s", tag, res.reason, clock.text())
         res.status = "running"
         atomic_write_json(out / "stages" / f"{stage.name}.json", default=str, data={
             "stage": stage.name, "fingerprint": prints[stage.name], "status": "running",

@@ -76,21 +76,28 @@ class StageClock:
 
     def left(self) -> float | None:
         """Estimated seconds for the stages not finished yet (None when one of them cannot be estimated)."""
-        total = 0.0
+        return self._estimate()[0]
+
+    def _estimate(self) -> tuple[float | None, list[str]]:
+        """(seconds left or None, the kinds estimated from other kinds' durations)."""
+        total, borrowed = 0.0, []
         for name, (kind, previous) in self.to_run.items():
             if name in self.finished:
                 continue
             same = [s for k, s in self.finished.values() if k == kind]
             every = [s for _, s in self.finished.values()]
+            if previous is None and not same and kind not in borrowed:
+                borrowed.append(kind)
             guess = previous if previous is not None else (sum(same) / len(same) if same else
                                                             sum(every) / len(every) if every else None)
             if guess is None:
-                return None
+                return None, borrowed
             total += guess
-        return total
+        return total, borrowed
 
     def text(self) -> str:
-        left = self.left()
+        left, borrowed = self._estimate()
         if left is None:
             return "time left estimated once a stage has finished"
-        return f"~{left / 60:.0f} min left" if left >= 90 else f"~{left:.0f} s left"
+        amount = f"~{left / 60:.0f} min" if left >= 90 else f"~{left:.0f} s"
+        return f"{amount} left in all" + (f" (rough: no {', '.join(borrowed)} stage timed yet)" if borrowed else "")

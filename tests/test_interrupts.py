@@ -63,7 +63,7 @@ def test_ctrl_c_during_a_stage_process_prints_one_line_and_the_same_command_resu
     assert lines[0].endswith("; run the same command again to resume")
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
     assert "\r" not in text and "\x1b[" not in text  # not a terminal: no progress bars, no escape codes
-    assert "[1/7] sft-teacher" in text and "time left estimated once a stage has finished in all" in text
+    assert "[1/7] sft-teacher" in text and "time left estimated once a stage has finished" in text
     stamp = _stamp(run, "sft-teacher")
     assert stamp["status"] == "interrupted" and stamp["step"] == int(lines[0].split("step ")[1].split(";")[0])
     assert _summary(run)["sft-teacher"] == "interrupted"

@@ -17,12 +17,14 @@ def test_stage_clock_estimates_by_own_history_then_same_kind_then_any_kind():
     assert clock.left() is None and "once a stage has finished" in clock.text()
     clock.done("sft-teacher", 30.0)
     assert clock.left() == pytest.approx(30.0 + 10.0 + 30.0)  # sft mean, own history, any-kind mean
+    assert clock.text() == "~70 s left in all (rough: no distill stage timed yet)"
     clock.done("sft-student", 90.0)
     assert clock.left() == pytest.approx(10.0 + 60.0)
-    assert clock.text() == "~70 s left"
+    assert clock.text() == "~70 s left in all (rough: no distill stage timed yet)"
     clock.done("distill-td", 600.0)
     assert clock.left() == pytest.approx(10.0)
-    assert StageClock({"a": ("sft", 600.0)}).text() == "~10 min left"
+    assert clock.text() == "~10 s left in all"
+    assert StageClock({"a": ("sft", 600.0)}).text() == "~10 min left in all"
 
 
 def test_progress_log_writes_at_most_one_line_per_interval_and_the_last(caplog):
