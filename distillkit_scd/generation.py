@@ -5,7 +5,7 @@ little, then the outputs are put back in input order. Greedy decoding (`do_sampl
 forced whatever the model's own generation_config says (Llama-3-Instruct ships sampling defaults), so
 outputs are deterministic. Generation stops at end-of-turn (the tokenizer's eos and the end-of-turn
 tokens its vocabulary has, as training labels end) and any eos ids of the model's generation_config. Works with transformers 4.57 and 5.x (only keyword
-arguments both accept are passed). `generate_vllm` is an optional fast path for GPU users with vLLM.
+arguments both accept are passed).
 """
 
 from __future__ import annotations
@@ -97,30 +97,3 @@ def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_
     if shard is not None:
         outputs = shard.gather_dict(outputs)
     return [outputs[i] for i in range(len(encoded))]
-
-
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def generate_vllm(model_path: str, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_tokens: int,
-                  max_prompt_length: int | None = None) -> list[str]:
-    """The same greedy completions through vLLM (GPU; only when `vllm` is installed).
-
-    Raises:
-        ValueError: vLLM is not installed, or a prompt ends with an assistant turn.
-    """
-    if not vllm_available():
-        raise ValueError("generate_vllm: the vllm package is not installed; use generate() instead")
-    from vllm import LLM, SamplingParams
-
-    _check_prompts(messages_list)
-    prompts = [{"prompt_token_ids": prompt_ids(m, tokenizer, max_prompt_length)} for m in messages_list]
-    params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_token_ids(tokenizer),
-                            skip_special_tokens=True)
-    llm = LLM(model=str(model_path), tokenizer=str(model_path))
-    return [r.outputs[0].text for r in llm.generate(prompts, params)]
