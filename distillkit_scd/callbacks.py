@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from distillkit_scd.atomic import atomic_write_json
 from distillkit_scd.checkpoints import last_checkpoint
 from distillkit_scd.interrupts import note_step
-from distillkit_scd.trainer import reset_optimizer_state
+from distillkit_scd.trainer_base import ScheduledTrainer, reset_optimizer_state
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class SaveAtStepsCallback(TrainerCallback):
 class StageCallback(TrainerCallback):
     """Stage boundaries every T optimizer steps: optimizer reset and teacher checkpoint choice."""
 
-    def __init__(self, trainer, steps_per_stage: int, schedule=None, pool=None, reset_optimizer: bool = True):
+    def __init__(self, trainer: ScheduledTrainer, steps_per_stage: int, schedule=None, pool=None,
+                 reset_optimizer: bool = True):
         self.trainer = trainer
         self.steps_per_stage = steps_per_stage
         self.schedule = schedule
@@ -137,7 +138,7 @@ class StepLossCallback(TrainerCallback):
         max_nonfinite_steps (`int`, defaults to `10`): skips allowed before stopping anyway.
     """
 
-    def __init__(self, trainer, nonfinite: str = "stop", max_nonfinite_steps: int = 10):
+    def __init__(self, trainer: ScheduledTrainer, nonfinite: str = "stop", max_nonfinite_steps: int = 10):
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"optim.nonfinite_loss: expected stop or skip, got {nonfinite!r}")
         self.trainer = trainer
@@ -214,7 +215,7 @@ class StepLossCallback(TrainerCallback):
 class ExtraStateCallback(TrainerCallback):
     """Save trainer extra state + stage callback state beside every checkpoint; restore on resume."""
 
-    def __init__(self, trainer, stage_callback: StageCallback | None = None):
+    def __init__(self, trainer: ScheduledTrainer, stage_callback: StageCallback | None = None):
         self.trainer = trainer
         self.stage_callback = stage_callback
 

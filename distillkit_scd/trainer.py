@@ -28,7 +28,6 @@ import logging
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 from trl import SFTTrainer
 
 from distillkit_scd.chunk_kernel import Workspace
@@ -36,34 +35,15 @@ from distillkit_scd.distributed import call_as_forward, gathered_for_loss, unwra
 from distillkit_scd.launch import check_world_size, check_zero3_saves_weights
 from distillkit_scd.liger_loss import check_liger_available, liger_applies, liger_compound_loss
 from distillkit_scd.losses import LossSpec, chunked_compound_loss, label_positions
-from distillkit_scd.lr_schedules import staged_lr_lambda
 from distillkit_scd.models import check_plain_lm_head
+from distillkit_scd.trainer_base import StagedTrainerMixin, schedule_log_fields
 
 logger = logging.getLogger(__name__)
 
 _BATCH_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 
-def reset_optimizer_state(optimizer) -> None:
-    """Forget AdamW moments and step counts: identical to a freshly built optimizer over the same params."""
-    inner = optimizer
-    while hasattr(inner, "optimizer"):  # accelerate's AcceleratedOptimizer, DeepSpeed's ZeRO wrappers
-        inner = inner.optimizer
-    inner.state.clear()
-
-
-def schedule_log_fields(active_checkpoint: int | None, taid_state) -> dict:
-    """The teacher-schedule fields of a training log line: the active checkpoint (when there is a teacher
-    schedule) and TAID's t (when TAID runs). Shared with the DistillKit integration's trainer."""
-    out: dict = {}
-    if active_checkpoint is not None:
-        out["active_checkpoint"] = active_checkpoint
-    if taid_state is not None:
-        out["taid_t"] = round(float(taid_state.t), 6)
-    return out
-
-
-class DistillationTrainer(SFTTrainer):
+class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
     """SFTTrainer + frozen teacher + compound loss (TD, TAID, AW; CE only when `teacher_model` is None).
 
     Args:
@@ -292,27 +272,10 @@ class DistillationTrainer(SFTTrainer):
 
     # -- staged optimisation ------------------------------------------------------------------------
 
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """`steps_per_stage` set: transformers' schedule over T steps, restarted every T steps
-        (`distill.lr_schedule: per_stage`); unset: transformers' own schedule over the whole run."""
-        if self.steps_per_stage is None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        if self.lr_scheduler is None:
-            name = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
-            warmup = self.args.get_warmup_steps(self.steps_per_stage)  # ratio × T, as transformers rounds it
-            fn = staged_lr_lambda(name, self.steps_per_stage, warmup, self.args.lr_scheduler_kwargs)
-            self.lr_scheduler = LambdaLR(self.optimizer if optimizer is None else optimizer, fn)
-        return self.lr_scheduler
-
     def extra_state(self) -> dict[str, Any]:
-        """What must survive a resume besides model/optimizer/scheduler (saved by `StateCallback`)."""
-        state: dict[str, Any] = {"active_checkpoint": self.active_checkpoint, "teacher_eval_rows": self.teacher_eval_rows}
-        if self.taid_state is not None:
-            state["taid"] = self.taid_state.state_dict()
-        return state
+        """The mixin's resume state plus the teacher's validation-row count."""
+        return {**super().extra_state(), "teacher_eval_rows": self.teacher_eval_rows}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.active_checkpoint = int(state.get("active_checkpoint", 0))
+        super().load_extra_state(state)
         self.teacher_eval_rows = int(state.get("teacher_eval_rows", 0))
-        if self.taid_state is not None and "taid" in state:
-            self.taid_state.load_state_dict(state["taid"])

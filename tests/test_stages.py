@@ -9,7 +9,7 @@ import torch
 
 from distillkit_scd.lr_schedules import staged_lr_lambda
 from distillkit_scd.sft import evenly_spaced_steps
-from distillkit_scd.trainer import reset_optimizer_state
+from distillkit_scd.trainer_base import reset_optimizer_state
 
 
 def test_evenly_spaced_steps_hand_worked():

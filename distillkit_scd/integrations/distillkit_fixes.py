@@ -37,8 +37,7 @@ from distillkit_scd.losses import (
     adaptive_weight,
     compound_loss_from_logits,
 )
-from distillkit_scd.trainer import DistillationTrainer as _OurTrainer
-from distillkit_scd.trainer import schedule_log_fields
+from distillkit_scd.trainer_base import StagedTrainerMixin, schedule_log_fields
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ def segment_ids(inputs: dict) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-class SCDDistillationTrainer(DistillationTrainer):
+class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
     """DistillKit's `DistillationTrainer` + our losses' context, TAID's t, the CD/SCD teacher schedule
     (a `StageCallback` swapping checkpoints into the online teacher in place) and fixes (a)–(d).
 
@@ -403,23 +402,6 @@ class SCDDistillationTrainer(DistillationTrainer):
         super().log(logs, *args, **kwargs)
 
     # -- staged optimisation and resume ---------------------------------------------------------------
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.steps_per_stage is None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        return _OurTrainer.create_scheduler(self, num_training_steps, optimizer)  # LR restarts every stage
-
-    def extra_state(self) -> dict:
-        """Active checkpoint and TAID state, saved beside each trainer checkpoint (`ExtraStateCallback`)."""
-        state = {"active_checkpoint": self.active_checkpoint}
-        if self.taid_state is not None:
-            state["taid"] = self.taid_state.state_dict()
-        return state
-
-    def load_extra_state(self, state: dict) -> None:
-        self.active_checkpoint = int(state.get("active_checkpoint", 0))
-        if self.taid_state is not None and "taid" in state:
-            self.taid_state.load_state_dict(state["taid"])
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """Restore active checkpoint, TAID state and stage log from a checkpoint before resuming it."""
