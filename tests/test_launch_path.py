@@ -306,8 +306,6 @@ _TRANSFORMERS_5 = int(__import__("transformers").__version__.split(".")[0]) >= 5
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.skipif(not _TRANSFORMERS_5, reason="CI time: the DDP pipeline runs on the latest stack, the ZeRO-3 "
-                    "pipeline on the distillkit stack (DDP on 4.57 is covered by tests/test_launch_modes.py)")
 def test_pipeline_under_ddp_and_sharded_forward_stages_equal_one_process(e2e):
     """`distillkit-scd run` with launcher.num_processes=2 (DDP): every stage runs, training stages under
     `accelerate launch --multi_gpu`, evaluation and the AW table as 2 data-parallel processes; SCD w/ AW logs
@@ -342,8 +340,8 @@ def test_pipeline_under_ddp_and_sharded_forward_stages_equal_one_process(e2e):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.skipif(_TRANSFORMERS_5, reason="CI time: the ZeRO-3 pipeline runs on the distillkit stack, the DDP "
-                    "pipeline on the latest stack (ZeRO-3 on 5.x is covered by tests/test_launch_modes.py)")
+@pytest.mark.skipif(_TRANSFORMERS_5, reason="CI time: the ZeRO-3 pipeline runs on the distillkit stack only "
+                    "(ZeRO-3 training on 5.x is covered by tests/test_launch_modes.py)")
 def test_pipeline_under_zero3_accelerate_config_and_deepspeed_alone(e2e):
     """The paper recipes' launch (an accelerate config with DeepSpeed ZeRO-3: recipes/accelerate/cpu_zero3.yaml,
     the CPU mirror of 8xA800.yaml) with the cached-signal path: every stage, including the signals stage, the
