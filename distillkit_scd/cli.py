@@ -248,7 +248,7 @@ def _distillkit_command(args) -> Path | None:
 
     try:
         if args.command == "aw-table":
-            from distillkit_scd.integrations.distillkit_aw import build_table
+            from distillkit_scd.integrations.distillkit_aw_table import build_table
 
             result = build_table(path)
         else:

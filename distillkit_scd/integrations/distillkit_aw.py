@@ -3,7 +3,7 @@ computed once, before distillation, from the SFT student (the config's `model:`)
 checkpoint p(j) (the schedule's manifest; without a schedule, the config's teacher alone), and
 `scd_aw_kl` reads the active checkpoint's column by sample.
 
-`distillkit-scd aw-table CONFIG` writes the table (our `AWTable` format, `weighting.py`) from the rows
+`distillkit-scd aw-table CONFIG` (`distillkit_aw_table.build_table`) writes the table (our `AWTable` format, `weighting.py`) from the rows
 exactly as the trainer will see them (same loading, shuffling, labels and `max_length` cut). DistillKit
 rows carry no id, and TRL's collator passes only token columns, so a sample is identified by the sha256 of
 its token ids: `AWRowCollator` wraps the trainer's collator and adds, on the CPU before the batch moves to
@@ -99,67 +99,6 @@ class AWRowCollator:
                     rows[b, s:e] = self._row(ids[b, s:e].tolist())
         batch[AW_ROWS] = rows
         return batch
-
-
-def build_table(config_path: str | Path, batch_size: int = 8) -> Path:
-    """`distillkit-scd aw-table CONFIG`: compute and save the static AW table of a DistillKit config.
-
-    Returns the table's JSON path (`distillkit_scd.aw.table`, else OUTPUT_PATH/aw/aw_table.json).
-    """
-    import transformers
-
-    from distillkit_scd import hashing
-    from distillkit_scd.collate import DistillationCollator
-    from distillkit_scd.integrations.distillkit import aw_table_path, load_config
-    from distillkit_scd.integrations.distillkit_checks import check_checkpoint_shapes, validate_manifest
-    from distillkit_scd.integrations.distillkit_data import load_rows
-    from distillkit_scd.teachers import CheckpointPool
-    from distillkit_scd.weighting import compute_aw_table
-
-    run_config, settings, _ = load_config(config_path, check_files=False)  # the table is what we write
-    if run_config.teacher.kind != "hf":
-        raise RecipeError(f"{config_path}: teacher.kind: expected hf (an online teacher) for the AW table, "
-                          f"got {run_config.teacher.kind!r}")
-    pool = None
-    if settings.schedule.method != "none":
-        where = f"{config_path}: distillkit_scd.schedule.manifest"
-        validate_manifest(settings.schedule.manifest, where)
-        try:
-            pool = CheckpointPool(settings.schedule.manifest)
-        except ValueError as err:
-            raise RecipeError(f"{where}: {err}") from None
-        check_checkpoint_shapes(pool, run_config.teacher.path, where)
-    tokenizer, rows, _ = load_rows(run_config, settings.labels)
-    keys, seen = [], set()
-    keep = []
-    for i, ids in enumerate(rows["input_ids"]):
-        key = sample_key(ids)
-        if key not in seen:
-            seen.add(key)
-            keys.append(key)
-            keep.append(i)
-    table_rows = rows.select(keep).add_column("id", keys)
-    logger.info("AW table: %d samples (%d duplicates merged), %d checkpoint(s)", len(keep), len(rows) - len(keep),
-                pool.num_checkpoints if pool else 1)
-    load = transformers.AutoModelForCausalLM.from_pretrained
-    student = load(run_config.train_model, **run_config.model_kwargs)
-    teacher = load(run_config.teacher.path, **(run_config.teacher.kwargs or {}))
-    collator = DistillationCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    if pool is not None:
-        from distillkit_scd.integrations.distillkit_checks import check_module_shapes
-
-        check_module_shapes(teacher, pool)
-        table = compute_aw_table(student, pool, table_rows, batch_size, teacher=teacher, collator=collator)
-    else:
-        table = compute_aw_table(student, [teacher], table_rows, batch_size, collator=collator)
-    checkpoints = expected_checkpoints(run_config, pool)
-    local = [p for p in [run_config.train_model, *checkpoints] if Path(p).is_dir()]
-    table.key = hashing.combine(*[hashing.folder_hash(p) for p in local], hashing.dataset_hash(table_rows))
-    table.metadata = {"source": "distillkit", "config": str(config_path), "student": run_config.train_model,
-                      "checkpoints": checkpoints, "labels": settings.labels,
-                      "max_length": run_config.training_args.get("max_length", run_config.sequence_length)}
-    logger.info("AW table: mean AW per checkpoint %s", [round(x, 3) for x in table.weights.mean(0).tolist()])
-    return table.save(aw_table_path(run_config, settings))
 
 
 def rows_by_key(table) -> dict[str, int]:

@@ -213,7 +213,7 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
     (a `StageCallback` swapping checkpoints into the online teacher in place) and fixes (a)–(d).
 
     Args (beyond DistillKit's): settings: the validated `distillkit_scd:` section (`IntegrationSettings`);
-    aw_table: the static AW table `scd_aw_kl` reads (`distillkit_aw.build_table`), None for online AW.
+    aw_table: the static AW table `scd_aw_kl` reads (`distillkit_aw_table.build_table`), None for online AW.
     """
 
     def __init__(self, *args, settings, aw_table=None, **kwargs):
