@@ -59,16 +59,16 @@ def resolve_model_path(recipe, role: str, build: bool = True) -> str:
 
 
 def _build_tiny_pair(recipe) -> tuple[Path, Path]:
-    """Build (or reuse) the tiny pair under an exclusive file lock: the ranks of an `accelerate launch`
-    all resolve the same references at start-up, and only the first may write the folders."""
-    import fcntl
+    """Build (or reuse) the tiny pair under an exclusive file lock (`filelock`, a dependency of
+    huggingface_hub): the ranks of an `accelerate launch` all resolve the same references at start-up,
+    and only the first may write the folders."""
+    from filelock import FileLock
 
     from distillkit_scd.models import make_tiny_pair
 
     root = tiny_models_dir(recipe)
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with FileLock(str(root / ".lock")):
         return make_tiny_pair(root, seed=recipe.seed)
 
 
