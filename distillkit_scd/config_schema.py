@@ -1,4 +1,7 @@
-"""The recipe schema: one typed dataclass per recipe section, each field documented once, here.
+"""The recipe schema: one typed dataclass per recipe section, each field documented once, here, and
+checked by its section's `__post_init__` (a `FieldError`: field, expected, got; recipe loading adds the
+file and section path). Checks across sections (task names, DeepSpeed vs. `skip`, …) are in
+`config_loading.check_recipe`.
 
 YAML loading, `extends`, `--set` overrides and the checks live in `config_loading.py`; import both
 through `distillkit_scd.config`.
@@ -17,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from distillkit_scd.methods import METHODS
+from distillkit_scd.taid_state import check_taid
 
 Method = Literal[tuple(METHODS)]  # the method names of `methods.METHODS`, in the paper's order
 Divergence = Literal["forward_kl", "reverse_kl"]
@@ -24,6 +28,20 @@ Divergence = Literal["forward_kl", "reverse_kl"]
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the file and field path."""
+
+
+class FieldError(ValueError):
+    """A section's own check failed (raised by its `__post_init__`): `field` relative to the section and
+    `detail` (`expected …, got …`). Recipe loading names the file and the section path in front of it."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field}: {detail}")
+        self.field, self.detail = field, detail
+
+
+def _check(ok: bool, field: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise FieldError(field, f"expected {expected}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -49,6 +67,13 @@ class ModelsConfig:
     trust_remote_code: bool = False
     attn_implementation: str | None = None
 
+    def __post_init__(self) -> None:
+        for role in ("teacher", "student"):  # `tiny:` references: see model_refs.py
+            ref = getattr(self, role)
+            _check(not ref.startswith("tiny:") or ref in ("tiny:teacher", "tiny:student"), role, ref,
+                   "a Hub id, a local folder, tiny:teacher or tiny:student")
+
+
 
 @dataclass
 class TaskConfig:
@@ -69,6 +94,10 @@ class TaskConfig:
     options: dict[str, Any] = field(default_factory=dict)
     max_length: int = 512
     date_string: str = "26 Jul 2024"
+
+    def __post_init__(self) -> None:
+        _check(self.max_length >= 8, "max_length", self.max_length, "an integer >= 8")
+
 
 
 @dataclass
@@ -105,6 +134,19 @@ class OptimConfig:
     nonfinite_loss: Literal["stop", "skip"] = "stop"
     max_nonfinite_steps: int = 10
 
+    def __post_init__(self) -> None:
+        _check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", self.per_device_train_batch_size,
+               "an integer >= 1")
+        _check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", self.gradient_accumulation_steps,
+               "an integer >= 1")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
+        for name in ("adam_beta1", "adam_beta2"):
+            _check(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
+        _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, ">= 0 (0 disables)")
+        _check(self.max_nonfinite_steps >= 0, "max_nonfinite_steps", self.max_nonfinite_steps, "an integer >= 0")
+
+
 
 @dataclass
 class RoleSFTConfig:
@@ -116,6 +158,11 @@ class RoleSFTConfig:
 
     num_train_epochs: float = 3.0
     learning_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "> 0")
+        _check(self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+
 
 
 @dataclass
@@ -134,6 +181,10 @@ class SFTConfig:
     select_by: Literal["val_score", "val_loss"] = "val_score"
     teacher: RoleSFTConfig = field(default_factory=RoleSFTConfig)
     student: RoleSFTConfig = field(default_factory=RoleSFTConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.num_checkpoints >= 1, "num_checkpoints", self.num_checkpoints, "N >= 1")
+
 
 
 @dataclass
@@ -155,6 +206,16 @@ class TAIDConfig:
     beta: float = 0.99
     ce_weight: float | None = None
 
+    def __post_init__(self) -> None:
+        _check(self.ce_weight is None or 0 <= self.ce_weight <= 1, "ce_weight", self.ce_weight,
+               "a number in [0, 1] (or unset)")
+        try:  # the one rule for TAID's settings (TAIDState and the DistillKit section use it too)
+            check_taid(self.t_start, self.t_end, self.alpha, self.beta, where="")
+        except ValueError as err:
+            field, detail = str(err).lstrip(".").split(": ", 1)
+            raise FieldError(field, detail) from None
+
+
 
 @dataclass
 class SCDConfig:
@@ -167,6 +228,11 @@ class SCDConfig:
 
     probe_size: int = 64
     top_k: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.probe_size >= 1, "probe_size", self.probe_size, "an integer >= 1")
+        _check(self.top_k >= 0, "top_k", self.top_k, "an integer >= 0 (0 = full)")
+
 
 
 @dataclass
@@ -210,6 +276,18 @@ class DistillConfig:
     taid: TAIDConfig = field(default_factory=TAIDConfig)
     scd: SCDConfig = field(default_factory=SCDConfig)
 
+    def __post_init__(self) -> None:
+        _check(0 <= self.alpha <= 1, "alpha", self.alpha, "a number in [0, 1]")
+        _check(self.temperature > 0, "temperature", self.temperature, "> 0")
+        _check(self.epochs_per_stage > 0, "epochs_per_stage", self.epochs_per_stage, "> 0")
+        _check(self.steps_per_stage is None or self.steps_per_stage >= 1, "steps_per_stage", self.steps_per_stage,
+               "an integer >= 1")
+        _check(self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        _check(len(set(self.methods)) == len(self.methods), "methods", self.methods, "no repeated method")
+        _check(self.chunk_size >= 1, "chunk_size", self.chunk_size, "an integer >= 1")
+        _check(self.cache_top_k >= 1, "cache_top_k", self.cache_top_k, "an integer >= 1")
+
+
 
 @dataclass
 class EvaluationConfig:
@@ -229,6 +307,11 @@ class EvaluationConfig:
     select_by: Literal["validation", "test"] = "validation"
     zero_shot: bool = True
 
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, ">= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+
+
 
 @dataclass
 class LauncherConfig:
@@ -244,6 +327,10 @@ class LauncherConfig:
     accelerate_config: str | None = None
     deepspeed_config: str | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    def __post_init__(self) -> None:
+        _check(self.num_processes >= 1, "num_processes", self.num_processes, "an integer >= 1")
+
 
 
 @dataclass

@@ -126,3 +126,16 @@ def test_bad_tiny_reference_is_named(tmp_path):
     path = write(tmp_path, "r.yaml", {**MINIMAL, "models": {"teacher": "tiny:giant", "student": "tiny:student"}})
     with pytest.raises(RecipeError, match="models.teacher: expected .*tiny:teacher or tiny:student, got 'tiny:giant'"):
         load_recipe(path)
+
+
+def test_sections_check_their_own_values():
+    """Validation at the field: a section refuses a bad value when built (any caller, not only recipe
+    loading), and recipe loading names the file and the section path in front of the same message."""
+    from distillkit_scd.config_schema import FieldError, OptimConfig
+
+    with pytest.raises(FieldError, match=r"^learning_rate: expected > 0, got 0$"):
+        OptimConfig(learning_rate=0)
+    with pytest.raises(RecipeError, match=r"^<recipe>: optim\.learning_rate: expected > 0, got 0\.0$"):
+        recipe_from_dict({"name": "t", "output_dir": "/tmp/unused", "task": {"name": "synthetic"},
+                          "models": {"teacher": "tiny:teacher", "student": "tiny:student"},
+                          "optim": {"learning_rate": 0}})

@@ -21,11 +21,11 @@ OVER_LIMIT: dict[str, str] = {}
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("basics", ("distillkit_scd", "methods", "atomic", "hashing", "logging_utils", "distributed", "sharding",
                 "paper_reference", "interrupts")),
-    ("data, schema and files", ("config_schema", "tasks", "collate", "formatting", "evaluation", "chat_metrics",
+    ("data and files", ("tasks", "collate", "formatting", "evaluation", "chat_metrics",
                                 "scoring", "checkpoints", "data_fetch")),
     ("math", ("divergences", "adaptive_weight", "taid_state", "teacher_signal", "chunked_loss", "losses", "liger_loss",
               "chunk_kernel", "schedules", "lr_schedules")),
-    ("recipe", ("config_loading", "config", "launch", "selection", "data_check")),
+    ("recipe", ("config_schema", "config_loading", "config", "launch", "selection", "data_check")),
     ("models", ("models", "model_refs", "model_outputs", "teachers", "generation")),
     ("training pieces", ("trainer", "callbacks", "training_args", "scd", "weighting", "signal_cache", "workspace",
                          "results", "loss_scores")),

@@ -152,7 +152,8 @@ def test_trainer_adapts_t_from_each_steps_distillation_term(tmp_path, tiny_pair,
 def test_one_rule_for_taid_settings():
     """TAIDState, the recipe's distill.taid and the DistillKit section's taid share one range check
     (`taid_state.check_taid`): α = 0 (only the linear floor) is valid everywhere, α > 1 refused everywhere,
-    each message naming its own field path; `TAIDState.from_config` takes only the state's settings."""
+    each message naming its own field path (a section checks itself when built, `TAIDConfig.__post_init__`);
+    `TAIDState.from_config` takes only the state's settings."""
     from distillkit_scd.config import RecipeError, TAIDConfig, recipe_from_dict
     from distillkit_scd.integrations import distillkit as dk_int
 
@@ -166,4 +167,6 @@ def test_one_rule_for_taid_settings():
     with pytest.raises(RecipeError, match=r"distillkit_scd\.taid\.alpha: expected a number in \[0, 1\]"):
         dk_int.parse_settings({"taid": {"alpha": 1.5}})
     with pytest.raises(ValueError, match=r"^TAIDState\.alpha: expected a number in \[0, 1\]"):
-        TAIDState.from_config(TAIDConfig(alpha=1.5))
+        TAIDState(alpha=1.5)
+    with pytest.raises(ValueError, match=r"^alpha: expected a number in \[0, 1\]"):  # checked at the field
+        TAIDConfig(alpha=1.5)
