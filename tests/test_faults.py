@@ -150,7 +150,7 @@ def test_killed_aw_table_leaves_no_partial_table_and_recomputes_the_same(referen
     recipe = _copy_without(reference, tmp_path, "aw")
     log = tmp_path / "killed.log"
     args = ["aw-table", str(recipe)]
-    _kill_when(args, _log_has(log, "teacher: loading checkpoint 0"), "the student pass", log)
+    _kill_when(args, _log_has(log, "teacher: loading checkpoint "), "the student pass", log)
     aw = tmp_path / "run" / "aw"
     assert not aw.exists() or list(aw.iterdir()) == []
 
