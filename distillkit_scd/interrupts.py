@@ -30,7 +30,7 @@ EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C; used for SIGTERM
 CHILD_ENV = "DISTILLKIT_SCD_INTERRUPT_FILE"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_where: dict = {"stage": None, "step": None}
+_where: dict = {"stage": None, "step": None, "signalled": False}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -66,6 +66,7 @@ def current(err: BaseException | None = None) -> Interrupted:
 def _raise_once(signum, frame) -> None:
     for sig in SIGNALS:  # the clean-up after the first signal must not be cut short by a second
         signal.signal(sig, signal.SIG_IGN)
+    _where["signalled"] = True
     raise KeyboardInterrupt
 
 
@@ -78,11 +79,16 @@ def handlers() -> Iterator[None]:
     except ValueError:  # not the main thread
         yield
         return
+    _where["signalled"] = False
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # A stage process that was signalled is on its way out, and the pipeline forwards a second copy of
+        # Ctrl-C (the terminal sent one to the whole group): restoring Python's default handler here would
+        # let that copy raise again while the process reports and exits. Elsewhere the handlers come back.
+        if not (_where["signalled"] and os.environ.get(CHILD_ENV)):
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def report_as_child(err: BaseException) -> bool:

@@ -121,6 +121,39 @@ def test_sigterm_to_the_pipeline_is_forwarded_and_the_stage_step_comes_back(tmp_
     assert caught.value.message() == "interrupted in stage distill-td at step 4; run the same command again to resume"
 
 
+LATE_COPY = textwrap.dedent("""
+    import os, signal, sys, time
+    from distillkit_scd import cli, interrupts
+
+    def stage(args):  # a stage that has finished 2 optimizer steps when Ctrl-C arrives
+        interrupts.note_step(2)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+
+    real_report = interrupts.report_as_child
+
+    def late_copy_then_report(err):  # the pipeline's forwarded copy lands after the handler block
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        return real_report(err)
+
+    cli._dispatch, interrupts.report_as_child = stage, late_copy_then_report
+    sys.exit(cli.main(["validate", "any.yaml"]))
+""")
+
+
+def test_stage_process_ignores_the_forwarded_copy_of_ctrl_c(tmp_path):
+    """Ctrl-C reaches a stage process twice (the terminal signals the whole group, the pipeline forwards
+    its own copy). The second copy may land after the CLI's handler block has ended: it must not raise
+    again (that printed a second traceback and lost the step report); the step still comes back."""
+    report = tmp_path / "interrupt.json"
+    env = {**os.environ, interrupts.CHILD_ENV: str(report)}
+    proc = subprocess.run([sys.executable, "-c", LATE_COPY], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == interrupts.EXIT_CODE, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr[-3000:]
+    assert interrupts.read_child_report(report) == 2
+
+
 def test_in_process_interrupt_is_recorded_and_the_cli_prints_one_line(tmp_path, monkeypatch, capsys):
     """The quickstart's in-process stages: a SIGINT inside the first stage → exit 130, one line on stderr,
     the stage's stamp and the summary say interrupted with the step; no later stage ran."""
