@@ -23,11 +23,11 @@ def score_by_loss(model, tokenizer, split, recipe) -> tuple[dict, list[dict]]:
     """
     from distillkit_scd.collate import IGNORE_INDEX, DistillationCollator
     from distillkit_scd.formatting import tokenize_dataset
-    from distillkit_scd.weighting import _length_batches, _losses
+    from distillkit_scd.weighting import length_batches, row_losses
 
     data, report = tokenize_dataset(split, tokenizer, recipe.task.max_length, keep=("answer",), name="loss scoring")
-    batches = _length_batches(data, recipe.evaluation.batch_size, DistillationCollator(tokenizer.pad_token_id))
-    sums = _losses(model, batches, len(data), recipe.distill.chunk_size)  # (S,) float64, summed over answer tokens
+    batches = length_batches(data, recipe.evaluation.batch_size, DistillationCollator(tokenizer.pad_token_id))
+    sums = row_losses(model, batches, len(data), recipe.distill.chunk_size)  # (S,) float64, summed over answer tokens
     counts = [sum(v != IGNORE_INDEX for v in list(labels)[1:]) for labels in data["labels"]]  # predicted positions
     samples = []
     for rid, gold, total, n in zip(data["id"], data["answer"], sums.tolist(), counts):

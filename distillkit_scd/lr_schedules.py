@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-LR_SCHEDULES = ("global", "per_stage")
-
 
 def schedule_multiplier(name: str, num_training_steps: int, num_warmup_steps: int,
                         scheduler_kwargs: dict | None = None) -> Callable[[int], float]:

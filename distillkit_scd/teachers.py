@@ -61,7 +61,7 @@ def _is_zero3(param: torch.nn.Parameter) -> bool:
     return hasattr(param, "ds_id")
 
 
-def _shape(param: torch.Tensor) -> tuple[int, ...]:
+def param_shape(param: torch.Tensor) -> tuple[int, ...]:
     # Under ZeRO-3 a parameter's local tensor is an empty shard; its full shape is `ds_shape`.
     return tuple(param.ds_shape) if _is_zero3(param) else tuple(param.shape)
 
@@ -119,7 +119,7 @@ def plan_swap(model: torch.nn.Module, folder: str | Path) -> _Plan:
         name = unexpected[0]
         raise ValueError(f"{files[name]}: tensor {name!r} does not belong to the model "
                          f"({len(unexpected)} unexpected tensors); is it a checkpoint of this model?")
-    shapes = {name: _shape(t) for t, name in params + buffers}
+    shapes = {name: param_shape(t) for t, name in params + buffers}
     shapes.update({other: shapes[first] for first, other in tied_pairs})
     key = _stats_key(files)
     validated = key in _VALIDATED
@@ -187,7 +187,7 @@ def _copy_zero3(plan: _Plan, by_name: dict[str, torch.Tensor]) -> None:
     groups: list[list[tuple[torch.nn.Parameter, str]]] = [[]]
     size = 0
     for param, name in plan.params:
-        nbytes = math.prod(_shape(param)) * param.element_size()
+        nbytes = math.prod(param_shape(param)) * param.element_size()
         if groups[-1] and size + nbytes > _GATHER_BYTES:
             groups.append([])
             size = 0

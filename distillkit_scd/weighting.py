@@ -135,7 +135,7 @@ class AWTable:
 # --------------------------------------------------------------------------------------------------
 
 
-def _length_batches(dataset, batch_size: int, collator) -> list[tuple[list[int], dict]]:
+def length_batches(dataset, batch_size: int, collator) -> list[tuple[list[int], dict]]:
     """Batches of rows sorted by length (less padding); each with its row indices."""
     lengths = [len(x) for x in dataset["input_ids"]]
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
@@ -146,7 +146,7 @@ def _length_batches(dataset, batch_size: int, collator) -> list[tuple[list[int],
     return out
 
 
-def _losses(model, batches, num_rows: int, chunk_size: int, shard=None, what: str = "AW table") -> torch.Tensor:
+def row_losses(model, batches, num_rows: int, chunk_size: int, shard=None, what: str = "AW table") -> torch.Tensor:
     """Per-row sequence CE (num_rows,) float64 in dataset order, progress logged as lines. With a
     `sharding.Shard`, this process runs every world-th batch and the rows are gathered (the other rows
     are 0 here, so the sum is exact)."""
@@ -190,9 +190,9 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
     if batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     collator = collator or DistillationCollator(pad_token_id=0)
-    batches = _length_batches(dataset, batch_size, collator)
+    batches = length_batches(dataset, batch_size, collator)
     n_rows = len(dataset)
-    student_loss = _losses(student, batches, n_rows, chunk_size, shard, "AW table: student")
+    student_loss = row_losses(student, batches, n_rows, chunk_size, shard, "AW table: student")
     columns = []
     if teacher_losses is not None:
         if teacher_losses.shape[0] != n_rows:
@@ -205,14 +205,14 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
         try:
             for j in range(teachers.num_checkpoints):
                 teachers.load_into(teacher, j)
-                columns.append(_losses(teacher, batches, n_rows, chunk_size, shard,
+                columns.append(row_losses(teacher, batches, n_rows, chunk_size, shard,
                                        f"AW table: teacher checkpoint {j + 1}/{teachers.num_checkpoints}"))
                 logger.info("AW: teacher checkpoint %d done", j + 1)  # 1-based
         finally:
             if restore is not None:
                 teachers.load_into(teacher, restore)
     else:
-        columns = [_losses(m, batches, n_rows, chunk_size, shard) for m in teachers]
+        columns = [row_losses(m, batches, n_rows, chunk_size, shard) for m in teachers]
     no_labels = sum(1 for y in dataset["labels"] if all(v == -100 for v in list(y)[1:]))
     if no_labels:
         logger.warning("AW: %d rows have no label tokens (L_S = L_T = 0 → AW = 0.5)", no_labels)

@@ -198,10 +198,10 @@ def check_module_shapes(module, pool) -> None:
         ValueError: naming the checkpoint folder and tensor.
     """
     from distillkit_scd.distributed import unwrap
-    from distillkit_scd.teachers import _shape
+    from distillkit_scd.teachers import param_shape
 
     model = unwrap(module)
-    expected = {n: _shape(p) for n, p in model.named_parameters(remove_duplicate=False)}
+    expected = {n: param_shape(p) for n, p in model.named_parameters(remove_duplicate=False)}
     for j in range(pool.num_checkpoints):
         for name, shape in tensor_shapes(pool.path(j)).items():
             if name in expected and shape != expected[name]:
