@@ -153,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     try:
         with interrupts.handlers():
-            return _dispatch(args)
+            code = _dispatch(args)
+        if "torch" in sys.modules:  # a stage ran: leave no process group to the interpreter's teardown
+            from distillkit_scd.distributed import release_process_group
+
+            release_process_group()
+        return code
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line (from the pipeline, not its stages)
         if not interrupts.report_as_child(err):
             print(interrupts.current(err).message(), file=sys.stderr)

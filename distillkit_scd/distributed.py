@@ -3,6 +3,7 @@
 - `unwrap`: the plain module inside DDP / DeepSpeed / accelerate wrappers.
 - `gathered_for_loss`: ZeRO-3-partitioned parameters made whole for a read outside their module's forward.
 - `call_as_forward`: run a function as a module's forward, through its wrapper (forward redirection).
+- `release_process_group`: destroy this process's default process group once its stage is done.
 
 Imports no DeepSpeed until a partitioned parameter is seen, so plain PyTorch pays nothing.
 """
@@ -65,3 +66,14 @@ def call_as_forward(wrapper, module, fn, *args, **kwargs):
         return wrapper(*args, **kwargs)
     finally:
         restore()
+
+
+def release_process_group() -> None:
+    """Destroy the default process group if this process joined one (a stage under `accelerate launch`).
+
+    Left to the interpreter's teardown, a gloo group's threads can abort a process whose work is already
+    done (`terminate called without an active exception`, SIGABRT), failing the launch. Local: no
+    collective, so it cannot wait on another rank.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

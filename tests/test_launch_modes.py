@@ -359,3 +359,17 @@ def test_call_as_forward_runs_through_wrapper_hooks_and_restores_forward():
     module.forward = own  # an instance-level forward, as accelerate's autocast wrapper installs
     call_as_forward(module, module, lambda: None)
     assert vars(module)["forward"] is own
+
+
+def test_release_process_group_destroys_the_group_and_is_idempotent(tmp_path):
+    """A stage process leaves no process group to the interpreter's teardown (a gloo group there can abort
+    a finished process); without one the call does nothing."""
+    import torch.distributed as dist
+
+    from distillkit_scd.distributed import release_process_group
+
+    release_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    release_process_group()
+    assert not dist.is_initialized()
