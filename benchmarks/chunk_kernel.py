@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distillkit_scd.chunk_kernel import chunk_terms
+from distillkit_scd.losses.chunk_kernel import chunk_terms
 
 
 def plain(z, zt, y, w):

@@ -48,9 +48,9 @@ def _synthetic_setup(args, workdir: Path):
     """Random tiny pair; N checkpoints = the teacher with growing noise and sharper heads (distinct models)."""
     from safetensors.torch import load_file, save_file
 
-    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
-    from distillkit_scd.formatting import tokenize_dataset
-    from distillkit_scd.models import load_tokenizer, make_tiny_pair
+    from distillkit_scd.data.formatting import tokenize_dataset
+    from distillkit_scd.models.checkpoints import CheckpointEntry, write_manifest
+    from distillkit_scd.models.loading import load_tokenizer, make_tiny_pair
     from distillkit_scd.tasks import load_task
 
     teacher_dir, student_dir = make_tiny_pair(workdir / "tiny", seed=0)
@@ -79,8 +79,8 @@ def _synthetic_setup(args, workdir: Path):
 
 def _run_setup(args):
     from distillkit_scd.config import load_recipe
-    from distillkit_scd.weighting import student_sft_dir
-    from distillkit_scd.workspace import Workspace
+    from distillkit_scd.pipeline.workspace import Workspace
+    from distillkit_scd.teachers.aw_table import student_sft_dir
 
     run = Path(args.run_dir)
     recipe = load_recipe(run / "resolved_recipe.yaml")
@@ -104,11 +104,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-    from distillkit_scd.collate import DistillationCollator
-    from distillkit_scd.models import load_model
-    from distillkit_scd.scd import SCDSelector, probe_batches
-    from distillkit_scd.teachers import CheckpointPool
-    from distillkit_scd.weighting import compute_aw_table
+    from distillkit_scd.data.collate import DistillationCollator
+    from distillkit_scd.models.loading import load_model
+    from distillkit_scd.schedules.scd_selector import SCDSelector, probe_batches
+    from distillkit_scd.teachers.aw_table import compute_aw_table
+    from distillkit_scd.teachers.pool import CheckpointPool
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.run_dir:

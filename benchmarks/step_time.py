@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from distillkit_scd.liger_loss import liger_available
+from distillkit_scd.losses.liger_loss import liger_available
 
 SHAPES = {  # name: (student, teacher) LlamaConfig kwargs
     "tiny": ({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
@@ -78,7 +78,7 @@ _TOKENIZER = []
 
 def _tokenizer():
     """Any tokenizer satisfies SFTTrainer's constructor; the batches are pre-built token ids."""
-    from distillkit_scd.models import build_tiny_tokenizer
+    from distillkit_scd.models.loading import build_tiny_tokenizer
 
     if not _TOKENIZER:
         _TOKENIZER.append(build_tiny_tokenizer())
@@ -89,7 +89,7 @@ def make_trainer(student, teacher, method: str, out: str):
     from trl import SFTConfig
 
     from distillkit_scd.losses import LossSpec, TAIDState
-    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.training.trainer import DistillationTrainer
 
     args = SFTConfig(output_dir=out, report_to="none", per_device_train_batch_size=1, max_steps=1,
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True},

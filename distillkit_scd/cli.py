@@ -23,11 +23,11 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from distillkit_scd import interrupts
-from distillkit_scd.atomic import DiskFullError
 from distillkit_scd.config import RecipeError, check_local_files, load_recipe
-from distillkit_scd.logging_utils import is_main_process, setup_logging
-from distillkit_scd.methods import METHODS, ROWS
+from distillkit_scd.config.methods import METHODS, ROWS
+from distillkit_scd.utils import interrupts
+from distillkit_scd.utils.atomic import DiskFullError
+from distillkit_scd.utils.log import is_main_process, setup_logging
 
 logger = logging.getLogger("distillkit_scd")
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         with interrupts.handlers():
             code = _dispatch(args)
         if "torch" in sys.modules:  # a stage ran: leave no process group to the interpreter's teardown
-            from distillkit_scd.distributed import release_process_group
+            from distillkit_scd.utils.distributed import release_process_group
 
             release_process_group()
         return code
@@ -182,12 +182,12 @@ def _recipe(args):
 def _dispatch(args) -> int:
     cmd = args.command
     if cmd == "validate":
-        from distillkit_scd.data_check import check_data
+        from distillkit_scd.data.check import check_data
 
         recipe = _recipe(args)
         data_note = check_data(recipe, args.recipe)
         check_local_files(recipe, args.recipe, args.overrides)
-        from distillkit_scd.launch import check_launch, describe
+        from distillkit_scd.config.launch import check_launch, describe
 
         launch = check_launch(recipe, args.recipe)
         print(recipe.to_yaml(), end="")
@@ -201,14 +201,14 @@ def _dispatch(args) -> int:
     if cmd == "sweep":
         return _sweep(args)
     if cmd == "plan":
-        from distillkit_scd.plan import format_plan
+        from distillkit_scd.pipeline.plan import format_plan
 
         print(format_plan(_recipe(args)))
         return 0
     if cmd in ("aw-table", "distillkit-teacher") and _distillkit_command(args) is not None:
         return 0
     if cmd in ("sft", "aw-table", "signals", "distill", "evaluate"):
-        from distillkit_scd.pipeline import run_stage_command
+        from distillkit_scd.pipeline.run import run_stage_command
 
         option = {"sft": ("--role", "role"), "distill": ("--method", "method"), "evaluate": ("--row", "row")}
         command = [cmd]
@@ -219,7 +219,7 @@ def _dispatch(args) -> int:
             logger.info("%s: wrote %s", cmd, result)
         return 0
     if cmd == "report":
-        from distillkit_scd.report import write_report
+        from distillkit_scd.reporting.report import write_report
 
         kwargs = {"extra_run_dirs": args.run_dir[1:]} if len(args.run_dir) > 1 else {}
         kwargs.update({"protocol": args.protocol} if args.protocol else {})
@@ -268,14 +268,14 @@ def _distillkit_command(args) -> Path | None:
 
 def _data(args) -> int:
     if args.data_command == "fetch":
-        from distillkit_scd.data_fetch import fetch
+        from distillkit_scd.data.fetch import fetch
 
         for folder in fetch(args.names, args.to):
             print(f"{folder}: checksums verified")
         print(f"use it with task.source: {args.to} (or DISTILLKIT_SCD_DATA={args.to})")
         return 0
-    from distillkit_scd.atomic import atomic_write_text
     from distillkit_scd.tasks.synthetic import chat_jsonl
+    from distillkit_scd.utils.atomic import atomic_write_text
 
     path = atomic_write_text(Path(args.out), chat_jsonl(args.rows, args.seed))
     print(f"{path}: {args.rows} chat rows (messages: system, user, assistant; plus id and tag)")
@@ -283,8 +283,8 @@ def _data(args) -> int:
 
 
 def _sweep(args) -> int:
-    from distillkit_scd.pipeline import StageFailed
-    from distillkit_scd.sweep import format_grid, run_sweep
+    from distillkit_scd.pipeline.run import StageFailed
+    from distillkit_scd.pipeline.sweep import format_grid, run_sweep
 
     try:
         record = run_sweep(args.recipe, args.grid, args.overrides, in_process=args.in_process)
@@ -297,7 +297,7 @@ def _sweep(args) -> int:
 
 
 def _run(args) -> int:
-    from distillkit_scd.pipeline import StageFailed, format_summary, run_pipeline
+    from distillkit_scd.pipeline.run import StageFailed, format_summary, run_pipeline
 
     if args.command == "quickstart":
         path, overrides = quickstart_recipe_path(), [f"output_dir={args.out}", *args.overrides]

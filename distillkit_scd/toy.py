@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distillkit_scd.atomic import atomic_write, atomic_write_json
 from distillkit_scd.losses import adaptive_weight, token_kl
+from distillkit_scd.utils.atomic import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 

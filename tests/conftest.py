@@ -25,7 +25,7 @@ DATA_ENV = "DISTILLKIT_SCD_DATA"
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     """(teacher_dir, student_dir): tiny Llama models saved once per test session."""
-    from distillkit_scd.models import make_tiny_pair
+    from distillkit_scd.models.loading import make_tiny_pair
 
     return make_tiny_pair(tmp_path_factory.mktemp("tiny_models"), seed=0)
 
@@ -33,7 +33,7 @@ def tiny_pair(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_pair):
     """The tokenizer the tiny pair shares, loaded the way the library loads any tokenizer."""
-    from distillkit_scd.models import load_tokenizer
+    from distillkit_scd.models.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_pair[1]))
 

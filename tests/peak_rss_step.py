@@ -19,8 +19,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from trl import SFTConfig
 
 from distillkit_scd.losses import LossSpec
-from distillkit_scd.models import build_tiny_tokenizer
-from distillkit_scd.trainer import DistillationTrainer
+from distillkit_scd.models.loading import build_tiny_tokenizer
+from distillkit_scd.training.trainer import DistillationTrainer
 
 
 def rss() -> int:

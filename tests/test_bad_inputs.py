@@ -130,7 +130,7 @@ def test_missing_local_teacher_checkpoint():
 
 def test_more_checkpoints_than_steps():
     """N checkpoints need at least N optimizer steps: refused before training, naming the field."""
-    from distillkit_scd.sft import evenly_spaced_steps
+    from distillkit_scd.training.sft import evenly_spaced_steps
 
     with pytest.raises(ValueError, match="sft.num_checkpoints"):
         evenly_spaced_steps(3, 5)
@@ -138,7 +138,7 @@ def test_more_checkpoints_than_steps():
 
 def test_unknown_training_args_key():
     """A training_args key TRL's SFTConfig lacks is refused with its name (no silent typo)."""
-    from distillkit_scd.training_args import build_sft_config
+    from distillkit_scd.training.training_args import build_sft_config
 
     recipe = recipe_from_dict(with_change("training_args", {"gradient_checkpoint": True}), "bad.yaml")
     with pytest.raises(ValueError, match="training_args.gradient_checkpoint"):
@@ -156,7 +156,7 @@ def _dataset(rows):
 
 def test_dataset_missing_column(tiny_tokenizer):
     """A split without `messages` is refused naming the column."""
-    from distillkit_scd.formatting import tokenize_dataset
+    from distillkit_scd.data.formatting import tokenize_dataset
 
     with pytest.raises(ValueError, match="messages"):
         tokenize_dataset(_dataset([{"id": "a", "text": "hi"}]), tiny_tokenizer, 64, name="train")
@@ -166,7 +166,7 @@ def test_dataset_empty_split(tiny_tokenizer):
     """An empty split is refused with its name."""
     from datasets import Dataset
 
-    from distillkit_scd.formatting import tokenize_dataset
+    from distillkit_scd.data.formatting import tokenize_dataset
 
     empty = Dataset.from_dict({"id": [], "messages": []})
     with pytest.raises(ValueError, match="train"):
@@ -175,7 +175,7 @@ def test_dataset_empty_split(tiny_tokenizer):
 
 def test_row_without_assistant_turn(tiny_tokenizer):
     """A row whose last turn is not the assistant's answer is refused naming the row."""
-    from distillkit_scd.formatting import tokenize_dataset
+    from distillkit_scd.data.formatting import tokenize_dataset
 
     rows = [{"id": "q1", "messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]}]
     with pytest.raises(ValueError, match="q1"):
@@ -184,7 +184,7 @@ def test_row_without_assistant_turn(tiny_tokenizer):
 
 def test_answers_longer_than_max_length(tiny_tokenizer):
     """Rows whose answer cannot fit are dropped and counted; if none fit, the split is refused."""
-    from distillkit_scd.formatting import tokenize_dataset
+    from distillkit_scd.data.formatting import tokenize_dataset
 
     long = {"id": "long", "messages": [{"role": "user", "content": "q"},
                                        {"role": "assistant", "content": "word " * 200}]}
@@ -245,7 +245,7 @@ def test_missing_data_files(tmp_path):
 
 def test_vocabulary_mismatch(tiny_tokenizer):
     """Teacher and student tokenizers with different vocabularies are refused naming both."""
-    from distillkit_scd.models import build_tiny_tokenizer, check_vocab_compatible
+    from distillkit_scd.models.loading import build_tiny_tokenizer, check_vocab_compatible
 
     other = build_tiny_tokenizer(texts=["completely different corpus zzz qqq"] * 50, vocab_size=400)
     with pytest.raises(ValueError, match="teacher-x.*student-y|student-y.*teacher-x"):
@@ -256,7 +256,7 @@ def test_missing_tokenizer(tmp_path, tiny_pair):
     """A model folder without tokenizer files is refused naming the folder."""
     import shutil
 
-    from distillkit_scd.models import load_tokenizer
+    from distillkit_scd.models.loading import load_tokenizer
 
     folder = tmp_path / "model_only"
     folder.mkdir()
@@ -267,7 +267,7 @@ def test_missing_tokenizer(tmp_path, tiny_pair):
 
 def test_chat_template_without_generation_prompt(tmp_path, tiny_pair):
     """A chat template that ignores add_generation_prompt is refused (generation could not start)."""
-    from distillkit_scd.models import build_tiny_tokenizer, load_tokenizer
+    from distillkit_scd.models.loading import build_tiny_tokenizer, load_tokenizer
 
     tok = build_tiny_tokenizer()
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}<|eot_id|>{% endfor %}"
@@ -280,7 +280,7 @@ def test_aw_table_from_different_data():
     """An AW table computed on other rows is refused naming the unknown ids."""
     import torch
 
-    from distillkit_scd.weighting import AWTable
+    from distillkit_scd.teachers.aw_table import AWTable
 
     table = AWTable(["a", "b"], torch.tensor([1.0, 2.0], dtype=torch.float64),
                     torch.tensor([[1.0], [1.0]], dtype=torch.float64))
@@ -295,8 +295,8 @@ def test_nan_teacher_checkpoint_is_refused(tmp_path, tiny_pair):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from distillkit_scd.models import load_model
-    from distillkit_scd.teachers import load_weights_in_place
+    from distillkit_scd.models.loading import load_model
+    from distillkit_scd.teachers.pool import load_weights_in_place
 
     bad = tmp_path / "nan_ckpt"
     shutil.copytree(tiny_pair[0], bad)

@@ -2,9 +2,15 @@
 
 import pytest
 
-from distillkit_scd.chat_metrics import build_chat_scoring, normalise, parse_label, parse_list, set_f1
-from distillkit_scd.evaluation import cohen_kappa, parse_choice
-from distillkit_scd.scoring import score_task
+from distillkit_scd.evaluation.chat_metrics import (
+    build_chat_scoring,
+    normalise,
+    parse_label,
+    parse_list,
+    set_f1,
+)
+from distillkit_scd.evaluation.metrics import cohen_kappa, parse_choice
+from distillkit_scd.evaluation.scoring import score_task
 
 
 def score(metric, golds, gens):

@@ -4,8 +4,8 @@ divergence at T = 1 (the fused branches) and T ≠ 1, and its buffer reuse (`Wor
 import pytest
 import torch
 
-from distillkit_scd.chunk_kernel import Workspace, chunk_terms
 from distillkit_scd.losses import LossSpec, chunked_compound_loss, token_divergence, topk_signal
+from distillkit_scd.losses.chunk_kernel import Workspace, chunk_terms
 
 KINDS = ["forward_kl", "reverse_kl", "taid"]
 

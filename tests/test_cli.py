@@ -58,7 +58,7 @@ def test_missing_recipe_file(tmp_path, capsys):
 def test_stage_commands_call_stage_functions(tmp_path, monkeypatch):
     """`sft/aw-table/distill/evaluate RECIPE …` load the recipe (with --set) and call the stage function
     with the role, method or row."""
-    import distillkit_scd.pipeline as pipeline
+    import distillkit_scd.pipeline.run as pipeline
 
     calls = []
     monkeypatch.setattr(pipeline, "run_stage_command",
@@ -74,18 +74,18 @@ def test_stage_commands_call_stage_functions(tmp_path, monkeypatch):
 
 def test_stage_command_dispatch_reaches_each_module(monkeypatch, tmp_path):
     """`run_stage_command` maps each stage command onto the contract function with the right argument."""
-    import distillkit_scd.distill
-    import distillkit_scd.evaluate
-    import distillkit_scd.sft
-    import distillkit_scd.weighting
+    import distillkit_scd.evaluation.stage
+    import distillkit_scd.teachers.aw_table
+    import distillkit_scd.training.distill
+    import distillkit_scd.training.sft
     from distillkit_scd.config import recipe_from_dict
-    from distillkit_scd.pipeline import run_stage_command
+    from distillkit_scd.pipeline.run import run_stage_command
 
     seen = []
-    monkeypatch.setattr(distillkit_scd.sft, "run_sft", lambda r, role: seen.append(("sft", role)))
-    monkeypatch.setattr(distillkit_scd.weighting, "run_aw_table", lambda r: seen.append(("aw",)))
-    monkeypatch.setattr(distillkit_scd.distill, "run_distill", lambda r, m: seen.append(("distill", m)))
-    monkeypatch.setattr(distillkit_scd.evaluate, "run_evaluation", lambda r, row: seen.append(("eval", row)))
+    monkeypatch.setattr(distillkit_scd.training.sft, "run_sft", lambda r, role: seen.append(("sft", role)))
+    monkeypatch.setattr(distillkit_scd.teachers.aw_table, "run_aw_table", lambda r: seen.append(("aw",)))
+    monkeypatch.setattr(distillkit_scd.training.distill, "run_distill", lambda r, m: seen.append(("distill", m)))
+    monkeypatch.setattr(distillkit_scd.evaluation.stage, "run_evaluation", lambda r, row: seen.append(("eval", row)))
     r = recipe_from_dict({**GOOD, "output_dir": str(tmp_path)})
     for cmd in (["sft", "--role", "student"], ["aw-table"], ["distill", "--method", "td"], ["evaluate", "--row", "td"]):
         run_stage_command(r, cmd)
@@ -96,7 +96,7 @@ def test_stage_command_dispatch_reaches_each_module(monkeypatch, tmp_path):
 
 def test_run_failure_exits_1_and_names_stage(tmp_path, monkeypatch, capsys):
     """`run` turns a failed stage into exit code 1 and one line naming it."""
-    import distillkit_scd.pipeline as pipeline
+    import distillkit_scd.pipeline.run as pipeline
 
     real = pipeline.run_pipeline
     monkeypatch.setattr(pipeline, "run_pipeline",
@@ -131,7 +131,7 @@ def test_help_is_fast_and_needs_no_stage_modules():
     """`python -m distillkit_scd --help` works in a fresh interpreter without importing torch or TRL."""
     code = ("import sys; from distillkit_scd import cli\n"
             "try:\n    cli.main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "heavy = [m for m in ('torch', 'trl', 'transformers', 'distillkit_scd.sft') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'trl', 'transformers', 'distillkit_scd.training.sft') if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distillkit_scd.collate import IGNORE_INDEX, DistillationCollator
+from distillkit_scd.data.collate import IGNORE_INDEX, DistillationCollator
 
 
 def test_right_padding_masks_and_positions():

@@ -131,7 +131,7 @@ def test_bad_tiny_reference_is_named(tmp_path):
 def test_sections_check_their_own_values():
     """Validation at the field: a section refuses a bad value when built (any caller, not only recipe
     loading), and recipe loading names the file and the section path in front of the same message."""
-    from distillkit_scd.config_schema import FieldError, OptimConfig
+    from distillkit_scd.config.schema import FieldError, OptimConfig
 
     with pytest.raises(FieldError, match=r"^learning_rate: expected > 0, got 0$"):
         OptimConfig(learning_rate=0)

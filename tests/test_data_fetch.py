@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from distillkit_scd import data_fetch
-from distillkit_scd.data_fetch import SOURCES, fetch
+from distillkit_scd.data import fetch as data_fetch
+from distillkit_scd.data.fetch import SOURCES, fetch
 from distillkit_scd.tasks import load_task
 
 

@@ -504,8 +504,8 @@ def capture_trainer(registered, monkeypatch):
 
 def _checkpoint_pool(tiny_pair, tmp_path, n=2):
     """N teacher 'checkpoints' (different seeds, same shape) and their manifest."""
-    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
-    from distillkit_scd.models import build_tiny_llama, load_tokenizer
+    from distillkit_scd.models.checkpoints import CheckpointEntry, write_manifest
+    from distillkit_scd.models.loading import build_tiny_llama, load_tokenizer
 
     tok = load_tokenizer(str(tiny_pair[0]))
     entries = []

@@ -357,7 +357,7 @@ def test_teacher_command_aw_table_and_cd_run_with_static_aw(tiny_pair, workspace
 
     from distillkit_scd.integrations import distillkit as dk_int
     from distillkit_scd.integrations.distillkit_aw import AW_ROWS, sample_key
-    from distillkit_scd.weighting import AWTable
+    from distillkit_scd.teachers.aw_table import AWTable
 
     path, cfg, manifest = _teacher_pool(capsys, tiny_pair, workspace, tmp_path)
     assert manifest == tmp_path / "teacher" / "manifest.json"

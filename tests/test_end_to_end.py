@@ -39,8 +39,8 @@ def write_recipe(tmp_path: Path, methods="[td, taid, cd, scd, scd_aw]", T=3, zer
 def test_all_rows_results_and_table_recomputable(tmp_path):
     """All nine rows produce results JSONs; each Table 1 cell equals the mean of its per-sample scores;
     a second run skips every stage; the SCD schedule log and Fig. 3/4/5 exist."""
-    from distillkit_scd.pipeline import run_pipeline
-    from distillkit_scd.report import collect
+    from distillkit_scd.pipeline.run import run_pipeline
+    from distillkit_scd.reporting.report import collect
 
     recipe = write_recipe(tmp_path)
     first = run_pipeline(recipe, in_process=True)
@@ -98,9 +98,9 @@ def test_killed_distillation_resumes_to_the_same_weights(tmp_path):
     import torch
 
     from distillkit_scd.config import load_recipe
-    from distillkit_scd.distill import run_distill
-    from distillkit_scd.sft import run_sft
-    from distillkit_scd.weighting import run_aw_table
+    from distillkit_scd.teachers.aw_table import run_aw_table
+    from distillkit_scd.training.distill import run_distill
+    from distillkit_scd.training.sft import run_sft
 
     recipe_path = write_recipe(tmp_path, methods="[scd_aw]", T=6, zero_shot="false")
     recipe = load_recipe(recipe_path)

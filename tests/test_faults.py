@@ -40,10 +40,10 @@ def reference(tmp_path_factory) -> Path:
     """An uninterrupted run (in this process): both SFTs, the AW table, TD, TAID and the student_sft
     evaluation. Returns its run folder."""
     from distillkit_scd.config import load_recipe
-    from distillkit_scd.distill import run_distill
-    from distillkit_scd.evaluate import run_evaluation
-    from distillkit_scd.sft import run_sft
-    from distillkit_scd.weighting import run_aw_table
+    from distillkit_scd.evaluation.stage import run_evaluation
+    from distillkit_scd.teachers.aw_table import run_aw_table
+    from distillkit_scd.training.distill import run_distill
+    from distillkit_scd.training.sft import run_sft
 
     recipe = load_recipe(_write_recipe(tmp_path_factory.mktemp("reference")))
     run_sft(recipe, "teacher")
@@ -145,7 +145,7 @@ def test_killed_aw_table_leaves_no_partial_table_and_recomputes_the_same(referen
     the JSON last, each atomically. Killed between teacher checkpoints, it leaves no table file at all
     (nor a temporary one); the same command then writes a table identical to the uninterrupted one:
     the same tensors file bytes and the same JSON (ids, key, sha256, metadata)."""
-    from distillkit_scd.weighting import TABLE_JSON, TABLE_TENSORS
+    from distillkit_scd.teachers.aw_table import TABLE_JSON, TABLE_TENSORS
 
     recipe = _copy_without(reference, tmp_path, "aw")
     log = tmp_path / "killed.log"
@@ -195,7 +195,7 @@ def test_killed_evaluation_writes_nothing_and_rescoring_is_identical(reference, 
     """Evaluation keeps no partial progress: killed after the first of two checkpoints was scored, it
     leaves no results file; the same command then writes a results JSON identical to the uninterrupted
     one (greedy decoding on CPU is deterministic; the file has no timing fields)."""
-    from distillkit_scd.results import load_results
+    from distillkit_scd.evaluation.results import load_results
 
     recipe = _copy_without(reference, tmp_path, "results")
     log = tmp_path / "killed.log"
@@ -215,7 +215,7 @@ def test_killed_evaluation_writes_nothing_and_rescoring_is_identical(reference, 
 
 
 def _results(accuracy: float) -> dict:
-    from distillkit_scd.results import build_results
+    from distillkit_scd.evaluation.results import build_results
 
     samples = [{"id": str(i), "gold": "a", "generation": "a", "prediction": "a", "scores": {"accuracy": accuracy}}
                for i in range(2)]
@@ -224,13 +224,13 @@ def _results(accuracy: float) -> dict:
 
 
 def _write_results(path: Path, version: int) -> None:
-    from distillkit_scd.results import write_results
+    from distillkit_scd.evaluation.results import write_results
 
     write_results(path, _results(float(version % 2)))
 
 
 def _write_manifest(path: Path, version: int) -> None:
-    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
+    from distillkit_scd.models.checkpoints import CheckpointEntry, write_manifest
 
     assert path.name == "manifest.json"
     write_manifest(path.parent, [CheckpointEntry(0, version, 1.0, f"checkpoint-{version}")], 0, "test")
@@ -238,14 +238,14 @@ def _write_manifest(path: Path, version: int) -> None:
 
 def _write_json(path: Path, version: int) -> None:
     """What stage stamps, `distill_state.json`, the toy results, AW/signal metadata are written with."""
-    from distillkit_scd.atomic import atomic_write_json
+    from distillkit_scd.utils.atomic import atomic_write_json
 
     atomic_write_json(path, {"status": "done", "version": version})
 
 
 def _write_text(path: Path, version: int) -> None:
     """What Table 1 (md/csv) and resolved recipes are written with."""
-    from distillkit_scd.atomic import atomic_write_text
+    from distillkit_scd.utils.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps({"table": version}))
 
@@ -268,7 +268,7 @@ def test_failed_write_leaves_the_previous_artifact(tmp_path, monkeypatch, writer
     or the flush to disk reports ENOSPC or EIO): the previous file is byte-for-byte unchanged and still
     parses, no temporary file is left, and a full disk raises `DiskFullError` naming the file and saying
     the disk is full."""
-    from distillkit_scd import atomic
+    from distillkit_scd.utils import atomic
 
     write = WRITERS[writer]
     path = tmp_path / "out" / "manifest.json"
@@ -299,7 +299,7 @@ def test_failed_write_leaves_the_previous_artifact(tmp_path, monkeypatch, writer
 
 def test_serialisation_error_writes_nothing(tmp_path):
     """A value JSON cannot hold fails before the disk is touched: the old file stays, no temporary."""
-    from distillkit_scd.atomic import atomic_write_json
+    from distillkit_scd.utils.atomic import atomic_write_json
 
     path = tmp_path / "a.json"
     atomic_write_json(path, {"ok": 1})
@@ -317,7 +317,7 @@ def test_sigkill_mid_write_leaves_the_previous_artifact(tmp_path):
     path.write_text(old)
     child = f"""
 import sys, time
-from distillkit_scd.atomic import atomic_write
+from distillkit_scd.utils.atomic import atomic_write
 new = b'{{"version": 2, "samples": [' + b", ".join(b"%d" % i for i in range(100000)) + b"]}}"
 def write(tmp):
     with open(tmp, "wb") as fh:
@@ -364,7 +364,7 @@ DAMAGE = ["truncated", "header cut", "garbage", "missing"]
 def test_load_model_names_the_unreadable_weights_file(tiny_pair, tmp_path, how):
     """`load_model` on a folder whose weights are truncated, garbage or missing raises ValueError naming
     the file (the folder when there is none), not a safetensors traceback."""
-    from distillkit_scd.models import load_model
+    from distillkit_scd.models.loading import load_model
 
     folder = tmp_path / "student"
     shutil.copytree(tiny_pair[1], folder)
@@ -378,8 +378,8 @@ def test_load_model_names_the_unreadable_weights_file(tiny_pair, tmp_path, how):
 def test_teacher_pool_names_the_unreadable_checkpoint_and_keeps_the_live_teacher(tiny_pair, tmp_path, how):
     """Swapping a damaged checkpoint into the live teacher raises ValueError naming the file (the folder
     when it has no weights), and the teacher keeps the weights it had."""
-    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
-    from distillkit_scd.teachers import CheckpointPool
+    from distillkit_scd.models.checkpoints import CheckpointEntry, write_manifest
+    from distillkit_scd.teachers.pool import CheckpointPool
 
     good, bad = tmp_path / "checkpoint-1", tmp_path / "checkpoint-2"
     shutil.copytree(tiny_pair[0], good)
@@ -401,7 +401,7 @@ def test_teacher_pool_names_the_unreadable_checkpoint_and_keeps_the_live_teacher
 def test_resume_names_the_unreadable_checkpoint_file(tiny_pair, tmp_path, name, how):
     """The checkpoint a run would resume from, damaged: `check_resume_checkpoint` (called by the SFT and
     distillation stages before training) names the file and how to fall back to the one before."""
-    from distillkit_scd.checkpoints import check_resume_checkpoint
+    from distillkit_scd.models.checkpoints import check_resume_checkpoint
 
     folder = tmp_path / "checkpoint-6"
     shutil.copytree(tiny_pair[1], folder)
@@ -435,7 +435,8 @@ def test_sft_stage_refuses_a_damaged_resume_checkpoint_before_training(reference
 
 def test_cli_reports_a_full_disk_in_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
     """A full disk during any stage's artifact write: exit code 1 and one stderr line naming the file."""
-    from distillkit_scd import atomic, cli
+    from distillkit_scd import cli
+    from distillkit_scd.utils import atomic
 
     target = tmp_path / "run" / "results.json"
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from distillkit_scd.figures import fig5_summary, plot_fig5, tfs_sfs
+from distillkit_scd.reporting.figures import fig5_summary, plot_fig5, tfs_sfs
 
 
 def _results(task, scores):
@@ -37,8 +37,8 @@ def test_fig5_one_panel_per_row(tmp_path):
 
 def test_report_writes_fig5_for_every_row(tmp_path):
     """write_report: fig5_<task>.png and .json with one entry per student row present."""
-    from distillkit_scd.report import write_report
-    from distillkit_scd.results import write_results
+    from distillkit_scd.evaluation.results import write_results
+    from distillkit_scd.reporting.report import write_report
     from tests.test_report import make_result
 
     run = tmp_path / "run"

@@ -8,11 +8,11 @@ import dataclasses
 
 import pytest
 
-from distillkit_scd import fingerprints as fp
 from distillkit_scd.config import recipe_from_dict
-from distillkit_scd.config_schema import FIELD_STAGES, RESULT_NEUTRAL, Recipe
-from distillkit_scd.methods import METHODS
-from distillkit_scd.pipeline import build_stages
+from distillkit_scd.config.methods import METHODS
+from distillkit_scd.config.schema import FIELD_STAGES, RESULT_NEUTRAL, Recipe
+from distillkit_scd.pipeline import fingerprints as fp
+from distillkit_scd.pipeline.run import build_stages
 
 
 def _recipe(**distill):

@@ -7,7 +7,7 @@ import logging
 import pytest
 from datasets import Dataset
 
-from distillkit_scd.formatting import prompt_ids, tokenize_dataset, tokenize_example, truncate_middle
+from distillkit_scd.data.formatting import prompt_ids, tokenize_dataset, tokenize_example, truncate_middle
 from distillkit_scd.tasks import load_task
 
 IGNORE = -100
@@ -101,7 +101,7 @@ def test_tokenize_dataset_counts_truncated_and_dropped(tiny_tokenizer, caplog):
         {"id": "long_answer", "messages": [{"role": "user", "content": "hi"},
                                            {"role": "assistant", "content": "blah " * 100}], "answer": "x"},
     ]
-    with caplog.at_level(logging.WARNING, logger="distillkit_scd.formatting"):
+    with caplog.at_level(logging.WARNING, logger="distillkit_scd.data.formatting"):
         out, report = tokenize_dataset(Dataset.from_list(rows), tiny_tokenizer, max_length=32, keep=("answer",),
                                        name="train")
     assert report.as_dict() == {"truncated": 1, "dropped": 1,

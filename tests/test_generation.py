@@ -4,7 +4,7 @@ sampling defaults of a model are overridden, and completions stop at the end-of-
 import pytest
 import torch
 
-from distillkit_scd.generation import generate, stop_token_ids
+from distillkit_scd.evaluation.generation import generate, stop_token_ids
 
 SYSTEM = {"role": "system", "content": "Reply with the answer only."}
 QUESTIONS = ["Which code is assigned to fever?", "What is (3 + 4) mod 10?", "Hi",
@@ -18,7 +18,7 @@ def prompts():
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_pair):
-    from distillkit_scd.models import load_model, load_tokenizer
+    from distillkit_scd.models.loading import load_model, load_tokenizer
 
     torch.manual_seed(0)
     return load_model(str(tiny_pair[1])), load_tokenizer(str(tiny_pair[1]))

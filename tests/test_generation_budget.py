@@ -4,8 +4,8 @@ verbose zero-shot answer is still parsed within it, and generation stops at the 
 import torch
 
 from distillkit_scd.config import recipe_from_dict
-from distillkit_scd.evaluate import generation_budget, score_model
-from distillkit_scd.scoring import scoring_for
+from distillkit_scd.evaluation.scoring import scoring_for
+from distillkit_scd.evaluation.stage import generation_budget, score_model
 
 JMED = ("jmmlu", "crade", "rrtnm", "smdis", "nrner")
 
@@ -65,7 +65,7 @@ def test_verbose_zero_shot_answer_is_parsed_within_the_budget(tiny_tokenizer):
 
 def test_stop_ids_include_the_templates_end_of_turn(tiny_tokenizer):
     """Stop ids are the end-of-turn ids training labels end with (`formatting.end_of_turn_ids`)."""
-    from distillkit_scd.formatting import end_of_turn_ids
-    from distillkit_scd.generation import stop_token_ids
+    from distillkit_scd.data.formatting import end_of_turn_ids
+    from distillkit_scd.evaluation.generation import stop_token_ids
 
     assert end_of_turn_ids(tiny_tokenizer) <= set(stop_token_ids(tiny_tokenizer))

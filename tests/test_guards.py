@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distillkit_scd.callbacks import NonFiniteLossError, StepLossCallback
 from distillkit_scd.losses import TAIDState
+from distillkit_scd.training.callbacks import NonFiniteLossError, StepLossCallback
 
 
 class FakeTrainer:
@@ -120,10 +120,10 @@ def _train_student(tmp_path, monkeypatch, optim=None, bad_steps=(), bad="loss"):
     """Run the student SFT stage with a NaN injected at `bad_steps` (1-based optimizer steps) into the
     loss (`bad="loss"`) or only into one gradient (`bad="grad"`: the loss stays finite). Returns the
     weights, AdamW state and learning rate recorded at every step end, keyed by step."""
-    from distillkit_scd import callbacks, trainer
     from distillkit_scd.config import recipe_from_dict
-    from distillkit_scd.sft import run_sft
-    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.training import callbacks, trainer
+    from distillkit_scd.training.sft import run_sft
+    from distillkit_scd.training.trainer import DistillationTrainer
 
     compute_loss, loss_fn = DistillationTrainer.compute_loss, trainer.chunked_compound_loss
     hooks, now = [], {"bad": False}
@@ -170,7 +170,7 @@ def test_skip_mode_withholds_the_update_and_counts_it(tmp_path, monkeypatch, cap
     checkpoint), training completes, and every step before it equals the clean run bitwise."""
     clean_out, clean = _train_student(tmp_path / "clean", monkeypatch)
     monkeypatch.undo()
-    with caplog.at_level("WARNING", logger="distillkit_scd.callbacks"):
+    with caplog.at_level("WARNING", logger="distillkit_scd.training.callbacks"):
         out, seen = _train_student(tmp_path / "nan", monkeypatch, {"nonfinite_loss": "skip"}, bad_steps=(BAD_STEP,))
     steps = sorted(seen)
     assert steps == sorted(clean) and len(steps) > BAD_STEP + 1

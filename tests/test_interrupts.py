@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from distillkit_scd import interrupts, pipeline
 from distillkit_scd.cli import main
+from distillkit_scd.pipeline import run as pipeline
+from distillkit_scd.utils import interrupts
 from tests.test_strict_json import assert_strict_json_tree
 
 
@@ -77,7 +78,7 @@ def test_ctrl_c_during_a_stage_process_prints_one_line_and_the_same_command_resu
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from distillkit_scd import interrupts
+    from distillkit_scd.utils import interrupts
     with interrupts.handlers():
         try:
             interrupts.note_stage("distill-td")
@@ -123,7 +124,8 @@ def test_sigterm_to_the_pipeline_is_forwarded_and_the_stage_step_comes_back(tmp_
 
 LATE_COPY = textwrap.dedent("""
     import os, signal, sys, time
-    from distillkit_scd import cli, interrupts
+    from distillkit_scd import cli
+    from distillkit_scd.utils import interrupts
 
     def stage(args):  # a stage that has finished 2 optimizer steps when Ctrl-C arrives
         interrupts.note_step(2)

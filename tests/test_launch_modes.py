@@ -92,8 +92,8 @@ def _launcher(mode: str) -> tuple[list[str], list[str]]:
 def sft_run(tmp_path_factory):
     """A run folder with the teacher and student SFT done (in-process, once per module) and its recipe."""
     from distillkit_scd.config import load_recipe
-    from distillkit_scd.model_refs import prepare_models
-    from distillkit_scd.sft import run_sft
+    from distillkit_scd.models.refs import prepare_models
+    from distillkit_scd.training.sft import run_sft
 
     root = tmp_path_factory.mktemp("launch_modes")
     path = root / "recipe.yaml"
@@ -186,10 +186,10 @@ def _train_ga(tiny_pair, tokenizer, tmp_path, method: str, batch: int, accumulat
     from torch.utils.data import SequentialSampler
     from trl import SFTConfig
 
-    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.data.collate import DistillationCollator
     from distillkit_scd.losses import LossSpec
-    from distillkit_scd.models import load_model
-    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.models.loading import load_model
+    from distillkit_scd.training.trainer import DistillationTrainer
 
     class InOrder(DistillationTrainer):
         def _get_train_sampler(self, *args, **kwargs):  # same samples in the same order, no shuffle
@@ -252,7 +252,7 @@ import json, os, sys
 from pathlib import Path
 sys.path.insert(0, os.environ["TESTS"])
 import torch._dynamo  # noqa: F401  (first imported inside DeepSpeed, it clashes with its patches; see test_teachers)
-from distillkit_scd.models import load_tokenizer
+from distillkit_scd.models.loading import load_tokenizer
 from test_launch_modes import _train_ga
 
 teacher, student, out = sys.argv[1:4]
@@ -267,7 +267,7 @@ def _tied_copy(source: Path, dest: Path, seed: int) -> Path:
     """The tiny model of `source` with tied input/output embeddings (new random weights), saved to `dest`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from distillkit_scd.models import load_tokenizer
+    from distillkit_scd.models.loading import load_tokenizer
 
     config = AutoConfig.from_pretrained(source)
     config.tie_word_embeddings = True
@@ -289,7 +289,7 @@ def test_zero3_tied_embeddings_match_one_process(tiny_pair, tmp_path):
     import subprocess
 
     pytest.importorskip("deepspeed")
-    from distillkit_scd.models import load_tokenizer
+    from distillkit_scd.models.loading import load_tokenizer
 
     teacher = _tied_copy(tiny_pair[0], tmp_path / "teacher", seed=1)
     student = _tied_copy(tiny_pair[1], tmp_path / "student", seed=2)
@@ -319,7 +319,7 @@ def test_zero3_tied_embeddings_match_one_process(tiny_pair, tmp_path):
 def test_world_size_guard(monkeypatch):
     """Processes launched as one job (WORLD_SIZE) but not joined into one (accelerate sees 1) are refused;
     a matching count, or no launcher, passes."""
-    from distillkit_scd.trainer import check_world_size
+    from distillkit_scd.training.trainer import check_world_size
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     check_world_size(1)
@@ -332,7 +332,7 @@ def test_world_size_guard(monkeypatch):
 def test_zero3_save_guard_and_shipped_configs():
     """ZeRO-3 without gathered weights on save is refused (its checkpoints hold no model weights); ZeRO-2
     and every shipped DeepSpeed config pass."""
-    from distillkit_scd.trainer import check_zero3_saves_weights
+    from distillkit_scd.training.trainer import check_zero3_saves_weights
 
     with pytest.raises(ValueError, match="stage3_gather_16bit_weights_on_model_save"):
         check_zero3_saves_weights({"zero_optimization": {"stage": 3}})
@@ -346,7 +346,7 @@ def test_zero3_save_guard_and_shipped_configs():
 def test_call_as_forward_runs_through_wrapper_hooks_and_restores_forward():
     """fn runs as the module's forward, called through the wrapper (its hooks fire once, with fn's result);
     afterwards `forward` is the class's method again (or the instance's own wrapper, when it had one)."""
-    from distillkit_scd.distributed import call_as_forward
+    from distillkit_scd.utils.distributed import call_as_forward
 
     module = torch.nn.Linear(2, 2)
     seen = []
@@ -366,7 +366,7 @@ def test_release_process_group_destroys_the_group_and_is_idempotent(tmp_path):
     a finished process); without one the call does nothing."""
     import torch.distributed as dist
 
-    from distillkit_scd.distributed import release_process_group
+    from distillkit_scd.utils.distributed import release_process_group
 
     release_process_group()  # no group: nothing to do
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from distillkit_scd.config import RecipeError, recipe_from_dict
-from distillkit_scd.launch import accelerate_command, check_launch, deepspeed_batch, resolve_launch
+from distillkit_scd.config.launch import accelerate_command, check_launch, deepspeed_batch, resolve_launch
 
 REPO = Path(__file__).resolve().parents[1]
 ZERO3 = str(REPO / "recipes" / "deepspeed" / "zero3.json")
@@ -178,7 +178,7 @@ def test_trainer_gets_deepspeed_from_accelerate_only(tmp_path, monkeypatch):
     """Launched by accelerate with DeepSpeed, transformers is not handed the JSON as well (its copy is filled
     before the process group exists: the issue's `16 != 16 * 1 * 2`); a launch with another JSON than the
     recipe's is refused, and so are several CPU processes without accelerate's DeepSpeed launch."""
-    from distillkit_scd.training_args import _deepspeed_for_transformers
+    from distillkit_scd.training.training_args import _deepspeed_for_transformers
 
     recipe = _recipe(tmp_path, {"num_processes": 2, "deepspeed_config": ZERO3})
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
@@ -200,7 +200,7 @@ def test_trainer_gets_deepspeed_from_accelerate_only(tmp_path, monkeypatch):
 def test_deepspeed_mixed_precision_on_cpu_is_one_clear_error(tmp_path, monkeypatch):
     """bf16 under DeepSpeed on a CPU-only machine: one line naming launcher.mixed_precision, not transformers'
     "Your setup doesn't support bf16/gpu" from every rank (DDP runs bf16 on CPU)."""
-    from distillkit_scd.training_args import build_sft_config
+    from distillkit_scd.training.training_args import build_sft_config
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     recipe = _recipe(tmp_path, {"num_processes": 2, "mixed_precision": "bf16"})
@@ -255,7 +255,7 @@ def e2e(tmp_path_factory):
     import shutil
     import subprocess
 
-    from distillkit_scd.pipeline import run_pipeline
+    from distillkit_scd.pipeline.run import run_pipeline
 
     root = tmp_path_factory.mktemp("launch_path")
     recipe = root / "recipe.yaml"
@@ -321,8 +321,8 @@ def test_pipeline_under_ddp_and_sharded_forward_stages_equal_one_process(e2e):
     from safetensors.torch import load_file
 
     from distillkit_scd.config import load_recipe
-    from distillkit_scd.evaluate import run_evaluation
-    from distillkit_scd.weighting import TABLE_TENSORS, run_aw_table
+    from distillkit_scd.evaluation.stage import run_evaluation
+    from distillkit_scd.teachers.aw_table import TABLE_TENSORS, run_aw_table
 
     reference = e2e("reference", [])
     run = e2e("ddp", MODES["ddp"])

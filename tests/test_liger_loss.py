@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distillkit_scd.liger_loss import liger_available, liger_compound_loss
 from distillkit_scd.losses import LossSpec, chunked_compound_loss
+from distillkit_scd.losses.liger_loss import liger_available, liger_compound_loss
 
 needs_liger = pytest.mark.skipif(not liger_available(), reason="Liger-Kernel not installed (pip install liger-kernel)")
 
@@ -58,7 +58,7 @@ def test_liger_all_ignored_batch_is_zero_and_connected():
 def test_liger_applies_only_where_it_is_exact(monkeypatch):
     """Forward/reverse KL with a fixed α and an online teacher; not TAID, AW or cached signals. A recipe
     asking for Liger where it is not installed is told how to install it."""
-    from distillkit_scd import liger_loss
+    from distillkit_scd.losses import liger_loss
 
     assert liger_loss.liger_applies("forward_kl", use_aw=False, cached=False)
     assert liger_loss.liger_applies("reverse_kl", use_aw=False, cached=False)
@@ -79,11 +79,11 @@ def test_trainer_with_liger_trains_like_ours(tmp_path, tiny_pair, tiny_tokenizer
     a full AdamW step; bf16=False, as TRL 0.25's SFTConfig would otherwise autocast CPU matmuls to bf16."""
     from trl import SFTConfig
 
-    from distillkit_scd.collate import DistillationCollator
-    from distillkit_scd.formatting import tokenize_dataset
-    from distillkit_scd.models import load_model
+    from distillkit_scd.data.collate import DistillationCollator
+    from distillkit_scd.data.formatting import tokenize_dataset
+    from distillkit_scd.models.loading import load_model
     from distillkit_scd.tasks import load_task
-    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.training.trainer import DistillationTrainer
 
     rows, _ = tokenize_dataset(load_task("synthetic", num_train=24, num_test=4, seed=2)["train"], tiny_tokenizer, 64)
     if use_aw:

@@ -10,9 +10,9 @@ from datasets import Dataset
 def test_per_sample_mean_answer_ce_matches_plain_forward(tiny_pair, tiny_tokenizer):
     """Each sample's score = mean over its answer tokens of −log p (full-logits float64 reference);
     the split's loss is the mean of the samples; batch size does not change anything."""
-    from distillkit_scd.formatting import tokenize_example
-    from distillkit_scd.loss_scores import score_by_loss
-    from distillkit_scd.models import load_model
+    from distillkit_scd.data.formatting import tokenize_example
+    from distillkit_scd.evaluation.loss_scores import score_by_loss
+    from distillkit_scd.models.loading import load_model
 
     model = load_model(str(tiny_pair[1]))
     rows = [{"id": f"r{i}", "answer": ans, "messages": [{"role": "user", "content": q},
@@ -40,13 +40,13 @@ def test_per_sample_mean_answer_ce_matches_plain_forward(tiny_pair, tiny_tokeniz
 def test_metric_none_selects_the_lowest_loss_and_skips_generation(tiny_pair, tiny_tokenizer, monkeypatch):
     """With metric `none` the evaluate stage scores by loss (no generation call), checkpoint selection takes
     the lowest loss under both protocols, and SFT's p(best) falls back to the validation loss."""
-    import distillkit_scd.generation
-    from distillkit_scd.chat_metrics import build_chat_scoring
-    from distillkit_scd.evaluate import choose_checkpoint, score_model
-    from distillkit_scd.models import load_model
-    from distillkit_scd.sft import _scores_generations
+    import distillkit_scd.evaluation.generation
+    from distillkit_scd.evaluation.chat_metrics import build_chat_scoring
+    from distillkit_scd.evaluation.stage import choose_checkpoint, score_model
+    from distillkit_scd.models.loading import load_model
+    from distillkit_scd.training.sft import _scores_generations
 
-    monkeypatch.setattr(distillkit_scd.generation, "generate", lambda *a, **k: pytest.fail("generated"))
+    monkeypatch.setattr(distillkit_scd.evaluation.generation, "generate", lambda *a, **k: pytest.fail("generated"))
     split = Dataset.from_list([{"id": "a", "answer": "7", "messages": [{"role": "user", "content": "3 + 4?"},
                                                                       {"role": "assistant", "content": "7"}]}])
     recipe = SimpleNamespace(task=SimpleNamespace(max_length=64, name="chat", options={"metric": "none"}),

@@ -7,7 +7,7 @@ import typing
 
 import pytest
 
-from distillkit_scd.methods import METHODS, ROWS, SCHEDULES, MethodSpec, method_spec
+from distillkit_scd.config.methods import METHODS, ROWS, SCHEDULES, MethodSpec, method_spec
 
 
 class _Pool:
@@ -16,7 +16,7 @@ class _Pool:
 
 def test_every_schedule_is_built_and_an_unknown_one_is_refused():
     """`scd.build_schedule` (used by distill and the DistillKit integration) builds each schedule name."""
-    from distillkit_scd.scd import build_schedule
+    from distillkit_scd.schedules.scd_selector import build_schedule
 
     assert [build_schedule(k, _Pool()).checkpoint_for_stage(s)[0] for k in ("fixed", "cd") for s in (0, 3)] == \
         [2, 2, 0, 3]
@@ -30,9 +30,9 @@ def test_every_schedule_is_built_and_an_unknown_one_is_refused():
 def test_readers_follow_the_table():
     """Recipe schema, DistillKit schedule names, Table 1 rows and the pipeline's stages come from the table."""
     from distillkit_scd.config import METHODS as CONFIG_METHODS
-    from distillkit_scd.config_schema import Method
+    from distillkit_scd.config.schema import Method
     from distillkit_scd.integrations.distillkit import ScheduleSettings
-    from distillkit_scd.report import ROWS as REPORT_ROWS
+    from distillkit_scd.reporting.report import ROWS as REPORT_ROWS
 
     assert list(CONFIG_METHODS) == list(METHODS) == list(typing.get_args(Method)) == ["td", "taid", "cd", "scd",
                                                                                        "scd_aw"]
@@ -56,8 +56,8 @@ def test_method_rows_decide_teacher_weight_and_settings():
 def test_pipeline_stages_follow_the_table(monkeypatch):
     """The AW table stage exists for (and only feeds) methods whose row says `aw`; method settings enter the
     inputs of the methods that read them."""
-    from distillkit_scd import pipeline
     from distillkit_scd.config import recipe_from_dict
+    from distillkit_scd.pipeline import run as pipeline
 
     recipe = recipe_from_dict({"name": "t", "output_dir": "/tmp/x", "models": {"teacher": "tiny:teacher",
                                "student": "tiny:student"}, "task": {"name": "synthetic"},

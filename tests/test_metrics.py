@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from distillkit_scd.evaluation import (
+from distillkit_scd.evaluation.metrics import (
     accuracy,
     cohen_kappa,
     macro_f1,
@@ -14,7 +14,7 @@ from distillkit_scd.evaluation import (
     parse_ner,
     parse_yes_no_maybe,
 )
-from distillkit_scd.scoring import primary_metrics, score_task
+from distillkit_scd.evaluation.scoring import primary_metrics, score_task
 
 
 @pytest.mark.parametrize("text,want", [
@@ -189,7 +189,7 @@ def test_kappa_none_label_sorts_after_f():
 def test_majority_baseline_hand_computed():
     """The majority baseline predicts the most frequent train answer (ties → smallest) and scores it with
     the task's own metrics: accuracy = test frequency of that answer; NRNER uses the list literal."""
-    from distillkit_scd.baselines import majority_answer, majority_baseline, table_row
+    from distillkit_scd.evaluation.baselines import majority_answer, majority_baseline, table_row
 
     assert majority_answer(list("ABBCC")) == "B"
     with pytest.raises(ValueError):
@@ -208,7 +208,7 @@ def test_majority_baseline_hand_computed():
 def test_majority_baseline_on_real_data(shared_data):
     """On the real splits every task loads and scores; the baseline's accuracy equals the test share of
     the majority train answer (a sanity anchor for Table 1)."""
-    from distillkit_scd.baselines import run_majority_baselines
+    from distillkit_scd.evaluation.baselines import run_majority_baselines
     from distillkit_scd.tasks import load_task
 
     got = run_majority_baselines(["pubmedqa", "crade"])  # default data root; the fixture skips if absent

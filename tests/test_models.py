@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from distillkit_scd.models import (
+from distillkit_scd.models.loading import (
     EOT,
     build_tiny_tokenizer,
     check_vocab_compatible,
@@ -59,7 +59,7 @@ def test_make_tiny_pair_leaves_global_rng_alone(tmp_path):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    from distillkit_scd.models import build_tiny_llama
+    from distillkit_scd.models.loading import build_tiny_llama
 
     build_tiny_llama(build_tiny_tokenizer(["abc def"] * 5, vocab_size=300), "student", seed=7)
     assert torch.equal(torch.rand(3), expected)
@@ -165,8 +165,8 @@ def test_models_that_transform_logits_after_the_head_are_refused():
 
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from distillkit_scd.model_outputs import label_hidden
-    from distillkit_scd.models import check_plain_lm_head
+    from distillkit_scd.models.label_forward import label_hidden
+    from distillkit_scd.models.loading import check_plain_lm_head
 
     gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                            num_attention_heads=2, num_key_value_heads=1, head_dim=8))

@@ -16,8 +16,8 @@ MICRO = ["sft.num_checkpoints=2", "sft.teacher.num_train_epochs=2", "sft.student
 def test_example_recipe_runs_all_nine_rows_on_a_jsonl(tmp_path, capsys):
     """`data example` writes the JSONL; the example recipe (micro sizes) gives every row a results file
     that records the metric, and a Table 1 whose cells are the means of the per-sample exact matches."""
-    from distillkit_scd.pipeline import run_pipeline
-    from distillkit_scd.report import build_table
+    from distillkit_scd.pipeline.run import run_pipeline
+    from distillkit_scd.reporting.report import build_table
 
     data = tmp_path / "own.jsonl"
     assert cli.main(["data", "example", str(data), "--rows", "120", "--seed", "3"]) == 0

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from distillkit_scd.config import METHODS
-from distillkit_scd.pipeline import (
+from distillkit_scd.pipeline.run import (
     StageFailed,
     build_stages,
     fingerprints,
@@ -211,7 +211,7 @@ def test_tiny_models_built_once_under_concurrent_ranks(tmp_path):
             "models": {"teacher": "tiny:teacher", "student": "tiny:student"}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     code = ("import sys; from distillkit_scd.config import load_recipe; "
-            "from distillkit_scd.model_refs import resolve_model_path as r; "
+            "from distillkit_scd.models.refs import resolve_model_path as r; "
             "rec = load_recipe(sys.argv[1]); print(r(rec, 'teacher'), r(rec, 'student'))")
     env = {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "r.yaml")], stdout=subprocess.PIPE,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from distillkit_scd.config import load_recipe, recipe_from_dict
-from distillkit_scd.plan import (
+from distillkit_scd.pipeline.plan import (
     GIB,
     KNOWN_CONFIGS,
     Arch,
@@ -162,7 +162,7 @@ def test_memory_estimate_within_25_percent_of_measured_peak():
 def test_time_estimate_by_hand(monkeypatch):
     """FLOPs per stage = (6·P trained | 2·P forward) × tokens, P without the input embedding; printed with GPU-hours.
     Hand numbers for the paper's PubMedQA recipe at 450 rows: 8 processes × batch 1 × 512 tokens per step."""
-    from distillkit_scd.plan_time import ASSUMED_MFU, stage_flops
+    from distillkit_scd.pipeline.plan_time import ASSUMED_MFU, stage_flops
 
     monkeypatch.chdir(ROOT)
     r = load_recipe("recipes/paper/pubmedqa.yaml")
@@ -186,7 +186,7 @@ def test_time_estimate_by_hand(monkeypatch):
 
 def test_two_nodes_plan_and_launch(monkeypatch):
     """The 2 × 8 recipe: 16 processes on 2 machines under ZeRO-3; `plan` says so and divides GPU-hours by 16."""
-    from distillkit_scd.launch import resolve_launch
+    from distillkit_scd.config.launch import resolve_launch
 
     monkeypatch.chdir(ROOT)
     r = load_recipe("recipes/multinode/pubmedqa_2x8xH100.yaml")

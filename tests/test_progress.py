@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from distillkit_scd.progress import ProgressLog, StageClock
+from distillkit_scd.utils.progress import ProgressLog, StageClock
 
 
 def test_stage_clock_estimates_by_own_history_then_same_kind_then_any_kind():
@@ -45,8 +45,8 @@ def test_progress_log_writes_at_most_one_line_per_interval_and_the_last(caplog):
 
 def test_quiet_logs_warnings_only_switches_bars_off_and_reaches_stage_processes(monkeypatch):
     """`--quiet`: root level WARNING, bars off, and the environment tells stage processes the same."""
-    from distillkit_scd.logging_utils import QUIET_ENV, setup_logging
-    from distillkit_scd.progress import progress_bars
+    from distillkit_scd.utils.log import QUIET_ENV, setup_logging
+    from distillkit_scd.utils.progress import progress_bars
 
     for name in (QUIET_ENV, "TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
         monkeypatch.setenv(name, "")  # restored to what it was (usually unset) after the test

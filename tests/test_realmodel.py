@@ -28,7 +28,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2):
-    from distillkit_scd.models import load_tokenizer
+    from distillkit_scd.models.loading import load_tokenizer
 
     return load_tokenizer(str(smollm2[2]))
 
@@ -43,7 +43,7 @@ def pubmedqa_rows(shared_data):
 def test_real_chatml_labels_are_the_answer_and_im_end(tokenizer, pubmedqa_rows):
     """SmolLM2's own template on real PubMedQA rows: labels decode to the gold answer + <|im_end|> (not
     the newline the template writes after it), and the inputs are the template's rendering up to there."""
-    from distillkit_scd.formatting import tokenize_example
+    from distillkit_scd.data.formatting import tokenize_example
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     for row in pubmedqa_rows:
@@ -61,9 +61,9 @@ def test_generation_stops_at_end_of_turn_and_real_answers_parse(smollm2, tokeniz
     turn, no special tokens in the text), and the official parse rule reads each answer."""
     import torch
 
-    from distillkit_scd.generation import generate, stop_token_ids
-    from distillkit_scd.models import load_model
-    from distillkit_scd.scoring import score_task
+    from distillkit_scd.evaluation.generation import generate, stop_token_ids
+    from distillkit_scd.evaluation.scoring import score_task
+    from distillkit_scd.models.loading import load_model
 
     model = load_model(str(smollm2["full"]), "float32")
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tokenizer, model)
@@ -97,7 +97,7 @@ def test_every_method_trains_a_few_steps_on_the_real_model(smollm2, shared_data,
     """The whole pipeline with the real tokenizer and weights (teacher: first 4 layers, student: first 2)
     on 8 real PubMedQA rows: every stage finishes, every method's manifest and result exist, and every
     JSON artifact is strict JSON."""
-    from distillkit_scd.pipeline import run_pipeline
+    from distillkit_scd.pipeline.run import run_pipeline
     from tests.test_strict_json import assert_strict_json_tree
 
     path = tmp_path / "realmodel.yaml"

@@ -8,8 +8,10 @@ import random
 
 import pytest
 
-from distillkit_scd.paper_reference import PAPER_AVG_DISCREPANCIES, PAPER_COLUMNS, PAPER_TABLE
-from distillkit_scd.report import (
+from distillkit_scd.evaluation.results import build_results, load_results, write_results
+from distillkit_scd.evaluation.scoring import score_task
+from distillkit_scd.reporting.paper_reference import PAPER_AVG_DISCREPANCIES, PAPER_COLUMNS, PAPER_TABLE
+from distillkit_scd.reporting.report import (
     ROWS,
     build_table,
     plot_aw_histogram,
@@ -18,8 +20,6 @@ from distillkit_scd.report import (
     render_csv,
     write_report,
 )
-from distillkit_scd.results import build_results, load_results, write_results
-from distillkit_scd.scoring import score_task
 
 GOLD = {"jmmlu": list("ABCDABCDAB"), "crade": list("AABDCDAABC"), "pubmedqa": ["yes", "no", "maybe", "yes"],
         "nrner": ["['a', 'b', 'c']", "['d']", "['e', 'f']"]}
@@ -170,8 +170,8 @@ def test_figures_written(tmp_path, run_dir):
 def test_chat_results_record_their_metric_and_loss_columns_stay_out_of_avg(tmp_path):
     """A chat results file carries its scoring (metric, options, columns); the table takes its columns from
     there, marks a loss column '↓', keeps it out of Avg and names the metric under the table."""
-    from distillkit_scd.chat_metrics import build_chat_scoring
-    from distillkit_scd.report import render_markdown
+    from distillkit_scd.evaluation.chat_metrics import build_chat_scoring
+    from distillkit_scd.reporting.report import render_markdown
 
     run = tmp_path / "run"
     for row, losses in (("teacher_sft", [0.5, 1.5]), ("student_sft", [1.0, 3.0])):

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distillkit_scd.collate import DistillationCollator
+from distillkit_scd.data.collate import DistillationCollator
 from distillkit_scd.losses import topk_signal
-from distillkit_scd.scd import SCDSelector, kl_rows, probe_batches, probe_indices
+from distillkit_scd.schedules.scd_selector import SCDSelector, kl_rows, probe_batches, probe_indices
 
 
 class TableLM(torch.nn.Module):
@@ -134,8 +134,8 @@ def test_full_cache_equals_naive_teacher_passes(tmp_path):
     """Full cache (in-place swaps, chunked head) == N fresh teacher loads with full logits, float64 KL."""
     from transformers import AutoModelForCausalLM
 
-    from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
-    from distillkit_scd.teachers import CheckpointPool
+    from distillkit_scd.models.checkpoints import CheckpointEntry, write_manifest
+    from distillkit_scd.teachers.pool import CheckpointPool
 
     entries = []
     for j in range(3):
@@ -239,8 +239,8 @@ def test_probe_cache_read_from_cached_signals_equals_teacher_passes():
     same terms and j* as N teacher probe passes, and no teacher pass of its own."""
     from datasets import Dataset
 
-    from distillkit_scd.scd import cache_from_signals
-    from distillkit_scd.signal_cache import build_checkpoint_signals
+    from distillkit_scd.schedules.scd_selector import cache_from_signals
+    from distillkit_scd.teachers.signal_cache import build_checkpoint_signals
 
     gen = torch.Generator().manual_seed(5)
     tables = [torch.randn(6, 6, generator=gen) * 2 for _ in range(4)]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from distillkit_scd.schedules import (
+from distillkit_scd.schedules.teacher_checkpoints import (
     SCHEDULES,
     FixedSchedule,
     ProgressiveSchedule,

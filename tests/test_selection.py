@@ -4,10 +4,10 @@ prints Table 1 under either, labelled in the title."""
 
 import pytest
 
-from distillkit_scd.evaluate import choose_checkpoint
-from distillkit_scd.report import build_table, render_markdown
-from distillkit_scd.results import build_results, write_results
-from distillkit_scd.scoring import score_task
+from distillkit_scd.evaluation.results import build_results, write_results
+from distillkit_scd.evaluation.scoring import score_task
+from distillkit_scd.evaluation.stage import choose_checkpoint
+from distillkit_scd.reporting.report import build_table, render_markdown
 
 GOLDS = ["A", "B", "C", "D"]
 
@@ -88,7 +88,7 @@ def test_selection_scores_resume_only_with_the_same_settings(tmp_path):
     import json
 
     from distillkit_scd.config import recipe_from_dict
-    from distillkit_scd.evaluate import score_checkpoints
+    from distillkit_scd.evaluation.stage import score_checkpoints
 
     def recipe(**evaluation):
         return recipe_from_dict({"name": "s", "output_dir": str(tmp_path), "task": {"name": "synthetic"},

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distillkit_scd.collate import DistillationCollator
-from distillkit_scd.formatting import tokenize_dataset
-from distillkit_scd.models import load_model
-from distillkit_scd.signal_cache import SignalCache, build_checkpoint_signals
+from distillkit_scd.data.collate import DistillationCollator
+from distillkit_scd.data.formatting import tokenize_dataset
+from distillkit_scd.models.loading import load_model
 from distillkit_scd.tasks import load_task
+from distillkit_scd.teachers.signal_cache import SignalCache, build_checkpoint_signals
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_cache_equals_teacher_rows_in_batch_order(teacher, train_rows, tiny_toke
 def test_cache_sequence_losses_serve_the_aw_table(teacher, train_rows, tiny_tokenizer):
     """The signals pass yields each row's teacher sequence CE L_T (float64 reference: −Σ log p(y) over its label
     positions); an AW table built from them equals the one that runs the teacher itself (one pass, not two)."""
-    from distillkit_scd.weighting import compute_aw_table
+    from distillkit_scd.teachers.aw_table import compute_aw_table
 
     collator = DistillationCollator(tiny_tokenizer.pad_token_id)
     cache = build_checkpoint_signals(teacher, train_rows, collator, 4, batch_size=4, chunk_size=7)
@@ -124,7 +124,7 @@ def test_trainer_with_exact_cache_matches_online_teacher_without_teacher_passes(
     from trl import SFTConfig
 
     from distillkit_scd.losses import LossSpec, TAIDState
-    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.training.trainer import DistillationTrainer
 
     collator = DistillationCollator(tiny_tokenizer.pad_token_id)
     vocab = teacher.config.vocab_size
@@ -156,9 +156,9 @@ def test_cached_distillation_matches_online_and_runs_teacher_only_for_validation
     import json
 
     from distillkit_scd.config import load_recipe
-    from distillkit_scd.distill import run_distill
-    from distillkit_scd.sft import run_sft
-    from distillkit_scd.signal_cache import run_signal_cache
+    from distillkit_scd.teachers.signal_cache import run_signal_cache
+    from distillkit_scd.training.distill import run_distill
+    from distillkit_scd.training.sft import run_sft
     from tests.test_end_to_end import write_recipe
 
     recipe_path = write_recipe(tmp_path, methods="[td]", T=4, zero_shot="false")
@@ -180,7 +180,7 @@ def test_cached_distillation_matches_online_and_runs_teacher_only_for_validation
         assert a["loss"] == pytest.approx(b["loss"], abs=5e-4), step
         for key in ("loss_distill", "loss_ce"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (step, key)
-    from distillkit_scd.workspace import Workspace
+    from distillkit_scd.pipeline.workspace import Workspace
 
     ws = Workspace(online)
     train, val = ws.tokenized_splits(ws.tokenizer())

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from distillkit_scd.lr_schedules import staged_lr_lambda
-from distillkit_scd.sft import evenly_spaced_steps
-from distillkit_scd.trainer_base import reset_optimizer_state
+from distillkit_scd.schedules.lr import staged_lr_lambda
+from distillkit_scd.training.sft import evenly_spaced_steps
+from distillkit_scd.training.trainer_base import reset_optimizer_state
 
 
 def test_evenly_spaced_steps_hand_worked():
@@ -39,11 +39,11 @@ def test_per_stage_lr_restarts_every_stage():
 
 def _trainer_lr(tmp_path, tiny_pair, tiny_tokenizer, lr_schedule: str, scheduler: str = "cosine"):
     """LR multipliers of a distillation trainer over N×T = 3×4 steps, as `distill.py` configures it."""
-    from distillkit_scd.collate import DistillationCollator
     from distillkit_scd.config import recipe_from_dict
-    from distillkit_scd.models import load_model
-    from distillkit_scd.trainer import DistillationTrainer
-    from distillkit_scd.training_args import build_sft_config
+    from distillkit_scd.data.collate import DistillationCollator
+    from distillkit_scd.models.loading import load_model
+    from distillkit_scd.training.trainer import DistillationTrainer
+    from distillkit_scd.training.training_args import build_sft_config
 
     recipe = recipe_from_dict({
         "name": "lr", "output_dir": str(tmp_path), "models": {"teacher": "tiny:teacher", "student": "tiny:student"},
@@ -111,7 +111,7 @@ def test_reset_optimizer_state_equals_fresh_adamw():
 def test_teacher_sft_saves_n_checkpoints_with_manifest(tmp_path):
     """The teacher SFT stage saves N checkpoints at round(j·S/N) with validation losses and p(best)."""
     from distillkit_scd.config import recipe_from_dict
-    from distillkit_scd.sft import run_sft
+    from distillkit_scd.training.sft import run_sft
 
     recipe = recipe_from_dict({
         "name": "n", "output_dir": str(tmp_path / "run"), "seed": 3,
@@ -142,7 +142,7 @@ def _fake_checkpoints(root, steps):
 def test_manifest_p_best_by_score_wins_over_loss(tmp_path):
     """When loss and task score disagree, p(best) is the best *score* (the paper's "best performance");
     `val_loss` and `val_score` are both recorded for every checkpoint; ties go to the earlier one."""
-    from distillkit_scd.sft import write_checkpoint_manifest
+    from distillkit_scd.training.sft import write_checkpoint_manifest
 
     _fake_checkpoints(tmp_path, (2, 4, 6))
     losses = {2: 0.9, 4: 0.5, 6: 0.3}  # loss keeps falling: loss alone would pick checkpoint 3
@@ -160,7 +160,7 @@ def test_manifest_p_best_by_score_wins_over_loss(tmp_path):
 
 def test_best_index_rule():
     """Highest (or lowest) value, ties to the earliest; a missing or NaN value is refused, not skipped."""
-    from distillkit_scd.selection import best_index
+    from distillkit_scd.evaluation.selection import best_index
 
     assert best_index([0.2, 0.5, 0.5, 0.1]) == 1
     assert best_index([0.2, 0.1, 0.1], higher_is_better=False) == 1
@@ -175,11 +175,11 @@ def test_eval_loss_is_the_token_mean_whatever_the_batching(tmp_path, tiny_pair, 
     import torch.nn.functional as F
     from trl import SFTConfig
 
-    from distillkit_scd.collate import DistillationCollator
-    from distillkit_scd.formatting import tokenize_dataset
-    from distillkit_scd.models import load_model
+    from distillkit_scd.data.collate import DistillationCollator
+    from distillkit_scd.data.formatting import tokenize_dataset
+    from distillkit_scd.models.loading import load_model
     from distillkit_scd.tasks import load_task
-    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.training.trainer import DistillationTrainer
 
     rows, _ = tokenize_dataset(load_task("synthetic", num_train=12, num_test=4, seed=5)["train"], tiny_tokenizer, 64)
     model = load_model(str(tiny_pair[1]))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from distillkit_scd.atomic import atomic_write_json
-from distillkit_scd.evaluation import cohen_kappa
-from distillkit_scd.results import build_results, load_results, write_results
-from distillkit_scd.scoring import score_task
+from distillkit_scd.evaluation.metrics import cohen_kappa
+from distillkit_scd.evaluation.results import build_results, load_results, write_results
+from distillkit_scd.evaluation.scoring import score_task
+from distillkit_scd.utils.atomic import atomic_write_json
 
 
 def _refuse(token: str):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from distillkit_scd.sweep import parse_grid, point_name
+from distillkit_scd.pipeline.sweep import parse_grid, point_name
 
 
 def test_parse_grid_and_point_names():
@@ -23,9 +23,9 @@ def test_sweep_on_the_micro_quickstart(tmp_path):
     """Two distillation learning rates: each runs TD in its own folder (the SFT stages, which the field does
     not reach, once: shared), the chosen one has the best TD score on validation (ties: the first) and then
     also the CD row; grid.json/grid.md record it all; a second sweep skips every stage."""
-    from distillkit_scd.pipeline import read_stamp
-    from distillkit_scd.selection import best_index
-    from distillkit_scd.sweep import run_sweep
+    from distillkit_scd.evaluation.selection import best_index
+    from distillkit_scd.pipeline.run import read_stamp
+    from distillkit_scd.pipeline.sweep import run_sweep
     from tests.test_end_to_end import write_recipe
 
     recipe = write_recipe(tmp_path, methods="[td, cd]", T=2, zero_shot="false")

@@ -121,13 +121,13 @@ def test_trainer_adapts_t_from_each_steps_distillation_term(tmp_path, tiny_pair,
 
     from trl import SFTConfig
 
-    from distillkit_scd.callbacks import StepLossCallback
-    from distillkit_scd.collate import DistillationCollator
-    from distillkit_scd.formatting import tokenize_dataset
+    from distillkit_scd.data.collate import DistillationCollator
+    from distillkit_scd.data.formatting import tokenize_dataset
     from distillkit_scd.losses import LossSpec
-    from distillkit_scd.models import load_model
+    from distillkit_scd.models.loading import load_model
     from distillkit_scd.tasks import load_task
-    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.training.callbacks import StepLossCallback
+    from distillkit_scd.training.trainer import DistillationTrainer
 
     rows, _ = tokenize_dataset(load_task("synthetic", num_train=48, num_test=4, seed=1)["train"], tiny_tokenizer, 64)
     args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, max_steps=6, logging_steps=1,

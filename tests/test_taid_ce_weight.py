@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from distillkit_scd.config import recipe_from_dict
-from distillkit_scd.distill import loss_spec
 from distillkit_scd.losses import chunked_compound_loss
+from distillkit_scd.training.distill import loss_spec
 
 
 def _distill(**taid):

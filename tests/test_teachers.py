@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from distillkit_scd.checkpoints import CheckpointEntry, checkpoint_files, read_manifest, write_manifest
-from distillkit_scd.teachers import CheckpointPool, load_weights_in_place
+from distillkit_scd.models.checkpoints import CheckpointEntry, checkpoint_files, read_manifest, write_manifest
+from distillkit_scd.teachers.pool import CheckpointPool, load_weights_in_place
 
 
 def _llama(seed: int, tie: bool = False, hidden: int = 16):
@@ -198,7 +198,7 @@ _ZERO3_WORKER = r'''
 import os, sys
 import deepspeed, torch, torch.distributed as dist
 sys.path.insert(0, os.environ["REPO"])
-from distillkit_scd.teachers import load_weights_in_place
+from distillkit_scd.teachers.pool import load_weights_in_place
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 

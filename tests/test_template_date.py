@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from distillkit_scd.formatting import pin_template_date, prompt_ids, tokenize_example
+from distillkit_scd.data.formatting import pin_template_date, prompt_ids, tokenize_example
 
 # A Llama-3.2-style header: today's date unless the caller passes `date_string`.
 TEMPLATE = (
@@ -48,8 +48,8 @@ def test_pinned_date_in_prompts_and_training_rows(dated_tokenizer):
 def test_recipe_date_is_validated_and_reaches_the_workspace_tokenizer(tmp_path, tiny_pair):
     """`task.date_string` must look like a template date; the workspace's tokenizer carries it."""
     from distillkit_scd.config import RecipeError, recipe_from_dict
-    from distillkit_scd.formatting import TEMPLATE_KWARGS
-    from distillkit_scd.workspace import Workspace
+    from distillkit_scd.data.formatting import TEMPLATE_KWARGS
+    from distillkit_scd.pipeline.workspace import Workspace
 
     base = {"name": "d", "output_dir": str(tmp_path),
             "models": {"teacher": str(tiny_pair[0]), "student": str(tiny_pair[1])}}

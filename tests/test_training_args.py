@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from distillkit_scd.config import load_recipe
-from distillkit_scd.training_args import build_sft_config, gradient_checkpointing
+from distillkit_scd.training.training_args import build_sft_config, gradient_checkpointing
 
 ROOT = Path(__file__).resolve().parents[1]
 ON_CPU = ["launcher.mixed_precision='no'", "launcher.deepspeed_config=null"]  # the paper's bf16 + ZeRO-3 need a GPU

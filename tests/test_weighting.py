@@ -11,10 +11,16 @@ import torch.nn.functional as F
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
-from distillkit_scd import hashing
-from distillkit_scd.checkpoints import CheckpointEntry, write_manifest
-from distillkit_scd.teachers import CheckpointPool
-from distillkit_scd.weighting import TABLE_JSON, TABLE_TENSORS, AWTable, aw_cache_key, compute_aw_table
+from distillkit_scd.models.checkpoints import CheckpointEntry, write_manifest
+from distillkit_scd.teachers.aw_table import (
+    TABLE_JSON,
+    TABLE_TENSORS,
+    AWTable,
+    aw_cache_key,
+    compute_aw_table,
+)
+from distillkit_scd.teachers.pool import CheckpointPool
+from distillkit_scd.utils import hashing
 
 
 @pytest.fixture(autouse=True)
@@ -169,9 +175,9 @@ def test_file_hash_memo_follows_mtime(tmp_path):
 def test_run_aw_table_reuses_and_recomputes(tmp_path, monkeypatch):
     """The stage writes OUT/aw/, reuses the table while inputs are unchanged, recomputes when a checkpoint
     changes; the weights are those of compute_aw_table on the same models."""
-    from distillkit_scd import weighting
     from distillkit_scd.config import recipe_from_dict
-    from distillkit_scd.models import make_tiny_pair
+    from distillkit_scd.models.loading import make_tiny_pair
+    from distillkit_scd.teachers import aw_table as weighting
 
     out = tmp_path / "run"
     recipe = recipe_from_dict({"name": "t", "output_dir": str(out),

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from distillkit_scd.config import RecipeError, _build
+from distillkit_scd.config.methods import SCHEDULES
 from distillkit_scd.integrations.distillkit_checks import (
     MARKER,
     SECTION,
@@ -35,8 +36,7 @@ from distillkit_scd.integrations.distillkit_checks import (
     plain_run_hint,
     validate_manifest,
 )
-from distillkit_scd.methods import SCHEDULES
-from distillkit_scd.taid_state import check_taid
+from distillkit_scd.schedules.taid_state import check_taid
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def check_compatible(run_config, settings: IntegrationSettings, raw_section: dic
         return
     pool = None
     if sched.method != "none":
-        from distillkit_scd.teachers import CheckpointPool
+        from distillkit_scd.teachers.pool import CheckpointPool
 
         where = f"{source}: {SECTION}.schedule.manifest"
         try:
@@ -364,9 +364,9 @@ def uses_ours(run_config, raw_section) -> bool:
 
 def run(path: str | Path) -> None:
     """Train as `distillkit CONFIG` does, with our losses, schedule, data labelling and fixes."""
-    from distillkit_scd.atomic import atomic_write_json
     from distillkit_scd.integrations.distillkit_data import patched_data, prepared_path_for
-    from distillkit_scd.logging_utils import is_main_process
+    from distillkit_scd.utils.atomic import atomic_write_json
+    from distillkit_scd.utils.log import is_main_process
 
     run_config, settings, text = load_config(path)
     import distillkit.main as dk_main

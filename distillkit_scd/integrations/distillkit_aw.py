@@ -46,7 +46,7 @@ def check_table(path: Path, pool, run_config, source: str):
     Raises:
         RecipeError: missing/unreadable table, or one computed for other checkpoints, naming the file.
     """
-    from distillkit_scd.weighting import AWTable
+    from distillkit_scd.teachers.aw_table import AWTable
 
     where = f"{source}: distillkit_scd.aw.table"
     file = path / "aw_table.json" if path.is_dir() or not path.suffix else path

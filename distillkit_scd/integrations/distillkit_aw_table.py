@@ -22,13 +22,13 @@ def build_table(config_path: str | Path, batch_size: int = 8) -> Path:
     """
     import transformers
 
-    from distillkit_scd import hashing
-    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.data.collate import DistillationCollator
     from distillkit_scd.integrations.distillkit import aw_table_path, load_config
     from distillkit_scd.integrations.distillkit_checks import check_checkpoint_shapes, validate_manifest
     from distillkit_scd.integrations.distillkit_data import load_rows
-    from distillkit_scd.teachers import CheckpointPool
-    from distillkit_scd.weighting import compute_aw_table
+    from distillkit_scd.teachers.aw_table import compute_aw_table
+    from distillkit_scd.teachers.pool import CheckpointPool
+    from distillkit_scd.utils import hashing
 
     run_config, settings, _ = load_config(config_path, check_files=False)  # the table is what we write
     if run_config.teacher.kind != "hf":

@@ -150,7 +150,7 @@ def tensor_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
     """
     from safetensors import safe_open
 
-    from distillkit_scd.checkpoints import checkpoint_files
+    from distillkit_scd.models.checkpoints import checkpoint_files
 
     out = {}
     files = checkpoint_files(folder)
@@ -197,8 +197,8 @@ def check_module_shapes(module, pool) -> None:
     Raises:
         ValueError: naming the checkpoint folder and tensor.
     """
-    from distillkit_scd.distributed import unwrap
-    from distillkit_scd.teachers import param_shape
+    from distillkit_scd.teachers.pool import param_shape
+    from distillkit_scd.utils.distributed import unwrap
 
     model = unwrap(module)
     expected = {n: param_shape(p) for n, p in model.named_parameters(remove_duplicate=False)}

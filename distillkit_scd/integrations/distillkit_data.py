@@ -51,7 +51,7 @@ def assistant_mask(messages: Sequence[dict], tokenizer, where: str = "row") -> t
         ValueError: no assistant turn, or a chat template whose renderings are not prefixes of each other
             (then assistant tokens cannot be located exactly; `labels: all` trains on every token).
     """
-    from distillkit_scd.formatting import end_of_turn_ids
+    from distillkit_scd.data.formatting import end_of_turn_ids
 
     messages = list(messages)
     stops = end_of_turn_ids(tokenizer)

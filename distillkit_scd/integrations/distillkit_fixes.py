@@ -28,8 +28,6 @@ from distillkit.trainer import DistillationTrainer
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.trainer_utils import get_last_checkpoint
 
-from distillkit_scd.callbacks import ExtraStateCallback, StageCallback, StepLossCallback
-from distillkit_scd.distributed import unwrap
 from distillkit_scd.losses import (
     IGNORE_INDEX,
     LossSpec,
@@ -37,7 +35,9 @@ from distillkit_scd.losses import (
     adaptive_weight,
     compound_loss_from_logits,
 )
-from distillkit_scd.trainer_base import StagedTrainerMixin, schedule_log_fields
+from distillkit_scd.training.callbacks import ExtraStateCallback, StageCallback, StepLossCallback
+from distillkit_scd.training.trainer_base import StagedTrainerMixin, schedule_log_fields
+from distillkit_scd.utils.distributed import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +262,8 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
         sched = self.settings.schedule
         if sched.method == "none":
             return None
-        from distillkit_scd.scd import build_schedule
-        from distillkit_scd.teachers import CheckpointPool
+        from distillkit_scd.schedules.scd_selector import build_schedule
+        from distillkit_scd.teachers.pool import CheckpointPool
 
         if self.teacher_model_module is None:
             raise ValueError("distillkit_scd.schedule: needs an online teacher (teacher.kind: hf)")
@@ -273,7 +273,7 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
         check_module_shapes(self.teacher_model_module, pool)  # every checkpoint now, not when its stage starts
         probes = None
         if sched.method == "scd":
-            from distillkit_scd.scd import probe_batches
+            from distillkit_scd.schedules.scd_selector import probe_batches
 
             probes = probe_batches(self.train_dataset, self.data_collator, sched.probe_size, sched.probe_seed,
                                    self.args.per_device_train_batch_size)
@@ -300,7 +300,7 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
         if aw_table is None:
             return None
         from distillkit_scd.integrations.distillkit_aw import AWRowCollator, rows_by_key
-        from distillkit_scd.weighting import AWTable
+        from distillkit_scd.teachers.aw_table import AWTable
 
         table = AWTable.load(aw_table)
         self._aw_collator = AWRowCollator(self.data_collator, rows_by_key(table))  # train batches only

@@ -74,19 +74,19 @@ def run_teacher_sft(config_path: str | Path, num_checkpoints: int, out: str | Pa
     """
     import transformers
 
-    from distillkit_scd.callbacks import SaveAtStepsCallback, StepLossCallback
-    from distillkit_scd.checkpoints import check_resume_checkpoint, last_checkpoint
-    from distillkit_scd.collate import DistillationCollator
+    from distillkit_scd.data.collate import DistillationCollator
     from distillkit_scd.integrations.distillkit import load_config
     from distillkit_scd.integrations.distillkit_checks import validate_manifest
     from distillkit_scd.integrations.distillkit_data import load_rows
-    from distillkit_scd.sft import (
+    from distillkit_scd.models.checkpoints import check_resume_checkpoint, last_checkpoint
+    from distillkit_scd.training.callbacks import SaveAtStepsCallback, StepLossCallback
+    from distillkit_scd.training.sft import (
         eval_loss_history,
         evenly_spaced_steps,
         world_size,
         write_checkpoint_manifest,
     )
-    from distillkit_scd.trainer import DistillationTrainer
+    from distillkit_scd.training.trainer import DistillationTrainer
 
     if num_checkpoints < 1:
         raise RecipeError(f"--checkpoints: expected an integer >= 1, got {num_checkpoints}")

@@ -223,7 +223,7 @@ def build(source: str | None = None, metric=None, config: str | None = None, spl
           stratify_by: str | None = None, limit_train: int | None = None, limit_validation: int | None = None,
           limit_test: int | None = None, **unknown) -> DatasetDict:
     """Load a chat dataset (see the module docstring); `metric` is checked here and used by scoring."""
-    from distillkit_scd.chat_metrics import build_chat_scoring
+    from distillkit_scd.evaluation.chat_metrics import build_chat_scoring
 
     if unknown:
         raise ValueError(f"task chat: unknown option(s) {sorted(unknown)}; allowed: {', '.join(OPTIONS)}")
