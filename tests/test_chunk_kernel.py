@@ -1,5 +1,5 @@
-"""The fused per-chunk kernel (`chunk_kernel.chunk_terms`) against the plain autograd path, for every
-divergence at T = 1 (the fused branches) and T ≠ 1, and its buffer reuse (`Workspace`) across calls."""
+"""The fused per-chunk kernel (`chunk_kernel.chunk_terms`) and its compiled version (`compiled_kernel`)
+against the plain autograd path, for every divergence at T = 1 and T ≠ 1, and buffer reuse (`Workspace`)."""
 
 import pytest
 import torch
@@ -87,3 +87,112 @@ def test_shared_workspace_across_calls_changes_nothing(kind):
                 out.extend([loss.detach(), parts["distill_sum"], h.grad])
             for a, b in zip(got, want):
                 assert torch.equal(a, b)
+
+
+# --- the compiled kernel (`compiled_kernel`): torch.compile on fixed row tiles, eager fallback -------------
+# Marked slow: the first compile in a process with a cold inductor cache took 26–40 s on the shared 2-core
+# machine (the following graphs 3–7 s each; all of them 6 s with a warm cache).
+
+def _compiled_or_skip(*args):
+    """Run `compiled_chunk_terms`; skip (saying why) where inductor cannot compile, never pass on the fallback."""
+    from distillkit_scd.losses import compiled_kernel
+
+    out = compiled_kernel.compiled_chunk_terms(*args)
+    if compiled_kernel._FAILED:
+        pytest.skip(f"torch.compile (inductor) cannot compile on this machine: {compiled_kernel._FAILED[0]}")
+    return out
+
+
+def _check_compiled(kind, temp, rows):
+    from distillkit_scd.losses.compiled_kernel import tile_rows
+
+    z, zt, y, w = _chunk(seed=len(kind) + int(temp * 10) + rows, c=rows)
+    want_div, want_ce, want_grad = _reference(z, zt, y, w, kind, temp, 0.35)
+    assert rows % tile_rows(z.shape[1], z.dtype, "cpu") != 0  # the last tile is padded
+    zc = z.clone()
+    div, ce, grad = _compiled_or_skip(zc, zt.clone(), y, w, kind, temp, 0.35, True, torch.empty_like(z))
+    assert grad.data_ptr() == zc.data_ptr()  # the gradient is written into the logits' buffer, as eager
+    torch.testing.assert_close(div, want_div, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ce, want_ce, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_chunk_terms_equal_reference_with_padding():
+    """Forward KL at T = 1 (the default recipe's graph; one compile): a chunk of 1 full tile + a padded one
+    and a chunk shorter than one tile, both equal the float64 autograd reference."""
+    from distillkit_scd.losses.compiled_kernel import tile_rows
+
+    n = tile_rows(37, torch.float64, "cpu")
+    for rows in (n + 5, 3):
+        _check_compiled("forward_kl", 1.0, rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("temp", [1.0, 1.7])
+def test_compiled_chunk_terms_every_divergence(kind, temp):
+    """Every compiled graph (3 divergences × T = 1 / T ≠ 1; one compile each, seconds apiece) equals the
+    float64 reference with padding rows."""
+    _check_compiled(kind, temp, 9)
+
+
+@pytest.mark.slow
+def test_compiled_loss_through_chunks_equals_eager():
+    """`chunked_compound_loss(compiled=True)` — several chunks, a short last one, AW-style per-token weights —
+    gives the eager path's loss, parts and gradients (same compiled graph as above: V = 37, float64)."""
+    g = torch.Generator().manual_seed(11)
+    head, thead = torch.randn(37, 8, dtype=torch.float64, generator=g), torch.randn(37, 6, dtype=torch.float64,
+                                                                                     generator=g)
+    hs, ht = torch.randn(150, 8, dtype=torch.float64, generator=g), torch.randn(150, 6, dtype=torch.float64,
+                                                                                 generator=g)
+    y, w = torch.randint(0, 37, (150,), generator=g), torch.rand(150, dtype=torch.float64, generator=g)
+    spec = LossSpec(chunk_size=70)
+    got, want = [], []
+    for compiled, out in ((True, got), (False, want)):
+        h, wh = hs.clone().requires_grad_(True), head.clone().requires_grad_(True)
+        loss, parts = chunked_compound_loss(h, wh, y, spec, ht, thead, weights=w, compiled=compiled)
+        loss.backward()
+        out.extend([loss.detach(), parts["distill_sum"], parts["ce_sum"], h.grad, wh.grad])
+    from distillkit_scd.losses import compiled_kernel
+
+    if compiled_kernel._FAILED:
+        pytest.skip(f"torch.compile (inductor) cannot compile on this machine: {compiled_kernel._FAILED[0]}")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_compile_failure_falls_back_to_eager_with_one_log_line(monkeypatch, caplog):
+    """When torch.compile raises, the chunk is computed eagerly (equal to the reference), one warning names
+    the failure, and later chunks do not try again."""
+    from distillkit_scd.losses import compiled_kernel
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(compiled_kernel, "_FAILED", [])
+    monkeypatch.setattr(compiled_kernel, "_COMPILED", {})
+    monkeypatch.setattr(compiled_kernel.torch, "compile", lambda fn, **kw: broken)
+    z, zt, y, w = _chunk(seed=3)
+    want = _reference(z, zt, y, w, "reverse_kl", 1.0, 1.0)
+    with caplog.at_level("WARNING", logger=compiled_kernel.__name__):
+        for _ in range(2):
+            got = compiled_kernel.compiled_chunk_terms(z.clone(), zt.clone(), y, w, "reverse_kl", 1.0, 1.0, True,
+                                                       torch.empty_like(z))
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert len(calls) == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "no C++ compiler" in lines[0] and "eager" in lines[0]
+
+
+def test_resolve_compile_loss():
+    from distillkit_scd.losses.compiled_kernel import resolve_compile_loss
+
+    assert resolve_compile_loss("auto", "cpu") is False and resolve_compile_loss("auto", "cuda") is True
+    assert resolve_compile_loss(True, "cpu") is True and resolve_compile_loss(False, "cuda") is False
+    with pytest.raises(ValueError, match="compile_loss"):
+        resolve_compile_loss("yes", "cpu")

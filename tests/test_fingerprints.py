@@ -60,6 +60,7 @@ def test_fused_loss_reruns_the_distill_stages():
 @pytest.mark.parametrize("field, value, expected", [
     ("sft.num_checkpoints", 2, "sft-student"),  # the student saves N checkpoints too (its p(best))
     ("distill.chunk_size", 64, "aw-table"),  # the AW table's losses are summed in chunks
+    ("distill.compile_loss", True, "distill-td"),  # numerics at float tolerance: in the distill fingerprint
     ("optim.logging_steps", 3, None),  # declared result-neutral
 ])
 def test_field_reaches_its_stages(field, value, expected):

@@ -257,6 +257,10 @@ class DistillConfig:
     fused_loss (`str`, defaults to `"none"`): "liger" computes the loss with Liger-Kernel's fused chunked
         JSD loss where it is exact (fixed α, forward/reverse KL, online teacher: TD, CD, SCD); TAID and AW
         keep the built-in chunked loss. Needs `pip install liger-kernel`.
+    compile_loss (`"auto"` or `bool`, defaults to `"auto"`): run the built-in loss's per-chunk element-wise
+        work through torch.compile (`compiled_kernel`; compiled once per vocabulary size and divergence, a
+        one-time cost of seconds to a minute; equal to the eager kernel to float rounding). auto = on CUDA
+        only, so CPU runs never wait for a compile; falls back to eager, with one log line, if compiling fails.
     taid (`TAIDConfig`), scd (`SCDConfig`): method settings.
     """
 
@@ -273,6 +277,7 @@ class DistillConfig:
     teacher_signal: Literal["online", "cached"] = "online"
     cache_top_k: int = 64
     fused_loss: Literal["none", "liger"] = "none"
+    compile_loss: Literal["auto"] | bool = "auto"
     taid: TAIDConfig = field(default_factory=TAIDConfig)
     scd: SCDConfig = field(default_factory=SCDConfig)
 
@@ -399,7 +404,8 @@ FIELD_STAGES: dict = {
     **{f"sft.{role}.{k}": (f"sft-{role}",) for role in ("teacher", "student") for k in ("num_train_epochs",
                                                                                         "learning_rate")},
     **{f"distill.{k}": _DISTILL for k in ("alpha", "temperature", "divergence", "epochs_per_stage", "steps_per_stage",
-                                         "learning_rate", "reset_optimizer", "lr_schedule", "fused_loss")},
+                                         "learning_rate", "reset_optimizer", "lr_schedule", "fused_loss",
+                                         "compile_loss")},
     "distill.chunk_size": (*_DISTILL, "signals", "aw-table"),
     "distill.teacher_signal": (*_DISTILL, "aw-table"),
     "distill.cache_top_k": (*_DISTILL, "signals"),

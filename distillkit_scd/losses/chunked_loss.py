@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from distillkit_scd.losses.chunk_kernel import Workspace, chunk_terms
+from distillkit_scd.losses.compiled_kernel import compiled_chunk_terms
 from distillkit_scd.losses.divergences import DIVERGENCES, _acc_dtype, _check_t, _upcast, token_divergence
 from distillkit_scd.losses.teacher_signal import TopKSignal
 
@@ -116,7 +117,8 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
-                teacher_signal, targets, token_weights, spec: LossSpec, taid_t: float, denom, needs, workspace):
+                teacher_signal, targets, token_weights, spec: LossSpec, taid_t: float, denom, needs, workspace,
+                compiled):
         need_h, need_w, need_b = needs
         need_grad = need_h or need_w or need_b
         n, vocab = targets.shape[0], student_weight.shape[0]
@@ -127,6 +129,7 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=student_hidden.device)
         distill_sum, ce_sum = torch.zeros_like(total), torch.zeros_like(total)
         ws = workspace if workspace is not None else Workspace()
+        kernel = compiled_chunk_terms if compiled else chunk_terms
         for start in range(0, n, spec.chunk_size):
             rows = slice(start, min(start + spec.chunk_size, n))
             h = student_hidden[rows]  # (c, H)
@@ -139,7 +142,7 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
                 teacher = _logits_into(ws.take("t", c, vocab, acc, h.device), teacher_hidden[rows], teacher_weight,
                                        teacher_bias)
             w = token_weights[rows].to(acc)
-            div, ce, grad_z = chunk_terms(z, teacher, targets[rows], w, spec.divergence, spec.temperature, taid_t,
+            div, ce, grad_z = kernel(z, teacher, targets[rows], w, spec.divergence, spec.temperature, taid_t,
                                           need_grad, ws.take("s", c, vocab, acc, h.device))
             total += (w * div + (1 - w) * ce).sum()
             distill_sum += div.sum()
@@ -167,7 +170,7 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
             raise RuntimeError("chunked_compound_loss: backward ran twice (retain_graph is not supported)")
         out = [g.mul_(grad_loss.to(g.dtype)) if g is not None else None for g in ctx.grads]
         ctx.grads = None
-        return (out[0], out[1], out[2]) + (None,) * 11
+        return (out[0], out[1], out[2]) + (None,) * 12
 
 
 def chunked_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.Tensor, targets: torch.Tensor,
@@ -175,7 +178,7 @@ def chunked_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.T
                           teacher_lm_head: torch.Tensor | None = None, teacher_signal: TopKSignal | None = None,
                           weights=None, taid_t: float = 1.0, num_items: int | torch.Tensor | None = None,
                           student_bias: torch.Tensor | None = None, teacher_bias: torch.Tensor | None = None,
-                          workspace: Workspace | None = None):
+                          workspace: Workspace | None = None, compiled: bool = False):
     """The compound loss without materialising (N, V) logits.
 
     Args:
@@ -190,6 +193,7 @@ def chunked_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.T
         student_bias / teacher_bias: (V,) optional lm_head biases.
         workspace: a `chunk_kernel.Workspace` to keep the three (chunk, V) buffers in between calls (the
         trainer passes one on CPU, where fresh 64 MB+ buffers cost page faults); None: buffers for this call.
+        compiled: run the chunk's element-wise work through `compiled_kernel` (torch.compile; eager fallback).
     Returns: (loss scalar, parts dict of detached sums, as `compound_loss_from_logits`). Values and
     gradients equal `compound_loss_from_logits` on the full logits. N = 0 gives a zero loss still
     connected to the graph (DDP expects every parameter to get a gradient), with zero gradients.
@@ -211,7 +215,7 @@ def chunked_compound_loss(student_hidden: torch.Tensor, student_lm_head: torch.T
              grad_on and student_bias is not None and student_bias.requires_grad)
     loss, distill_sum, ce_sum = _ChunkedCompoundLoss.apply(
         student_hidden, student_lm_head, student_bias, teacher_hidden, teacher_lm_head, teacher_bias,
-        teacher_signal, targets, w, spec, float(taid_t), denom, needs, workspace,
+        teacher_signal, targets, w, spec, float(taid_t), denom, needs, workspace, compiled,
     )
     return loss, _parts(distill_sum, ce_sum, w.sum(), n)
 

@@ -134,7 +134,8 @@ def run_distill(recipe: Recipe, method: str) -> Path:
                                   processing_class=tokenizer, data_collator=collator, callbacks=[saver],
                                   teacher_model=teacher, loss_spec=loss, use_aw=spec.aw,
                                   taid_state=taid, steps_per_stage=T if d.lr_schedule == "per_stage" else None,
-                                  teacher_signals=signals, fused_loss=d.fused_loss)
+                                  teacher_signals=signals, fused_loss=d.fused_loss,
+                                  compile_loss=d.compile_loss)
     probes = probe_batches(train, collator, d.scd.probe_size, recipe.seed, recipe.optim.per_device_train_batch_size)
     schedule = build_schedule(spec.schedule, pool, trainer.teacher_model_module, probes,
                               top_k=d.cache_top_k if signals else d.scd.top_k, chunk_size=d.chunk_size, signals=signals)

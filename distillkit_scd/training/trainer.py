@@ -33,6 +33,7 @@ from trl import SFTTrainer
 from distillkit_scd.config.launch import check_world_size, check_zero3_saves_weights
 from distillkit_scd.losses import LossSpec, chunked_compound_loss, label_positions
 from distillkit_scd.losses.chunk_kernel import Workspace
+from distillkit_scd.losses.compiled_kernel import resolve_compile_loss
 from distillkit_scd.losses.liger_loss import check_liger_available, liger_applies, liger_compound_loss
 from distillkit_scd.models.loading import check_plain_lm_head
 from distillkit_scd.training.trainer_base import StagedTrainerMixin, schedule_log_fields
@@ -56,11 +57,13 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
         teacher_signals (`list[SignalCache]`, *optional*): cached top-k teacher signals per checkpoint.
         fused_loss (`str`, defaults to `"none"`): "liger" computes training losses with Liger-Kernel's
             fused loss where it is exact (`liger_loss.liger_applies`), ours elsewhere.
+        compile_loss (`str | bool`, defaults to `"auto"`): run the loss's per-chunk element-wise work through
+            torch.compile (`compiled_kernel`); auto = on CUDA only.
     """
 
     def __init__(self, *args, teacher_model=None, loss_spec: LossSpec | None = None, use_aw: bool = False,
                  taid_state=None, steps_per_stage: int | None = None, teacher_signals=None,
-                 fused_loss: str = "none", **kwargs):
+                 fused_loss: str = "none", compile_loss: str | bool = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         check_plain_lm_head(unwrap(self.model), "student")
         check_world_size(self.accelerator.num_processes)
@@ -89,6 +92,7 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
         # CPU: the loss's three (chunk, V) buffers live as long as the trainer (fresh ones cost page faults
         # every micro-batch); CUDA's caching allocator already reuses blocks, so buffers there are per call.
         self._loss_workspace = Workspace() if self.accelerator.device.type == "cpu" else None
+        self.compile_loss = resolve_compile_loss(compile_loss, self.accelerator.device)
         self.last_batch_ids: list[int] = []  # sample_index of the last micro-batch, for error messages
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
@@ -185,6 +189,7 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
                     student_hidden, student_head.weight, targets, self.loss_spec, teacher_hidden, t_weight,
                     teacher_signal=signal, weights=weights, taid_t=taid_t, num_items=num_items_in_batch,
                     student_bias=student_head.bias, teacher_bias=t_bias, workspace=self._loss_workspace,
+                    compiled=self.compile_loss,
                 )
         return loss, parts, outputs
 
