@@ -208,7 +208,7 @@ class _ChatMLWords:
 
 def test_assistant_mask_stops_at_end_of_turn_token():
     """ChatML-style template: each assistant turn is labelled up to and including <|im_end|>, not the newline
-    the template writes after it (as our pipeline's formatting.py labels)."""
+    the template writes after it (as our pipeline's data/formatting.py labels)."""
     tok = _ChatMLWords()
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
                 {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]

@@ -1,4 +1,4 @@
-"""Stage fingerprints are derived: every recipe field is classified once (`config_schema.FIELD_STAGES` or
+"""Stage fingerprints are derived: every recipe field is classified once (`config.schema.FIELD_STAGES` or
 `RESULT_NEUTRAL`), a changed field changes exactly the fingerprints of the stages it affects and their
 dependants, and the data's content and the models' identity count too."""
 

@@ -1,4 +1,4 @@
-"""The pipeline's own launch, for every launcher combination a recipe can express (launch.py).
+"""The pipeline's own launch, for every launcher combination a recipe can express (config/launch.py).
 
 Unit tests (milliseconds): the command each combination produces, the batch arithmetic against DeepSpeed's
 own `DeepSpeedConfig`, and the one-line `validate` errors. The end-to-end tests (slow, multiprocess) run a

@@ -15,7 +15,7 @@ class _Pool:
 
 
 def test_every_schedule_is_built_and_an_unknown_one_is_refused():
-    """`scd.build_schedule` (used by distill and the DistillKit integration) builds each schedule name."""
+    """`scd_selector.build_schedule` (used by distill and the DistillKit integration) builds each schedule name."""
     from distillkit_scd.schedules.scd_selector import build_schedule
 
     assert [build_schedule(k, _Pool()).checkpoint_for_stage(s)[0] for k in ("fixed", "cd") for s in (0, 3)] == \

@@ -93,7 +93,7 @@ def test_prefix_property_with_newline_merges():
     """Even a tokenizer trained on text full of blank lines keeps the prompt a prefix of the conversation.
 
     (An answer that itself starts with a newline merges with the header's "\n\n", as with Llama 3;
-    formatting.py detects that and raises.)
+    data/formatting.py detects that and raises.)
     """
     tok = build_tiny_tokenizer(["a\n\nb\n\n\nc ['x']\n\n" * 3, "\n\n\n\n yes no maybe"] * 50, vocab_size=320)
     for answer in ("yes", "['x']", "b\n\n", " maybe"):

@@ -1,4 +1,4 @@
-"""Teacher-signal cache (`signal_cache.py`): what is stored equals the teacher, row lookup follows batch order,
+"""Teacher-signal cache (`teachers/signal_cache.py`): what is stored equals the teacher, row lookup follows batch order,
 and a trainer reading the cache gives the online loss without running the teacher."""
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def test_per_stage_lr_restarts_every_stage():
 
 
 def _trainer_lr(tmp_path, tiny_pair, tiny_tokenizer, lr_schedule: str, scheduler: str = "cosine"):
-    """LR multipliers of a distillation trainer over N×T = 3×4 steps, as `distill.py` configures it."""
+    """LR multipliers of a distillation trainer over N×T = 3×4 steps, as `training/distill.py` configures it."""
     from distillkit_scd.config import recipe_from_dict
     from distillkit_scd.data.collate import DistillationCollator
     from distillkit_scd.models.loading import load_model

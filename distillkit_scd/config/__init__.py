@@ -1,6 +1,6 @@
-"""The recipe: typed schema (`config_schema.py`) and its loading and checks (`config_loading.py`).
+"""The recipe: typed schema (`config/schema.py`) and its loading and checks (`config/loading.py`).
 
-A recipe is YAML that maps onto the dataclasses of `config_schema.py`. Unknown keys and wrong types are
+A recipe is YAML that maps onto the dataclasses of `config/schema.py`. Unknown keys and wrong types are
 errors that name the file and the field path (``recipes/x.yaml: distill.alpha: expected a number in
 [0, 1], got 1.5``). Import everything recipe-related from here: ``from distillkit_scd.config import
 Recipe, load_recipe``.

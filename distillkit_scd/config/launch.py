@@ -18,7 +18,7 @@ assertion on CPU. Precision: DDP gets `--mixed_precision`; under DeepSpeed the J
 filled from `launcher.mixed_precision`, so a fixed value there must agree with it.
 
 Forward-only stages: evaluation and the AW table of a multi-process recipe run as N plain data-parallel
-processes (`--multi_gpu`, whole model per process, rows sharded and gathered; see `sharding.py`); the signals
+processes (`--multi_gpu`, whole model per process, rows sharded and gathered; see `utils/sharding.py`); the signals
 stage (one teacher pass per checkpoint, being reworked with the AW pass) runs as one process by design, and so
 do all three when the accelerate config spans more than one machine.
 """

@@ -233,7 +233,7 @@ def _require(ok: bool, source: str, path: str, value: Any, expected: str) -> Non
 
 def check_recipe(recipe: Recipe, source: str = "<recipe>") -> None:
     """Checks across fields and sections, and against the installation (each section checks its own values
-    in its `__post_init__`, config_schema.py)."""
+    in its `__post_init__`, config/schema.py)."""
     from distillkit_scd.tasks import TASKS  # local import: tasks pull in datasets
 
     r = recipe

@@ -3,7 +3,7 @@
 A method is one row of `METHODS`: the distill stage builds its teacher schedule and loss from it, the
 pipeline its stage list (and whether the AW table is needed), the fingerprints the settings it reads, the
 report its label, and the DistillKit integration its schedule names. Adding a method is adding a row
-(plus its reference numbers in `paper_reference.py`, if the paper has them).
+(plus its reference numbers in `reporting/paper_reference.py`, if the paper has them).
 
 All methods share the CD infrastructure (paper): N stages of T optimizer steps, optimizer and LR schedule
 restarted every stage, the student starting from its SFT p(best).

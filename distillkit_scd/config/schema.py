@@ -1,9 +1,9 @@
 """The recipe schema: one typed dataclass per recipe section, each field documented once, here, and
 checked by its section's `__post_init__` (a `FieldError`: field, expected, got; recipe loading adds the
 file and section path). Checks across sections (task names, DeepSpeed vs. `skip`, …) are in
-`config_loading.check_recipe`.
+`config.loading.check_recipe`.
 
-YAML loading, `extends`, `--set` overrides and the checks live in `config_loading.py`; import both
+YAML loading, `extends`, `--set` overrides and the checks live in `config/loading.py`; import both
 through `distillkit_scd.config`.
 
 ADDING A FIELD: also give it a line in `FIELD_STAGES` (the pipeline stages whose results it changes; their
@@ -54,7 +54,7 @@ class ModelsConfig:
     """Which models to distil.
 
     teacher (`str`): Hub id or local folder of the teacher's base model (SFT starts from it), or
-        `tiny:teacher` / `tiny:student`: a tiny Llama built on the spot (see `model_refs.py`).
+        `tiny:teacher` / `tiny:student`: a tiny Llama built on the spot (see `models/refs.py`).
     student (`str`): Hub id, local folder or `tiny:` reference of the student's base model.
     dtype (`str`, defaults to `"float32"`): weights dtype when loading: float32, bfloat16 or float16.
     trust_remote_code (`bool`, defaults to `False`): allow model code from the Hub; off unless asked.
@@ -68,7 +68,7 @@ class ModelsConfig:
     attn_implementation: str | None = None
 
     def __post_init__(self) -> None:
-        for role in ("teacher", "student"):  # `tiny:` references: see model_refs.py
+        for role in ("teacher", "student"):  # `tiny:` references: see models/refs.py
             ref = getattr(self, role)
             _check(not ref.startswith("tiny:") or ref in ("tiny:teacher", "tiny:student"), role, ref,
                    "a Hub id, a local folder, tiny:teacher or tiny:student")
@@ -80,7 +80,7 @@ class TaskConfig:
     """The domain task.
 
     name (`str`): registered task: pubmedqa, jmmlu, crade, rrtnm, smdis, nrner, synthetic, or chat (your
-        own data; `tasks/chat.py`, metric chosen by `options.metric`, see `chat_metrics.py`).
+        own data; `tasks/chat.py`, metric chosen by `options.metric`, see `evaluation/chat_metrics.py`).
     source (`str`, *optional*): local path or Hub dataset id; unset means the task's default.
     options (`dict`, defaults to `{}`): task options passed to `load_task` (e.g. `pool: all`).
     max_length (`int`, defaults to `512`): token budget per example; prompts are cut, answers never.
@@ -370,7 +370,7 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------------------------------
-# What each field affects: the pipeline derives every stage's fingerprint from this (`fingerprints.py`).
+# What each field affects: the pipeline derives every stage's fingerprint from this (`pipeline/fingerprints.py`).
 # Values are stage-name patterns (fnmatch: `eval-*` is every evaluation), or a function of the recipe
 # giving them. A stage also depends on its upstream stages, so list only the stages that read a field.
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 A "model" that ignores the input and always outputs the most frequent gold answer of the train split
 (a letter, yes/no/maybe, or — for NRNER — the most frequent gold list literal). Its scores show how much
 of a number is label skew: e.g. SMDIS on the full pool is 87.5% "B", so accuracy alone is weak evidence
-there. Scored with the same parser and metrics as real generations (`evaluation.score_task`).
+there. Scored with the same parser and metrics as real generations (`scoring.score_task`).
 """
 
 from __future__ import annotations

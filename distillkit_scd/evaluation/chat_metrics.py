@@ -13,7 +13,7 @@
 
 Normalisation (exact_match, regex, f1_list items): Unicode NFKC, case-folded, surrounding whitespace and
 one trailing period removed, inner runs of whitespace made one space. These rules are ours; the paper's
-tasks keep their official metrics (`evaluation.py`).
+tasks keep their official metrics (`evaluation/metrics.py`).
 
 `choice` parses as the JMED evaluator does: with one-character labels, the first character of the output
 that is a label (labels A–F are exactly `evaluation.parse_choice`); with longer labels, the first label

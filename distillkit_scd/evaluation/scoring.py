@@ -1,7 +1,7 @@
 """Scoring dispatch: a task's registry entry (and, for `chat`, the chosen metric) → its `Scoring`.
 
 Nothing here names a task: the facts (scoring kind, kappa weights, Table 1 columns) live on the entry
-in `tasks.TASKS`, the rules in `evaluation.SCORERS` and `chat_metrics.METRICS`.
+in `tasks.TASKS`, the rules in `evaluation.metrics.SCORERS` and `chat_metrics.METRICS`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Which checkpoint is "best": the selection split of a recipe and the argmax rule (scoring by generation:
-`evaluate.score_checkpoints`).
+`evaluation.stage.score_checkpoints`).
 
 The paper: "Let p(best) be the teacher checkpoint with the best performance" (§5.2) and "the student
 model checkpoint with the best performance is selected" (§7). Performance is the task score by

@@ -89,7 +89,7 @@ def run_evaluation(recipe: Recipe, row: str) -> Path:
     """Score every checkpoint of a row on test (and validation, when there is one) and report the one
     the recipe's protocol selects; the other protocol's choice is recorded beside it.
 
-    Protocols (`selection.py`): `paper` selects on test (the paper's "checkpoint with the best
+    Protocols (`evaluation/selection.py`): `paper` selects on test (the paper's "checkpoint with the best
     performance"), `clean` on validation. The SFT rows report the manifest's p(best) under the recipe's
     protocol, so the Teacher SFT row is the same checkpoint TD/TAID distil from.
     """

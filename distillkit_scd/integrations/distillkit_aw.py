@@ -3,7 +3,7 @@ computed once, before distillation, from the SFT student (the config's `model:`)
 checkpoint p(j) (the schedule's manifest; without a schedule, the config's teacher alone), and
 `scd_aw_kl` reads the active checkpoint's column by sample.
 
-`distillkit-scd aw-table CONFIG` (`distillkit_aw_table.build_table`) writes the table (our `AWTable` format, `weighting.py`) from the rows
+`distillkit-scd aw-table CONFIG` (`distillkit_aw_table.build_table`) writes the table (our `AWTable` format, `teachers/aw_table.py`) from the rows
 exactly as the trainer will see them (same loading, shuffling, labels and `max_length` cut). DistillKit
 rows carry no id, and TRL's collator passes only token columns, so a sample is identified by the sha256 of
 its token ids: `AWRowCollator` wraps the trainer's collator and adds, on the CPU before the batch moves to

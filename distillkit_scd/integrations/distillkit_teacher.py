@@ -5,7 +5,7 @@ It reads the same YAML as the distillation run: the teacher (`teacher.path`, `te
 datasets (`dataset.train_dataset`, and `eval_dataset` for choosing p(best)), `sequence_length` and
 `training_args` (batch size, learning rate, epochs, precision...), and `distillkit_scd.labels`. Rows are
 loaded and labelled exactly as the distillation run will see them (`distillkit_data.load_rows`). The
-training is our pipeline's SFT stage (`sft.py`): plain CE on the label tokens, checkpoints at steps
+training is our pipeline's SFT stage (`training/sft.py`): plain CE on the label tokens, checkpoints at steps
 round(j·S/N), j = 1..N, each evaluated on `eval_dataset` when there is one; p(best) is the checkpoint
 with the lowest loss on it (else the last: a DistillKit dataset has no task metric to score generations
 with, so our pipeline's `val_score` selection does not apply). The manifest goes where the config's

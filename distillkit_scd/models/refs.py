@@ -1,6 +1,6 @@
 """Model references in a recipe: a Hub id, a local folder, or `tiny:teacher` / `tiny:student`.
 
-`tiny:<which>` names a tiny Llama built on the spot by `models.make_tiny_pair` (no download) into
+`tiny:<which>` names a tiny Llama built on the spot by `models.loading.make_tiny_pair` (no download) into
 `OUT/tiny_models/<which>/`, seeded by the recipe's `seed`; both tiny models share one tokenizer. The
 quickstart and the tests use them. Any stage that needs a base model's folder calls
 `resolve_model_path(recipe, role)`.

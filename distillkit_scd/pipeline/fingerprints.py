@@ -2,7 +2,7 @@
 
 A stage's fingerprint is sha256 of its name, the values of the recipe fields that affect it, the identity
 of its data and models, and the fingerprints of its upstream stages. Which fields affect which stages is
-declared once, beside the fields: `config_schema.FIELD_STAGES` (or `RESULT_NEUTRAL` for fields that change
+declared once, beside the fields: `config.schema.FIELD_STAGES` (or `RESULT_NEUTRAL` for fields that change
 no result); a field in neither is an error here and in tests/test_fingerprints.py.
 
 Identity (for every stage that runs a model):

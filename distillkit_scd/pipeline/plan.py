@@ -144,7 +144,7 @@ def train_rows(recipe: Recipe) -> tuple[int | None, str]:
 
 
 def step_counts(recipe: Recipe, rows: int) -> dict[str, int]:
-    """Optimizer steps of each training stage (the same arithmetic as sft.py and distill.py)."""
+    """Optimizer steps of each training stage (the same arithmetic as training/sft.py and training/distill.py)."""
     o = recipe.optim
     per_epoch = max(1, math.ceil(rows / (o.per_device_train_batch_size * recipe.launcher.num_processes)
                                  / o.gradient_accumulation_steps))

@@ -3,8 +3,8 @@
 Stages, in order: zero-shot evaluations (if `evaluation.zero_shot`), SFT of teacher and student, their
 evaluations, the AW table (if `scd_aw` is a method), distillation + evaluation per method, the report.
 
-Each stage has a fingerprint (`fingerprints.py`): sha256 of its name, the recipe fields that affect it
-(`Stage.inputs`, derived from `config_schema.FIELD_STAGES`), the data's content hash and the models'
+Each stage has a fingerprint (`pipeline/fingerprints.py`): sha256 of its name, the recipe fields that affect it
+(`Stage.inputs`, derived from `config.schema.FIELD_STAGES`), the data's content hash and the models'
 identity, and the fingerprints of the stages it depends on. After a stage succeeds,
 `OUT/stages/<stage>.json` (written atomically) records that fingerprint; a stage whose stamp matches is skipped, so a killed pipeline
 resumes where it stopped and a changed recipe field re-runs exactly the stages that read it and their
@@ -16,10 +16,10 @@ so it never resumes from checkpoints trained with other settings. A stage re-run
 unchanged inputs (`--only`, or a lost artifact) keeps its fingerprint, so its dependants are not
 re-run: use `--from STAGE` to redo everything after it.
 
-Launching (launch.py): a recipe with `launcher.num_processes > 1`, an accelerate config or a DeepSpeed
+Launching (config/launch.py): a recipe with `launcher.num_processes > 1`, an accelerate config or a DeepSpeed
 config runs `sft` and `distill` under `accelerate launch … -m distillkit_scd <stage> OUT/resolved_recipe.yaml
 …`, so each DeepSpeed engine starts fresh, and the forward-only stages as data-parallel processes (rows
-sharded, see sharding.py). `validate` and the pipeline check the launch first (batch arithmetic, precision,
+sharded, see utils/sharding.py). `validate` and the pipeline check the launch first (batch arithmetic, precision,
 the DeepSpeed JSON) and the pipeline logs how it will run. A single-process recipe runs
 each stage in a fresh `python -m distillkit_scd …` (clean state; a crash cannot take the pipeline's
 bookkeeping with it) or, with `in_process=True` (the quickstart's default), in this process: that
@@ -64,7 +64,7 @@ class Stage:
 
     name: stage name (`sft-teacher`, `eval-td`, …).  command: the CLI stage command and its options
     (without the recipe).  needs: upstream stage names.  inputs: the dotted recipe fields that affect its
-    results (`fingerprints.stage_fields`, from `config_schema.FIELD_STAGES`).
+    results (`fingerprints.stage_fields`, from `config.schema.FIELD_STAGES`).
     artifact: the file under OUT that proves it finished; a stamp without it does not count.
     output: the file or folder under OUT the stage writes; removed before a run with new inputs, so
         that the stage's own resume logic never continues from checkpoints of other settings.
@@ -126,7 +126,7 @@ def build_stages(recipe: Recipe) -> list[Stage]:
 
 
 def is_multiprocess(recipe: Recipe) -> bool:
-    """Whether any stage runs under `accelerate launch` (see launch.py); such stages cannot run in-process."""
+    """Whether any stage runs under `accelerate launch` (see config/launch.py); such stages cannot run in-process."""
     la = recipe.launcher
     return la.num_processes > 1 or la.accelerate_config is not None or la.deepspeed_config is not None
 
@@ -255,7 +255,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
     launch = check_launch(recipe, str(recipe_path))
     out = Path(recipe.output_dir)
     stages = build_stages(recipe)
-    ident = identity(recipe)  # the data's content hash and the models' identity (fingerprints.py)
+    ident = identity(recipe)  # the data's content hash and the models' identity (pipeline/fingerprints.py)
     prints = fingerprints(recipe, stages, ident)
     chosen, forced = select_stages(stages, only, start)
     resolved = out / "resolved_recipe.yaml"

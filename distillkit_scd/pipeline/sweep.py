@@ -7,7 +7,7 @@ It prints neither the grid nor the split it chose on; ours:
 1. For each grid point (one value per `--grid` field; several fields: every combination) the TD row runs
    as its own pipeline in `OUT/sweep/<point>/` (the recipe with `--set FIELD=VALUE`,
    `distill.methods=[td]`): SFT of both models, TD, their evaluations.
-2. The point with the best TD score on the selection split wins (`selection.py`: validation under the
+2. The point with the best TD score on the selection split wins (`evaluation/selection.py`: validation under the
    clean protocol, test under the paper's; the score of the checkpoint that protocol reports; ties: the
    earlier point). `OUT/sweep/grid.json` and `grid.md` record every point's score.
 3. The recipe's other rows run at the chosen point, in that point's folder (its finished stages are

@@ -36,7 +36,7 @@ class Workspace:
 
     def base_model(self, role: str) -> str:
         """The base model of `role`; `tiny:teacher` / `tiny:student` are built on the spot (no download),
-        under the file lock of `model_refs.resolve_model_path` (every rank of a launch resolves them)."""
+        under the file lock of `models.refs.resolve_model_path` (every rank of a launch resolves them)."""
         from distillkit_scd.models.refs import resolve_model_path
 
         return resolve_model_path(self.recipe, role)

@@ -1,13 +1,13 @@
 """Table 1 (Markdown + CSV, ours beside the paper's) and the figures (3: SCD decisions, 4: AW histograms,
 5: per-sample teacher − student score difference).
 
-Reads `RUN_DIR/results/<row>/<task>.json` (schema in `results.py`). Every cell is recomputed as the mean
+Reads `RUN_DIR/results/<row>/<task>.json` (schema in `evaluation/results.py`). Every cell is recomputed as the mean
 of the per-sample scores of the results file, so the table is checkable against the samples.
 
 Avg, as the paper computes it: the unweighted mean of the row's cells, NRNER exact and NRNER partial
 counting as two separate numbers (paper: teacher SFT (0.547+0.792+0.667+0.932+0.813+0.677+0.985)/7 =
 0.773; 8 of the paper's 9 rows fit this, the SCD row's printed 0.742 fits no rule — see
-`paper_reference.py`). Our Avg runs over the paper's columns present in the table (all
+`reporting/paper_reference.py`). Our Avg runs over the paper's columns present in the table (all
 columns when none of them is, e.g. a synthetic-only run); a row missing one of those cells gets no Avg.
 """
 

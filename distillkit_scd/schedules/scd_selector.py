@@ -61,7 +61,7 @@ class SCDSelector:
     """Caches each checkpoint's probe-set distributions once; `select(student)` returns (j*, terms).
 
     Args:
-        pool: `teachers.CheckpointPool` (anything with num_checkpoints, best_index, active_index, load_into).
+        pool: `teachers.pool.CheckpointPool` (anything with num_checkpoints, best_index, active_index, load_into).
         teacher: the live teacher module: checkpoints are swapped into it in place while caching, and the
             previously active checkpoint is restored afterwards.
         probe_batches: collated batches of the probe subset (see `probe_batches`), fixed for the run.

@@ -110,7 +110,7 @@ class ProgressiveSchedule:
 class ScheduledSelection:
     """SCD: at each stage start, the checkpoint balancing quality and closeness to the current student.
 
-    `selector` is an `scd.SCDSelector` (anything with `select(student) -> (index, terms)`); the trainer
+    `selector` is an `scd_selector.SCDSelector` (anything with `select(student) -> (index, terms)`); the trainer
     passes the live student as `student=`.
     """
 

@@ -16,7 +16,7 @@ Splits: the dataset's own where present — files named `train*`, `validation*`/
 `train` / `validation` / `test` to other names. A missing test split is carved from train
 (`test_fraction`, default 0.2), a missing validation split likewise (`validation_fraction`, 0.1), seeded
 (`seed`), optionally keeping each value of a column on one side (`group_by`) or carving each value's
-share separately (`stratify_by`). The metric is the `metric` option (see `chat_metrics.py`).
+share separately (`stratify_by`). The metric is the `metric` option (see `evaluation/chat_metrics.py`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ class TaskSpec:
     """Everything the library knows about a task, in one place (scoring, report and plan read it here).
 
     name: registry key.
-    kind: how outputs are scored: a key of `evaluation.SCORERS` ("choice", "yesno", "ner", "exact"), or
-        "chosen" when the recipe's `task.options.metric` decides (`chat`; see `chat_metrics.py`).
+    kind: how outputs are scored: a key of `evaluation.metrics.SCORERS` ("choice", "yesno", "ner", "exact"), or
+        "chosen" when the recipe's `task.options.metric` decides (`chat`; see `evaluation/chat_metrics.py`).
     max_new_tokens: default generation budget (`evaluation.max_new_tokens` overrides it).
     build: `(source, **options) -> DatasetDict`.
     columns: Table 1 columns as `(column name, per-sample score key)`, in the paper's order; the keys are

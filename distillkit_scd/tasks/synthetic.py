@@ -13,7 +13,7 @@ Scoring: answers are short strings scored by **exact match** of the stripped gen
 Rows are a pure function of the seed; train and test draw from independent streams, so test rows may
 repeat train rows (the table and the rules are the "domain knowledge" to learn, not held-out facts).
 
-Measured with the tiny pair (`models.make_tiny_pair`, seed 0; plain AdamW, batch 16, num_train 800,
+Measured with the tiny pair (`models.loading.make_tiny_pair`, seed 0; plain AdamW, batch 16, num_train 800,
 160 test rows = 40 per family, teacher lr 1e-3, student lr 3e-3; greedy test accuracy per family):
 
     epochs  model    lookup  choice  sum   reverse   train time (1 CPU thread)

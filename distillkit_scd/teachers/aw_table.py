@@ -170,7 +170,7 @@ def compute_aw_table(student, teachers, dataset, batch_size: int = 16, *, teache
 
     Args:
         student: the student SFT model.
-        teachers: a `teachers.CheckpointPool` (then `teacher` is the module checkpoints are swapped into;
+        teachers: a `teachers.pool.CheckpointPool` (then `teacher` is the module checkpoints are swapped into;
             its previously active checkpoint is restored afterwards), or a sequence of N models.
         dataset: tokenised rows (a `datasets.Dataset` or anything with column access and `[i]` rows).
         batch_size: rows per forward pass (rows are length-sorted; padding never changes a row's loss).

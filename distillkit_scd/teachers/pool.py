@@ -211,7 +211,7 @@ class CheckpointPool:
 
     `active_index` is the checkpoint the live teacher holds: set by `load_model` (which builds the teacher
     from a checkpoint) and by `load_into` (which swaps one in place); None until either ran. Checkpoint
-    folders are resolved by `checkpoints.resolve_checkpoint` (a relative path stays inside the manifest's
+    folders are resolved by `models.checkpoints.resolve_checkpoint` (a relative path stays inside the manifest's
     folder).
     """
 
@@ -235,7 +235,7 @@ class CheckpointPool:
 
     def load_model(self, index: int, dtype: str = "float32", trust_remote_code: bool = False,
                    attn_implementation: str | None = None) -> torch.nn.Module:
-        """A new teacher module built from checkpoint `index` (`models.load_model`), which then is the
+        """A new teacher module built from checkpoint `index` (`models.loading.load_model`), which then is the
         live teacher: later `load_into` calls swap other checkpoints into it in place."""
         from distillkit_scd.models.loading import load_model
 

@@ -18,7 +18,7 @@ shows plain Python, accelerate (1 and 2 processes) and ZeRO-3 (2 processes) give
 Every distillation row shares the CD infrastructure (paper): the optimizer state is cleared every T
 optimizer steps (`callbacks.StageCallback`; exactly a fresh AdamW: its step count and moments live in the
 state). With `steps_per_stage` set (`distill.lr_schedule: per_stage`, ours) the learning-rate schedule
-also restarts every T steps (`lr_schedules.py`); by default it runs once over the whole N×T run. The
+also restarts every T steps (`schedules/lr.py`); by default it runs once over the whole N×T run. The
 schedule is a pure function of the global step, so a resumed run continues it exactly.
 """
 

@@ -3,7 +3,7 @@
 - `StagedTrainerMixin`: the staged LR scheduler (restarted every T steps when `steps_per_stage` is set),
   the extra resume state (active teacher checkpoint, TAID's state) and the teacher-schedule log fields.
   Both trainers inherit it (`class X(StagedTrainerMixin, SomeTrainer)`), so no method is borrowed.
-- `ScheduledTrainer`: a `typing.Protocol` naming exactly what `callbacks.py` reads and calls on a trainer.
+- `ScheduledTrainer`: a `typing.Protocol` naming exactly what `training/callbacks.py` reads and calls on a trainer.
 - `reset_optimizer_state`: a fresh AdamW at every stage start, in place.
 """
 
@@ -73,7 +73,7 @@ class StagedTrainerMixin:
 
 
 class ScheduledTrainer(Protocol):
-    """What the callbacks (`callbacks.py`) use on a trainer; both trainers provide it. Optional extras the
+    """What the callbacks (`training/callbacks.py`) use on a trainer; both trainers provide it. Optional extras the
     callbacks read with `getattr`: `last_step_distill`, `accelerator`, `is_deepspeed_enabled`,
     `teacher_forward_rows`."""
 

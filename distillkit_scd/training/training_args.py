@@ -64,7 +64,7 @@ def build_sft_config(recipe: Recipe, output_dir: str | Path, learning_rate: floa
         eval_strategy="no",
         save_only_model=False,
         max_length=recipe.task.max_length,
-        dataset_kwargs={"skip_prepare_dataset": True},  # rows are tokenised by formatting.py
+        dataset_kwargs={"skip_prepare_dataset": True},  # rows are tokenised by data/formatting.py
         disable_tqdm=False,
     )
     import torch

@@ -1,6 +1,6 @@
 """Data-parallel forward-only stages: the launched processes split a stage's batches and gather the results.
 
-Under `accelerate launch --multi_gpu --num_processes N` (what launch.py gives evaluation and the AW table of
+Under `accelerate launch --multi_gpu --num_processes N` (what config/launch.py gives evaluation and the AW table of
 a multi-process recipe) every process runs the same stage command with the whole model. Each takes every
 N-th batch of the list the single process would build (`Shard.take`) — the same rows in the same batches, so
 each row's numbers are the single-process ones (padding and batch composition unchanged) — and the results
