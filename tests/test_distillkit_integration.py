@@ -190,7 +190,11 @@ def _dk_config(tiny_pair, data_dir, out_dir, losses, **extra) -> dict:
     teacher, student = tiny_pair
     training_args = {"max_steps": 2, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
                      "report_to": [], "use_cpu": True, "logging_steps": 1, "save_strategy": "no",
-                     "learning_rate": 1e-4, "seed": 0, "dataloader_num_workers": 0}
+                     "learning_rate": 1e-4, "seed": 0, "dataloader_num_workers": 0,
+                     # TRL's SFTConfig defaults to bf16, and accelerate keeps a process's first mixed-precision
+                     # setting for every later trainer: a bf16 trainer here would run other test files' trainers
+                     # in bf16 too (test_taid's t trajectory then missed its tolerance when run after this file)
+                     "bf16": False}
     training_args.update(extra.pop("training_args", {}))
     return {"model": str(student), "teacher": {"kind": "hf", "path": str(teacher)},
             "dataset": {"train_dataset": {"disk_path": str(data_dir)}}, "sequence_length": 64,
@@ -237,6 +241,13 @@ def _batch(trainer):
     return next(iter(trainer.get_train_dataloader()))
 
 
+def _pop_parts(trainer) -> dict[str, float]:
+    """The logged loss parts added since the last call (means over those micro-batches); the step's sums are
+    emptied too, so the module's shared trainer starts the next test clean."""
+    trainer.step_sums.pop_step(trainer.accelerator)
+    return trainer.step_sums.pop_fields(trainer.accelerator)
+
+
 def test_defect_a_mask_not_shifted(trainer):
     """DistillKit pairs logits[:, s] with labels[:, s]; position s predicts token s+1. Its KL term equals
     the unshifted token mean; ours equals the shifted one (float64 loop references)."""
@@ -260,11 +271,11 @@ def test_defect_a_mask_not_shifted(trainer):
     with torch.no_grad():
         kl_fn = trainer.loss_functions[1]
         original = kl_fn(out, trainer.signal_source.get_signal(batch), mask=(labels >= 0).unsqueeze(-1))
+        _pop_parts(trainer)
         trainer.total_distillation_loss(out, batch)
-        ours = trainer._log_sums.pop("distillation_loss/2_kl")
-        trainer._log_sums.clear()
+        ours = _pop_parts(trainer)["distillation_loss/2_kl"]
     torch.testing.assert_close(original.double(), ref_unshifted, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ours.double(), ref_shifted, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64), ref_shifted, rtol=1e-5, atol=1e-6)
     # DistillKit's own method builds exactly that unshifted mask (its trainer.py, total_distillation_loss).
     calls = []
     orig_call = type(kl_fn).__call__
@@ -280,7 +291,7 @@ def test_defect_a_mask_not_shifted(trainer):
     finally:
         type(kl_fn).__call__ = orig_call
     assert torch.equal(calls[0].squeeze(-1), labels >= 0)
-    trainer._log_sums.clear()
+    _pop_parts(trainer)
 
 
 def test_trainer_losses_match_our_pipeline_functions(trainer, monkeypatch):
@@ -313,11 +324,10 @@ def test_trainer_losses_match_our_pipeline_functions(trainer, monkeypatch):
         out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         teacher = trainer.signal_source.teacher_model(input_ids=batch["input_ids"],
                                                       attention_mask=batch["attention_mask"]).logits
-        trainer._log_sums.clear()
+        _pop_parts(trainer)
         trainer.total_distillation_loss(out, batch)
     # keys "distillation_loss/<i>_<name>": the loss values of this micro-batch
-    got = {re.sub(r"^distillation_loss/\d+_", "", k): float(v) for k, v in trainer._log_sums.items()}
-    trainer._log_sums.clear()
+    got = {re.sub(r"^distillation_loss/\d+_", "", k): v for k, v in _pop_parts(trainer).items()}
     idx, targets = label_positions(batch["labels"])  # our pipeline's label positions (flat, shifted)
     v = out.logits.shape[-1]
     s_rows, t_rows = out.logits.reshape(-1, v)[idx], teacher.reshape(-1, v)[idx]
@@ -360,7 +370,7 @@ def test_defect_b_position_ids_dropped(trainer):
         _, our_out = trainer.compute_loss(trainer.model, dict(batch), return_outputs=True)
         orig_t = trainer.signal_source.get_signal(batch).logits[0]
         our_t = trainer._teacher_signal(batch).logits[0]
-    trainer._log_sums.clear()
+    _pop_parts(trainer)
     second = slice(len(a), None)
     assert not torch.allclose(orig_out.logits[0, second], alone_s, atol=1e-4)
     assert not torch.allclose(orig_t[second], alone_t, atol=1e-4)
@@ -449,7 +459,9 @@ def test_defect_c_teacher_not_prepared_under_zero3(registered, tiny_pair, data_d
 
 def test_defect_d_item_and_log_every_micro_step(trainer, monkeypatch):
     """DistillKit's loss calls `.item()` (a host sync) and writes a log entry on every micro-batch; ours
-    does neither and logs the mean of the micro-batches' parts once, on the training log line."""
+    does neither. Over the two micro-batches of one step (gradient accumulation 2, different label
+    masks), the log line's KL part is the mean of their float64 loop references, the step's loss is the mean
+    of their totals, and there is no distillation term for TAID (no `taid` loss)."""
     from distillkit.trainer import DistillationTrainer
 
     items = []
@@ -459,28 +471,39 @@ def test_defect_d_item_and_log_every_micro_step(trainer, monkeypatch):
         items.append(1)
         return real_item(self)
 
-    batch = _batch(trainer)
+    first = _batch(trainer)
+    second = dict(first, labels=first["labels"].clone())
+    second["labels"][:, :5] = -100  # a prompt: other label tokens, another KL
     with torch.no_grad():
-        out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                labels=batch["labels"])
+        out = trainer.model(input_ids=first["input_ids"], attention_mask=first["attention_mask"],
+                            labels=first["labels"])  # DistillKit's cross_entropy term is the model's loss
+        t_logits = trainer.signal_source.teacher_model(input_ids=first["input_ids"],
+                                                       attention_mask=first["attention_mask"]).logits
+    seg = torch.zeros_like(first["labels"][:, 1:])
+    refs = [float(_ref_losses(out.logits[:, :-1], t_logits[:, :-1], b["labels"][:, 1:], seg, 1.0, 1.0)["kl"])
+            for b in (first, second)]
+    assert abs(refs[0] - refs[1]) > 1e-4 * refs[0]  # the two micro-batches differ
     history = trainer.state.log_history
     n0 = len(history)
     monkeypatch.setattr(torch.Tensor, "item", counting_item)
     with torch.no_grad():
         for _ in range(2):
-            DistillationTrainer.total_distillation_loss(trainer, out, batch)
+            DistillationTrainer.total_distillation_loss(trainer, out, first)
     assert len(items) == 4 and len(history) == n0 + 2  # 2 losses × 2 micro-batches; one entry each
     items.clear()
-    trainer._log_sums.clear()
+    _pop_parts(trainer)
     with torch.no_grad():
-        losses = [trainer.total_distillation_loss(out, batch) for _ in range(2)]
+        totals = [float(trainer.total_distillation_loss(out, b)) for b in (first, second)]
     assert items == [] and len(history) == n0 + 2
     monkeypatch.setattr(torch.Tensor, "item", real_item)
-    parts = dict(trainer._log_sums)
-    trainer.log({"loss": float(losses[0])})
+    assert trainer.args.gradient_accumulation_steps == 2
+    assert trainer.pop_step_loss() == pytest.approx(sum(totals) / 2, rel=1e-6)
+    assert trainer.last_step_distill is None
+    trainer.log({"loss": totals[0]})
     entry = history[-1]
-    assert entry["distillation_loss/2_kl"] == pytest.approx(float(parts["distillation_loss/2_kl"]) / 2, rel=1e-5)
-    assert trainer._log_sums == {}
+    assert entry["distillation_loss/2_kl"] == pytest.approx(sum(refs) / 2, rel=1e-5)
+    assert "active_checkpoint" not in entry and "taid_t" not in entry  # no schedule, no TAID
+    assert _pop_parts(trainer) == {}  # the log line took them
 
 
 # --------------------------------------------------------------------------------------------------

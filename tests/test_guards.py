@@ -16,6 +16,7 @@ class FakeTrainer:
         self.losses = list(losses)
         self.taid_state = TAIDState()
         self.last_batch_ids = torch.tensor([4, 9])
+        self.last_step_distill = None  # TAID then reads the step's loss
 
     def pop_step_loss(self):
         return self.losses.pop(0)

@@ -36,7 +36,7 @@ from distillkit_scd.losses import (
     compound_loss_from_logits,
 )
 from distillkit_scd.training.callbacks import ExtraStateCallback, StageCallback, StepLossCallback
-from distillkit_scd.training.trainer_base import StagedTrainerMixin, schedule_log_fields
+from distillkit_scd.training.trainer_base import StagedTrainerMixin
 from distillkit_scd.utils.distributed import unwrap
 
 logger = logging.getLogger(__name__)
@@ -226,12 +226,9 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
         use_taid = any(isinstance(fn, TAIDLoss) for fn in self.loss_functions)
         self.taid_state = TAIDState.from_config(settings.taid) if use_taid else None
         self.last_batch_ids: list[int] = []
-        self._step_loss: torch.Tensor | float = 0.0
-        self._step_taid: torch.Tensor | float = 0.0  # the step's `taid` loss term (what TAID's update reads)
-        self.last_step_distill: float | None = None
-        self._log_sums: dict[str, torch.Tensor] = {}
         self._prepare_teacher()
         self.stage_callback = self._schedule_callback()
+        self.has_checkpoint_schedule = self.stage_callback is not None
         self._aw_collator = None
         self.aw_weights = self._static_aw(aw_table)
         sched = settings.schedule
@@ -355,6 +352,7 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
 
         total, weights = 0.0, 0.0
         parts: dict[str, torch.Tensor] = {}
+        taid_term = None
         for i, (cfg, fn) in enumerate(zip(self.config.loss_functions, self.loss_functions)):
             if fn.requires_hidden_states():  # hidden-state losses compare positions, not predictions
                 loss = fn(student_outputs, signal, mask=(labels >= 0).unsqueeze(-1),
@@ -365,41 +363,15 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
             total = total + loss * cfg.weight
             weights += cfg.weight
             parts[f"distillation_loss/{i + 1}_{cfg.function.value}"] = loss.detach().float()
-            if isinstance(fn, TAIDLoss) and self.model.training:
-                self._step_taid = self._step_taid + loss.detach().float() / self.args.gradient_accumulation_steps
+            if isinstance(fn, TAIDLoss):
+                taid_term = loss.detach().float()
             if isinstance(fn, AWKLLoss) and fn.last_parts:
                 parts["distillation_loss/aw_mean"] = fn.last_parts["weight_mean"].detach().float()
         total = total / weights
-        if self.model.training:  # fix (d): no host sync here; averaged at log time
-            for key, value in parts.items():
-                self._log_sums[key] = self._log_sums.get(key, 0.0) + value
-            self._log_sums["_micro_batches"] = self._log_sums.get("_micro_batches", 0.0) + 1.0
-            self._step_loss = self._step_loss + total.detach().float() / self.args.gradient_accumulation_steps
+        if self.model.training:  # fix (d): no host sync here; the log line averages the micro-batches' parts
+            self.step_sums.add(total.detach().float() / self.args.gradient_accumulation_steps, parts, 1.0,
+                               distill=None if taid_term is None else (taid_term, 1.0))
         return total
-
-    def pop_step_loss(self) -> float:
-        """The finished optimizer step's loss, averaged over processes (one host sync per step); also sets
-        `last_step_distill` to the step's `taid` term when TAID is in the loss list."""
-        device = self.accelerator.device
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device)
-                              for v in (self._step_loss, self._step_taid)])
-        self._step_loss = self._step_taid = 0.0
-        loss, taid = self.accelerator.reduce(values, reduction="mean").tolist()
-        self.last_step_distill = taid if self.taid_state is not None else None
-        return loss
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs and self._log_sums:  # a training log line: add the loss parts since the last one
-            sums = self._log_sums
-            self._log_sums = {}
-            count = sums.pop("_micro_batches")
-            keys = sorted(sums)
-            values = torch.stack([torch.as_tensor(sums[k], device=self.accelerator.device) for k in keys])
-            values = self.accelerator.reduce(values, reduction="mean") / count  # one host sync per log line
-            logs.update({k: round(v, 6) for k, v in zip(keys, values.tolist())})
-            logs.update(schedule_log_fields(self.active_checkpoint if self.stage_callback is not None else None,
-                                            self.taid_state))
-        super().log(logs, *args, **kwargs)
 
     # -- staged optimisation and resume ---------------------------------------------------------------
 

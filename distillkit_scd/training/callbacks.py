@@ -133,7 +133,7 @@ class StepLossCallback(TrainerCallback):
     the optimizer inside backward, before this callback could stop it.
 
     Args:
-        trainer: the `DistillationTrainer` (its `pop_step_loss`, `last_batch_ids`, `taid_state`).
+        trainer: a `ScheduledTrainer` (its `pop_step_loss`, `last_step_distill`, `last_batch_ids`, `taid_state`).
         nonfinite (`str`, defaults to `"stop"`): `stop` or `skip` (recipe field `optim.nonfinite_loss`).
         max_nonfinite_steps (`int`, defaults to `10`): skips allowed before stopping anyway.
     """
@@ -164,10 +164,10 @@ class StepLossCallback(TrainerCallback):
         loss, skipped = self._checked
         self._checked = None
         if self.trainer.taid_state is not None and not skipped:
-            # As the official TAID: t adapts to the step's distillation term (`last_step_distill`, the
-            # token mean over processes; the total loss where a trainer does not provide it), and the
+            # As the official TAID: t adapts to the step's distillation term (`last_step_distill`, over
+            # every process; the total loss when the step added none), and the
             # linear floor's progress counts the steps finished *before* this one (0 at the first).
-            term = getattr(self.trainer, "last_step_distill", None)
+            term = self.trainer.last_step_distill
             self.trainer.taid_state.update(loss if term is None else term, state.global_step - 1, state.max_steps)
 
     def _check(self, args, state, step: int, can_skip: bool) -> None:

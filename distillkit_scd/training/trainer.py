@@ -36,7 +36,7 @@ from distillkit_scd.losses.chunk_kernel import Workspace
 from distillkit_scd.losses.compiled_kernel import resolve_compile_loss
 from distillkit_scd.losses.liger_loss import check_liger_available, liger_applies, liger_compound_loss
 from distillkit_scd.models.loading import check_plain_lm_head
-from distillkit_scd.training.trainer_base import StagedTrainerMixin, schedule_log_fields
+from distillkit_scd.training.trainer_base import StagedTrainerMixin
 from distillkit_scd.utils.distributed import call_as_forward, gathered_for_loss, unwrap
 
 logger = logging.getLogger(__name__)
@@ -94,14 +94,15 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
         self._loss_workspace = Workspace() if self.accelerator.device.type == "cpu" else None
         self.compile_loss = resolve_compile_loss(compile_loss, self.accelerator.device)
         self.last_batch_ids: list[int] = []  # sample_index of the last micro-batch, for error messages
-        self._loss_sums: dict[str, torch.Tensor] = {}
-        self._step_loss: torch.Tensor | float = 0.0  # this optimizer step's loss (sum of micro-batch losses)
-        self._step_distill = torch.zeros(2)  # this step's (distillation-term sum, label tokens), for TAID
-        self.last_step_distill: float | None = None  # its token mean over processes, set by pop_step_loss
         self._eval_sums = torch.zeros(2)  # (Σ loss·tokens, tokens) of the running evaluation
         self.teacher_model = None
         if teacher_model is not None:
             self.set_teacher(teacher_model)
+
+    @property
+    def has_checkpoint_schedule(self) -> bool:
+        """With a teacher, `active_checkpoint` indexes the teacher SFT's checkpoints (logged per line)."""
+        return self.teacher_model is not None
 
     # -- teacher ------------------------------------------------------------------------------------
 
@@ -213,11 +214,7 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         if self.model.training:
-            self._accumulate(parts, tokens)
-            self._step_loss = self._step_loss + loss.detach().float()
-            if self.taid_state is not None:
-                self._step_distill = self._step_distill.to(loss.device) + torch.stack(
-                    [parts["distill_sum"].detach().float(), tokens])
+            self._add_step_sums(loss, parts, tokens)
         return (loss, outputs) if return_outputs else loss
 
     def evaluation_loop(self, *args, **kwargs):
@@ -232,48 +229,15 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
             output.metrics[f"{prefix}_loss"] = total / tokens
         return output
 
-    def _accumulate(self, parts: dict, tokens: torch.Tensor) -> None:
-        # Detached device tensors; no .item() here (a host sync per micro-batch). Synced at log time.
-        for key, value in (("distill", parts["distill_sum"]), ("ce", parts["ce_sum"]),
-                           ("weight", parts["weight_sum"]), ("tokens", tokens)):
-            value = value.float()
-            self._loss_sums[key] = self._loss_sums.get(key, torch.zeros_like(value)) + value
-
-    def pop_step_loss(self) -> float:
-        """The finished optimizer step's loss, averaged over processes (one host sync per step).
-
-        Also sets `last_step_distill`, the step's token-mean distillation term over every process: what
-        TAID's update reads (the official code adapts t from the distillation loss, not the CE mix).
-        """
-        device = self.accelerator.device
-        values = torch.cat([torch.as_tensor(self._step_loss, dtype=torch.float32, device=device).reshape(1),
-                            self._step_distill.to(device)])
-        self._step_loss, self._step_distill = 0.0, torch.zeros(2)
-        loss, distill, tokens = self.accelerator.reduce(values, reduction="sum").tolist()
-        self.last_step_distill = distill / tokens if tokens > 0 else None
-        return loss / self.accelerator.num_processes
-
-    def pop_loss_parts(self) -> dict[str, float]:
-        """Token-mean distillation term, CE term and weight since the last call (all processes)."""
-        if not self._loss_sums:
-            return {}
-        keys = sorted(self._loss_sums)
-        stacked = torch.stack([self._loss_sums[k] for k in keys])
-        stacked = self.accelerator.reduce(stacked, reduction="sum")
-        sums = dict(zip(keys, stacked.tolist()))
-        self._loss_sums = {}
-        n = max(sums["tokens"], 1.0)
-        out = {"ce": sums["ce"] / n}
+    def _add_step_sums(self, loss: torch.Tensor, parts: dict, tokens: torch.Tensor) -> None:
+        """The logged parts are token means (Σ over label tokens / label tokens) of the CE term, and with a
+        teacher of the distillation term and its weight (α or AW); TAID reads the step's distillation term."""
+        distill = parts["distill_sum"].detach().float()
+        fields = {"loss_ce": parts["ce_sum"].detach().float()}
         if self.teacher_model is not None:
-            out.update({"distill": sums["distill"] / n, "mean_weight": sums["weight"] / n})
-        return out
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs:  # training log line
-            logs.update({f"loss_{k}": round(v, 6) for k, v in self.pop_loss_parts().items()})
-            logs.update(schedule_log_fields(self.active_checkpoint if self.teacher_model is not None else None,
-                                            self.taid_state))
-        super().log(logs, *args, **kwargs)
+            fields.update(loss_distill=distill, loss_mean_weight=parts["weight_sum"].detach().float())
+        self.step_sums.add(loss.detach().float(), fields, tokens,
+                           distill=(distill, tokens) if self.taid_state is not None else None)
 
     # -- staged optimisation ------------------------------------------------------------------------
 
