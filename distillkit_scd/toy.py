@@ -382,10 +382,3 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"soft AW above teacher: {result['soft_aw_beats_teacher']}; "
           f"above student SFT: {result['soft_aw_beats_student_sft']}; wrote {Path(args.out)}")
     return 0
-
-
-def toy_command(argv: Sequence[str] | None = None) -> int:
-    """`main(argv)`-style entry point: parse toy options from `argv` and run."""
-    parser = argparse.ArgumentParser(prog="distillkit-scd toy", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))

@@ -14,7 +14,7 @@ from distillkit_scd.evaluation.metrics import (
     parse_ner,
     parse_yes_no_maybe,
 )
-from distillkit_scd.evaluation.scoring import primary_metrics, score_task
+from distillkit_scd.evaluation.scoring import score_task, scoring_for
 
 
 @pytest.mark.parametrize("text,want", [
@@ -143,7 +143,7 @@ def test_score_task_per_task_rules(task, golds, gens, want):
     metrics, samples = score_task(task, golds, gens)
     for key, value in want.items():
         assert metrics[key] == pytest.approx(value), key
-    for key in primary_metrics(task):
+    for key in scoring_for(task).primary:
         assert metrics[key] == pytest.approx(sum(s["scores"][key] for s in samples) / len(samples))
 
 
@@ -168,9 +168,9 @@ def test_score_task_rejects_bad_input():
 
 def test_primary_metric_names():
     """Primary metrics come from the registry entry's Table 1 columns: accuracy, NRNER's pair of F1s."""
-    assert primary_metrics("jmmlu") == ("accuracy",)
-    assert primary_metrics("nrner") == ("exact_f1", "partial_f1")
-    assert {t: primary_metrics(t) for t in ("synthetic", "pubmedqa", "crade", "rrtnm", "smdis")} == {
+    assert scoring_for("jmmlu").primary == ("accuracy",)
+    assert scoring_for("nrner").primary == ("exact_f1", "partial_f1")
+    assert {t: scoring_for(t).primary for t in ("synthetic", "pubmedqa", "crade", "rrtnm", "smdis")} == {
         t: ("accuracy",) for t in ("synthetic", "pubmedqa", "crade", "rrtnm", "smdis")}
 
 

@@ -11,10 +11,8 @@ from distillkit_scd.schedules.teacher_checkpoints import (
     FixedSchedule,
     ProgressiveSchedule,
     ScheduledSelection,
-    num_stages,
     progressive_schedule,
     select_checkpoint,
-    stage_of_step,
 )
 
 
@@ -66,16 +64,6 @@ def test_select_checkpoint_inf_loses_nan_refused():
         select_checkpoint([], [])
 
 
-def test_stage_of_step_and_num_stages():
-    """stage = step // T; stages = ceil(total / T)."""
-    assert [stage_of_step(s, 3) for s in range(7)] == [0, 0, 0, 1, 1, 1, 2]
-    assert num_stages(9, 3) == 3 and num_stages(10, 3) == 4 and num_stages(0, 3) == 0
-    with pytest.raises(ValueError, match="steps_per_stage"):
-        stage_of_step(1, 0)
-    with pytest.raises(ValueError, match="step"):
-        stage_of_step(-1, 2)
-
-
 def test_schedule_classes_common_interface():
     """fixed → best every stage; progressive → stage index capped at N−1; scheduled → the selector's answer."""
     fixed = FixedSchedule(2, num_checkpoints=4)
@@ -84,7 +72,7 @@ def test_schedule_classes_common_interface():
     assert [prog.checkpoint_for_stage(i)[0] for i in range(5)] == [0, 1, 2, 2, 2]
     # Consistency with the per-step schedule at stage starts.
     steps = progressive_schedule(3, 4, 20)
-    assert [prog.checkpoint_for_stage(stage_of_step(s, 4))[0] for s in range(20)] == steps
+    assert [prog.checkpoint_for_stage(s // 4)[0] for s in range(20)] == steps
 
     class Selector:
         def select(self, student):

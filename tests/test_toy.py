@@ -156,9 +156,11 @@ def test_small_run_writes_results_and_figure(tmp_path):
 
 
 def test_toy_command_parses_options(tmp_path):
-    """`toy --seeds 1 --steps 20 --n-train 100 --no-figure` runs and writes the JSON only."""
-    assert toy.toy_command(["--seeds", "1", "--steps", "20", "--n-train", "100", "--no-figure",
-                            "--out", str(tmp_path)]) == 0
+    """`distillkit-scd toy --seeds 1 --steps 20 --n-train 100 --no-figure` runs and writes the JSON only."""
+    from distillkit_scd.cli import main
+
+    assert main(["toy", "--seeds", "1", "--steps", "20", "--n-train", "100", "--no-figure",
+                 "--out", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / toy.RESULTS_NAME).read_text())
     assert saved["seeds"] == [0] and saved["config"]["student_steps"] == 20
     assert not (tmp_path / toy.FIGURE_NAME).exists()

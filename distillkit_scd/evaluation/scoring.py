@@ -49,8 +49,3 @@ def score_task(task: str, golds: Sequence, generations: Sequence[str], options: 
         ValueError: unknown task, unequal lengths, no items, or an unreadable gold answer.
     """
     return scoring_for(task, options).score(golds, generations)
-
-
-def primary_metrics(task: str, options: dict | None = None) -> tuple[str, ...]:
-    """The per-sample score keys whose means are the task's Table 1 numbers."""
-    return scoring_for(task, options).primary

@@ -31,9 +31,6 @@ class Workspace:
     def results_path(self, row: str) -> Path:
         return self.root / "results" / row / f"{self.recipe.task.name}.json"
 
-    def report_dir(self) -> Path:
-        return self.root / "report"
-
     def base_model(self, role: str) -> str:
         """The base model of `role`; `tiny:teacher` / `tiny:student` are built on the spot (no download),
         under the file lock of `models.refs.resolve_model_path` (every rank of a launch resolves them)."""

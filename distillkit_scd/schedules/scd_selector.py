@@ -122,10 +122,6 @@ class SCDSelector:
         finally:
             model.train(was_training)
 
-    def model_probe_logprobs(self, model) -> list[torch.Tensor]:
-        """All probe log-probs of a model as CPU chunks (P × V floats: for tests and small probes)."""
-        return [lp.cpu() for lp in self.iter_probe_logprobs(model)]
-
     def precompute(self) -> None:
         """One teacher pass per checkpoint over the probe set (cached on CPU); then term 1 for every j.
 
@@ -182,12 +178,6 @@ class SCDSelector:
         return total / self.num_positions
 
     # ---- decision ---------------------------------------------------------------------------------
-
-    def select_from_logprobs(self, student_logprobs: list[torch.Tensor]) -> tuple[int, list[dict]]:
-        """(j*, terms) from the student's probe log-probs (chunks as `model_probe_logprobs` returns)."""
-        if self.cache is None:
-            raise ValueError("SCDSelector: no cache yet; call precompute() first")
-        return self._decide([self._mean_kl(student_logprobs, j) for j in range(len(self.cache))])
 
     def select(self, student) -> tuple[int, list[dict]]:
         """One student pass over the probe set → (j*, per-checkpoint terms for the schedule log).

@@ -62,20 +62,6 @@ def select_checkpoint(kl_best_to_ckpt: Sequence[float], kl_student_to_ckpt: Sequ
     return min(range(len(totals)), key=lambda j: (totals[j], j))
 
 
-def stage_of_step(step: int, steps_per_stage: int) -> int:
-    """0-based stage of a 0-based optimizer step: step // T."""
-    _check_int("step", step, 0)
-    _check_int("steps_per_stage", steps_per_stage, 1)
-    return step // steps_per_stage
-
-
-def num_stages(total_steps: int, steps_per_stage: int) -> int:
-    """Stages needed to cover `total_steps` steps: ceil(total / T) (0 for 0 steps)."""
-    _check_int("total_steps", total_steps, 0)
-    _check_int("steps_per_stage", steps_per_stage, 1)
-    return -(-total_steps // steps_per_stage)
-
-
 class FixedSchedule:
     """TD and TAID: always the same checkpoint, p(best)."""
 

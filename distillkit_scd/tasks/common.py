@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +190,3 @@ def chat_messages(system: str, user: str, answer: str, use_system_role: bool = T
     prompt = ([{"role": "system", "content": system}, {"role": "user", "content": user}] if use_system_role
               else [{"role": "user", "content": f"{system}\n\n{user}"}])
     return [*prompt, {"role": "assistant", "content": answer}]
-
-
-def rng(seed: int) -> random.Random:
-    return random.Random(seed)
