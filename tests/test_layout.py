@@ -203,3 +203,13 @@ def test_module_size():
             too_long.append(f"{name}.py ({lines} lines)")
     assert not too_long, f"modules over {MAX_LINES} lines (split them by concept): {too_long}"
     assert not stale, f"now within {MAX_LINES} lines, remove from OVER_LIMIT in tests/test_layout.py: {stale}"
+
+
+TOP_LEVEL = {"distillkit_scd", "__main__", "cli", "toy"}
+
+
+def test_top_level_holds_only_entry_points():
+    """Modules live in the folders of the layer table; the top level keeps the package, the command line and
+    the toy (`python -m distillkit_scd`, `distillkit-scd = distillkit_scd.cli:main`)."""
+    stray = sorted(name for name in _modules() if "." not in name and name not in TOP_LEVEL | _PACKAGES)
+    assert not stray, f"put these modules into a folder (see LAYERS in tests/test_layout.py): {stray}"
