@@ -137,7 +137,7 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
     q = data.add_parser("fetch", help="download PubMedQA / JMED-LLM from GitHub, verify checksums, write the "
                                       "layout the tasks read")
     q.add_argument("names", nargs="+", choices=("pubmedqa", "jmed", "all"), help="what to fetch")
-    q.add_argument("--to", required=True, metavar="DIR", help="data folder (then task.source: DIR)")
+    q.add_argument("--to", required=True, metavar="DIR", help="data folder (tasks read data/ unless DISTILLKIT_SCD_DATA names another)")
     q = data.add_parser("example", help="write a small chat JSONL (the synthetic task's rows) for `task.name: chat`")
     q.add_argument("out", help="the .jsonl file to write")
     q.add_argument("--rows", type=int, default=200, help="rows to write (default: 200)")
@@ -272,7 +272,7 @@ def _data(args) -> int:
 
         for folder in fetch(args.names, args.to):
             print(f"{folder}: checksums verified")
-        print(f"use it with task.source: {args.to} (or DISTILLKIT_SCD_DATA={args.to})")
+        print(f"use it with DISTILLKIT_SCD_DATA={args.to} (unset: data/), or task.source: one of the folders above")
         return 0
     from distillkit_scd.tasks.synthetic import chat_jsonl
     from distillkit_scd.utils.atomic import atomic_write_text

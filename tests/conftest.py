@@ -40,8 +40,11 @@ def tiny_tokenizer(tiny_pair):
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The read-only benchmark copy (`$DISTILLKIT_SCD_DATA`, else `<checkout>/../shared/data`)."""
-    root = Path(os.environ.get(DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
+    """The benchmark data: `$DISTILLKIT_SCD_DATA`, else `<checkout>/data` (`distillkit-scd data fetch all --to
+    data/`), else a read-only copy beside the checkout, `<checkout>/../shared/data` (the CI machines')."""
+    checkout = Path(__file__).resolve().parents[1]
+    root = Path(os.environ.get(DATA_ENV) or next((p for p in (checkout / "data", checkout.parent / "shared" / "data")
+                                                  if p.is_dir()), checkout / "data"))
     if not (root / "pubmedqa").is_dir() or not (root / "jmed_llm").is_dir():
         pytest.skip(f"benchmark data not found at {root} (expected pubmedqa/ and jmed_llm/); "
                     f"set ${DATA_ENV} to run the real-data tests")

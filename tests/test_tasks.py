@@ -6,12 +6,13 @@ import csv
 import json
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
 from distillkit_scd.tasks import TASKS, load_task, split_definition
-from distillkit_scd.tasks.common import group_split
+from distillkit_scd.tasks.common import default_data_root, group_split
 from distillkit_scd.tasks.jmed import source_text
 
 JMED = ("jmmlu", "crade", "rrtnm", "smdis", "nrner")
@@ -55,7 +56,10 @@ def test_pubmedqa_official_split(shared_data):
 
 
 def test_pubmedqa_default_source_from_env(shared_data, monkeypatch):
-    """source=None reads $DISTILLKIT_SCD_DATA; a missing folder is an error naming the expected files."""
+    """source=None reads $DISTILLKIT_SCD_DATA (unset: `data/`, where `data fetch --to data/` writes); a
+    missing folder is an error naming the expected files."""
+    monkeypatch.delenv("DISTILLKIT_SCD_DATA", raising=False)
+    assert default_data_root() == Path("data")
     monkeypatch.setenv("DISTILLKIT_SCD_DATA", str(shared_data))
     assert len(load_task("pubmedqa")["test"]) == 500
     with pytest.raises(ValueError, match="ori_pqal.json and test_ground_truth.json"):

@@ -40,7 +40,7 @@ def check_data(recipe: Recipe, source: str = "<recipe>") -> str:
     except ValueError as err:
         fetch = get_task(t.name).fetch
         hint = (f"; to get the paper's data run `distillkit-scd data fetch {fetch} --to DIR`, then set "
-                f"task.source: DIR (or {DATA_ENV}=DIR)" if fetch else "")
+                f"{DATA_ENV}=DIR (unset: data/) or task.source: DIR/<its folder>" if fetch else "")
         raise RecipeError(f"{source}: task data: {err}{hint}") from None
     sizes = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
     return f"task {t.name}: data {getattr(splits, 'split_info', {}).get('source', 'generated')} ({sizes})"

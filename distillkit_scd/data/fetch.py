@@ -10,7 +10,7 @@ DIR/jmed_llm/all/JMMLU-Med.csv CRADE.csv RRTNM.csv SMDIS.csv NRNER.csv (the full
 DIR/<folder>/SOURCE.json                                              (URL, commit, sha256, licence per file)
 ```
 
-Then `task.source: DIR` (or `DISTILLKIT_SCD_DATA=DIR`) loads them. A file already present with the right
+Tasks read them from `DISTILLKIT_SCD_DATA=DIR` (unset: `data/`), or `task.source: DIR/pubmedqa` (`DIR/jmed_llm`). A file already present with the right
 checksum is not downloaded again; a download whose checksum differs is refused and nothing is written
 for it (the error names the URL and both checksums). The checksums are those of the copies the project
 was developed on (git blob ids verified against upstream at these commits).

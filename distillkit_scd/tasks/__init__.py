@@ -2,8 +2,8 @@
 
 Every row has `id`, `messages` (chat turns; the last is the assistant's gold answer) and the task's gold
 fields (`answer`, `tag`, …). `source` is a local path or a Hub dataset id read by the same loader;
-`None` means the task's default (`../shared/data` or `$DISTILLKIT_SCD_DATA`; the generator for
-`synthetic`). The split definition and its id lists are attached as `dataset_dict.split_info`.
+`None` means the task's default (`$DISTILLKIT_SCD_DATA`, else `data/`, where `distillkit-scd data fetch all
+--to data/` writes; the generator for `synthetic`). The split definition and its id lists are attached as `dataset_dict.split_info`.
 """
 
 from __future__ import annotations

@@ -42,9 +42,10 @@ class TaskSpec:
 
 
 def default_data_root() -> Path:
-    """`$DISTILLKIT_SCD_DATA`, else `../shared/data` beside the working directory (the benchmark copy)."""
+    """`$DISTILLKIT_SCD_DATA`, else `data/` in the working directory (what `distillkit-scd data fetch all
+    --to data/` writes, run from the repository root)."""
     env = os.environ.get(DATA_ENV)
-    return Path(env) if env else Path("..") / "shared" / "data"
+    return Path(env) if env else Path("data")
 
 
 def stable_shuffle(keys: Sequence[str], seed: int) -> list[str]:
