@@ -319,7 +319,7 @@ def test_zero3_tied_embeddings_match_one_process(tiny_pair, tmp_path):
 def test_world_size_guard(monkeypatch):
     """Processes launched as one job (WORLD_SIZE) but not joined into one (accelerate sees 1) are refused;
     a matching count, or no launcher, passes."""
-    from distillkit_scd.training.trainer import check_world_size
+    from distillkit_scd.config.launch import check_world_size
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     check_world_size(1)
@@ -332,7 +332,7 @@ def test_world_size_guard(monkeypatch):
 def test_zero3_save_guard_and_shipped_configs():
     """ZeRO-3 without gathered weights on save is refused (its checkpoints hold no model weights); ZeRO-2
     and every shipped DeepSpeed config pass."""
-    from distillkit_scd.training.trainer import check_zero3_saves_weights
+    from distillkit_scd.config.launch import check_zero3_saves_weights
 
     with pytest.raises(ValueError, match="stage3_gather_16bit_weights_on_model_save"):
         check_zero3_saves_weights({"zero_optimization": {"stage": 3}})
@@ -341,6 +341,27 @@ def test_zero3_save_guard_and_shipped_configs():
     assert configs
     for path in configs:
         check_zero3_saves_weights(json.loads(path.read_text()))
+
+
+def test_unwrap_and_external_params_leave_plain_modules_alone():
+    """`unwrap` takes the module out of a parallel wrapper (here `DataParallel`, accelerate's list also holds
+    DDP, DeepSpeed's engine and FSDP) and nested ones, keeps accelerate's instance-level forward, and returns a
+    plain module itself, without importing DeepSpeed (a fresh process); `register_external_params` has nothing
+    to do for parameters that are not ZeRO-3-partitioned."""
+    from distillkit_scd.utils.distributed import register_external_params, unwrap
+
+    module = torch.nn.Linear(2, 2)
+    module.forward = module.forward  # an instance-level forward, as accelerate's autocast wrapper installs
+    assert unwrap(module) is module
+    assert unwrap(torch.nn.DataParallel(torch.nn.DataParallel(module))) is module and "forward" in vars(module)
+    register_external_params(module, module.weight, None)
+    assert not hasattr(module, "_external_params")  # what DeepSpeed's registration would create
+    code = ("import sys, torch; from distillkit_scd.utils.distributed import register_external_params, unwrap\n"
+            "m = torch.nn.Linear(2, 2); assert unwrap(m) is m; register_external_params(m, m.weight)\n"
+            "print('DEEPSPEED', 'deepspeed' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "DEEPSPEED False" in out.stdout, out.stdout + out.stderr[-2000:]
 
 
 def test_call_as_forward_runs_through_wrapper_hooks_and_restores_forward():

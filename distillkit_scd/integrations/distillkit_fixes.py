@@ -37,7 +37,7 @@ from distillkit_scd.losses import (
 )
 from distillkit_scd.training.callbacks import ExtraStateCallback, StageCallback, StepLossCallback
 from distillkit_scd.training.trainer_base import StagedTrainerMixin
-from distillkit_scd.utils.distributed import unwrap
+from distillkit_scd.utils.distributed import place_teacher, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -244,10 +244,8 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
     def _prepare_teacher(self) -> None:
         source = self.signal_source
         if isinstance(source, OnlineSignalSource) and self.is_deepspeed_enabled:
-            from trl.models.utils import prepare_deepspeed
-
             logger.info("distillkit_scd: wrapping the online teacher in a DeepSpeed inference engine")
-            source.teacher_model = prepare_deepspeed(unwrap(source.teacher_model), self.accelerator)
+            source.teacher_model = place_teacher(source.teacher_model, self.accelerator, deepspeed=True)
 
     @property
     def teacher_model_module(self):

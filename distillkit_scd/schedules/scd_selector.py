@@ -26,6 +26,7 @@ import logging
 import random
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from distillkit_scd.losses import TopKSignal, topk_signal
 from distillkit_scd.models.label_forward import iter_label_logprobs, label_hidden
@@ -52,9 +53,9 @@ def probe_indices(num_rows: int, size: int, seed: int) -> list[int]:
 
 
 def probe_batches(dataset, collator, size: int, seed: int, batch_size: int) -> list[dict]:
-    """Collated batches of the probe subset of a tokenized split (rows with input_ids, labels)."""
-    rows = [dataset[i] for i in probe_indices(len(dataset), size, seed)]
-    return [collator(rows[s:s + batch_size]) for s in range(0, len(rows), batch_size)]
+    """Collated batches of the probe subset of a tokenized split (rows with input_ids, labels), in row order."""
+    subset = Subset(dataset, probe_indices(len(dataset), size, seed))
+    return list(DataLoader(subset, batch_size=batch_size, collate_fn=collator))
 
 
 class SCDSelector:

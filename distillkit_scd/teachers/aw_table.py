@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import BatchSampler, DataLoader
 
 from distillkit_scd.losses import adaptive_weight
 from distillkit_scd.models.label_forward import sequence_losses
@@ -139,11 +140,8 @@ def length_batches(dataset, batch_size: int, collator) -> list[tuple[list[int], 
     """Batches of rows sorted by length (less padding); each with its row indices."""
     lengths = [len(x) for x in dataset["input_ids"]]
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    out = []
-    for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
-        out.append((rows, collator([dataset[i] for i in rows])))
-    return out
+    rows = list(BatchSampler(order, batch_size, drop_last=False))  # [order[0:b], order[b:2b], ...]
+    return list(zip(rows, DataLoader(dataset, batch_sampler=rows, collate_fn=collator)))
 
 
 def row_losses(model, batches, num_rows: int, chunk_size: int, shard=None, what: str = "AW table") -> torch.Tensor:

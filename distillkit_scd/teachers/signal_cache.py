@@ -26,6 +26,7 @@ import logging
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from distillkit_scd.losses import TopKSignal, topk_signal
 from distillkit_scd.models.label_forward import iter_label_logprobs, label_hidden
@@ -69,12 +70,6 @@ class SignalCache:
         return TopKSignal(lp.to(device), idx.to(device), tail)
 
 
-def _batches(dataset, collator, batch_size):
-    for start in range(0, len(dataset), batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        yield collator(rows)
-
-
 @torch.no_grad()
 def build_checkpoint_signals(teacher, dataset, collator, top_k: int, batch_size: int = 16,
                              chunk_size: int = 1024, desc: str = "signals") -> SignalCache:
@@ -88,7 +83,7 @@ def build_checkpoint_signals(teacher, dataset, collator, top_k: int, batch_size:
         raise ValueError("build_checkpoint_signals: rows must be in increasing sample_index order")
     counts = torch.zeros(sample_index[-1] + 1 if sample_index else 0, dtype=torch.long)
     seq_loss = torch.zeros(len(counts), dtype=torch.float64)
-    batches = list(_batches(dataset, collator, batch_size))
+    batches = list(DataLoader(dataset, batch_size=batch_size, collate_fn=collator))  # in row order
     progress = ProgressLog(desc, len(batches), log=logger)
     for batch in batches:
         hidden, flat_idx, targets = label_hidden(teacher, batch)

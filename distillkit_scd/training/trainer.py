@@ -37,7 +37,13 @@ from distillkit_scd.losses.compiled_kernel import resolve_compile_loss
 from distillkit_scd.losses.liger_loss import check_liger_available, liger_applies, liger_compound_loss
 from distillkit_scd.models.loading import check_plain_lm_head
 from distillkit_scd.training.trainer_base import StagedTrainerMixin
-from distillkit_scd.utils.distributed import call_as_forward, gathered_for_loss, unwrap
+from distillkit_scd.utils.distributed import (
+    call_as_forward,
+    gathered_for_loss,
+    place_teacher,
+    register_external_params,
+    unwrap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +118,7 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
         check_plain_lm_head(unwrap(teacher_model), "teacher")
         teacher_model.eval()
         teacher_model.requires_grad_(False)
-        if self.is_deepspeed_enabled:
-            from trl.models.utils import prepare_deepspeed
-
-            teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
-        else:
-            teacher_model = teacher_model.to(self.accelerator.device)
-        self.teacher_model = teacher_model
+        self.teacher_model = place_teacher(teacher_model, self.accelerator, self.is_deepspeed_enabled)
 
     @property
     def teacher_model_module(self):
@@ -137,18 +137,6 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
             raise ValueError("use_aw=True but the batch has no `aw` column; attach the AW table to the dataset")
         rows = torch.div(flat_idx, length, rounding_mode="floor")
         return aw[rows, self.active_checkpoint].to(torch.float32)  # each token gets its sample's AW
-
-    def _register_heads_for_zero3(self, student) -> None:
-        """ZeRO-3: make the student's lm_head weight (and bias) external parameters of the root module,
-        so the engine gathers them around its forward and backward (the loss reads them outside the
-        lm_head's own forward). Idempotent; nothing to do for parameters that are not partitioned."""
-        head = student.get_output_embeddings()
-        todo = [p for p in (head.weight, head.bias) if p is not None and hasattr(p, "ds_id")]
-        if todo:
-            import deepspeed
-
-            for param in todo:
-                deepspeed.zero.register_external_parameter(student, param)
 
     def _decoder_hidden(self, model, batch: dict):
         """Final-normed hidden states (B, T, H) of `model`'s decoder; no lm_head, so no (B, T, V) logits."""
@@ -198,7 +186,8 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
         if "sample_index" in inputs:
             self.last_batch_ids = inputs["sample_index"]  # kept as a tensor; listed only on error
         student = unwrap(model)
-        self._register_heads_for_zero3(student)
+        head = student.get_output_embeddings()  # ZeRO-3: the loss reads it outside the lm_head's own forward
+        register_external_params(student, head.weight, head.bias)
         # The whole loss runs as the student's forward, called through its wrapper: DDP prepares its
         # gradient reduction, and a ZeRO-3 engine keeps the lm_head (registered as an external parameter of
         # the root module) gathered for the loss and gathers it again for the backward, so its gradient is

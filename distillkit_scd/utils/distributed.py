@@ -1,11 +1,13 @@
 """Launch-mode helpers: what DDP, DeepSpeed ZeRO-3 and accelerate need from code that runs models.
 
-- `unwrap`: the plain module inside DDP / DeepSpeed / accelerate wrappers.
+- `unwrap`: the plain module inside DDP / DeepSpeed / FSDP wrappers (accelerate's `extract_model_from_parallel`).
+- `place_teacher`: a frozen teacher inside its own DeepSpeed engine under DeepSpeed, else on the device.
+- `register_external_params`: ZeRO-3 parameters a module's forward reads outside their own module's forward.
 - `gathered_for_loss`: ZeRO-3-partitioned parameters made whole for a read outside their module's forward.
 - `call_as_forward`: run a function as a module's forward, through its wrapper (forward redirection).
 - `release_process_group`: destroy this process's default process group once its stage is done.
 
-Imports no DeepSpeed until a partitioned parameter is seen, so plain PyTorch pays nothing.
+Imports no DeepSpeed until a wrapper or a partitioned parameter is seen, so plain PyTorch pays nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +18,41 @@ import torch
 
 
 def unwrap(model):
-    """The plain `PreTrainedModel` inside DDP / DeepSpeed / accelerate wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
+    """The plain `PreTrainedModel` inside DDP / DeepSpeed / FSDP wrappers (accelerate's
+    `extract_model_from_parallel`; accelerate's mixed-precision forward and a torch.compile wrapper are kept).
+
+    A module with no wrapped `.module` is returned as is before accelerate runs: accelerate checks for a
+    DeepSpeed engine by importing DeepSpeed (about a second, and a log line) in processes that never use it.
+    """
+    if not isinstance(getattr(model, "module", None), torch.nn.Module):
+        return model
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model)
+
+
+def place_teacher(teacher, accelerator, deepspeed: bool):
+    """A frozen teacher placed like the student: under DeepSpeed inside its own engine (TRL's
+    `prepare_deepspeed`; a teacher loaded after a ZeRO-3 config exists is partitioned and unusable raw), on
+    the accelerator's device otherwise. Returns what to call (the engine or the module)."""
+    if deepspeed:
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(unwrap(teacher), accelerator)
+    return teacher.to(accelerator.device)
+
+
+def register_external_params(module, *params) -> None:
+    """ZeRO-3: make `params` (read by `module`'s forward outside their own module's forward, e.g. an lm_head
+    weight the loss multiplies) external parameters of `module`, so its engine gathers them around
+    `module`'s forward and again for its backward. Idempotent; parameters that are not partitioned, or
+    None, are left alone (nothing to do, and no DeepSpeed import)."""
+    todo = [p for p in params if p is not None and hasattr(p, "ds_id")]
+    if todo:
+        import deepspeed
+
+        for param in todo:
+            deepspeed.zero.register_external_parameter(module, param)
 
 
 def gathered_for_loss(*params):
