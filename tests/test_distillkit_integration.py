@@ -568,6 +568,7 @@ def test_main_cd_schedule_with_taid_and_reverse_kl(registered, tiny_pair, data_d
     assert len(logs) == 2 and all("distillation_loss/2_taid" in h and "distillation_loss/3_reverse_kl" in h
                                   for h in logs)
     assert [h["active_checkpoint"] for h in logs] == [0, 1]
+    assert [h["taid_t"] for h in logs] == sorted(h["taid_t"] for h in logs) and logs[0]["taid_t"] >= 0.2
     assert logs[0]["learning_rate"] > logs[1]["learning_rate"]  # lr_schedule: global, one decay over the run
     assert 0.2 < trainer.taid_state.t <= 1.0
     assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 
 import torch
+from torch.utils.data import BatchSampler
 from tqdm.auto import tqdm
 
 from distillkit_scd.data.formatting import prompt_ids
@@ -75,7 +76,7 @@ def generate(model, tokenizer, messages_list: Sequence[Sequence[dict]], max_new_
     was_training = model.training
     model.eval()
     outputs: dict[int, str] = {}
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    batches = list(BatchSampler(order, batch_size, drop_last=False))  # [order[0:b], order[b:2b], ...]
     if shard is not None:
         batches = shard.take(batches)
     try:
