@@ -8,13 +8,18 @@ For each shape it builds random-weight Llama student and teacher, then times, on
 in the same process, `DistillationTrainer.compute_loss` (forward, loss) + backward + optimizer step:
   sft    the student trained with CE only (no teacher),
   fwd    the teacher's forward pass alone (decoder + lm_head at label positions, no grad),
-  td / taid / aw   a full distillation step with the online teacher,
+  td / taid / aw   a full distillation step with the online teacher (eager loss kernel),
+  td_c / taid_c / aw_c   (`--compile-loss`) the same with `compile_loss=True` (the chunk's element-wise work
+                   through torch.compile, `losses.compiled_kernel`); each graph's one-time compile is
+                   reported separately (first call, inside the warm-up steps), never in the medians,
   cached           TD reading top-k teacher signals (`--top-k`) instead of running the teacher,
   liger            TD with `fused_loss="liger"` (Liger-Kernel's fused loss; where it is installed),
   distillkit       (`--distillkit`, where arcee-ai DistillKit is installed) DistillKit's own
                    `DistillationTrainer` with its default losses (0.5 CE + 0.5 KL, T = 1) — the same
                    objective as our TD at α = 0.5 — on the same models and batches.
-ratio = method / (sft + fwd): 1.0 is the floor. On CUDA it also reports peak memory per method and model
+ratio = method / (sft + fwd): 1.0 is the floor. Wall-clock medians make the table; the note under it gives
+the same ratios in process CPU time (`time.process_time`, one thread: time this process ran, which the
+other processes of a shared machine do not inflate by descheduling it; they still share its memory bandwidth). On CUDA it also reports peak memory per method and model
 FLOPs utilisation (MFU: 6·P_student + 2·P_teacher FLOPs per token, non-embedding parameters, against
 `--peak-tflops`). Prints a table and appends it to benchmarks/RESULTS.md.
 """
@@ -85,7 +90,7 @@ def _tokenizer():
     return _TOKENIZER[0]
 
 
-def make_trainer(student, teacher, method: str, out: str):
+def make_trainer(student, teacher, method: str, out: str, compile_loss: bool = False):
     from trl import SFTConfig
 
     from distillkit_scd.losses import LossSpec, TAIDState
@@ -101,7 +106,7 @@ def make_trainer(student, teacher, method: str, out: str):
     trainer = DistillationTrainer(model=student, args=args, train_dataset=dummy, processing_class=_tokenizer(),
                                   teacher_model=None if method == "sft" else teacher, loss_spec=spec,
                                   use_aw=method == "aw", taid_state=TAIDState() if method == "taid" else None,
-                                  fused_loss="liger" if method == "liger" else "none")
+                                  fused_loss="liger" if method == "liger" else "none", compile_loss=compile_loss)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     return trainer
 
@@ -150,6 +155,12 @@ class _BatchSignals:
         return self.by_batch[int(sample_indices[0]) // 10_000]
 
 
+def method_names(compile_loss: bool, with_distillkit: bool) -> list[str]:
+    """The timed methods besides `sft`, in table order."""
+    return (["td", "taid", "aw"] + (["td_c", "taid_c", "aw_c"] if compile_loss else []) + ["cached"]
+            + (["liger"] if liger_available() else []) + (["distillkit"] if with_distillkit else []))
+
+
 def non_embedding_params(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
 
@@ -162,33 +173,36 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(fn, batches, device, warmup: int = 2) -> float:
+def time_steps(fn, batches, device, warmup: int = 2) -> tuple[float, float]:
+    """(median wall seconds, median process CPU seconds) per call after `warmup` calls."""
     for b in batches[:warmup]:
         fn(b)
     sync(device)
-    times = []
+    wall, cpu = [], []
     for b in batches[warmup:]:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn(b)
         sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def time_interleaved(fns: dict, batches, device, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each function, calling them in turn on every batch (rotating the
-    order): load from other processes then slows every method alike, so the ratios stay meaningful on a
-    shared machine."""
+    """Median seconds per call of each function (`name`: wall, `name_cpu`: process CPU time), calling them
+    in turn on every batch (rotating the order): load from other processes then slows every method alike,
+    so the ratios stay meaningful on a shared machine."""
     names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[float]] = {k: [] for n in names for k in (n, f"{n}_cpu")}
     for i, b in enumerate(batches):
         for n in names[i % len(names):] + names[:i % len(names)]:
             sync(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fns[n](b)
             sync(device)
             if i >= warmup:
                 times[n].append(time.perf_counter() - start)
+                times[f"{n}_cpu"].append(time.process_time() - start_cpu)
     return {n: statistics.median(t) for n, t in times.items()}
 
 
@@ -206,7 +220,7 @@ def profile_step(step, batch, device, rows: int = 15) -> str:
 
 def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_k: int,
             with_distillkit: bool, profile: str | None = None, interleave: bool = False,
-            vocab: int | None = None) -> dict:
+            vocab: int | None = None, compile_loss: bool = False) -> dict:
     """Seconds per step of every method and of the teacher forward (+ peak memory on CUDA).
 
     Sequential (default): each method in turn from the same initial weights, one optimizer per method
@@ -221,8 +235,7 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
     for i, b in enumerate(data):  # row ids: batch i holds rows 10_000·i + r (the cached method's lookup)
         b["sample_index"] = torch.arange(batch, device=device) + 10_000 * i
     initial = {k: v.clone() for k, v in student.state_dict().items()}
-    methods = ["sft", "td", "taid", "aw", "cached"] + (["liger"] if liger_available() else []) + (
-        ["distillkit"] if with_distillkit else [])
+    methods = ["sft", *method_names(compile_loss, with_distillkit)]
     teacher.eval()
 
     @torch.no_grad()
@@ -236,7 +249,8 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
         if method == "distillkit":
             trainer = make_distillkit_trainer(student, teacher, tmp, length)
         else:
-            trainer = make_trainer(student, teacher, "td" if method == "cached" else method, tmp)
+            base = {"cached": "td"}.get(method, method.removesuffix("_c"))
+            trainer = make_trainer(student, teacher, base, tmp, compile_loss=method.endswith("_c"))
         if method == "cached":
             trainer.teacher_signals = [_BatchSignals(teacher, data, top_k)]
 
@@ -253,7 +267,7 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
     with tempfile.TemporaryDirectory() as tmp:
         if interleave:
             fns = {m: step_fn(m, tmp) for m in methods}
-            results.update(time_interleaved({**fns, "fwd": forward}, data, device))
+            results.update(time_interleaved({**fns, "fwd": forward}, data, device))  # compiles in the warm-up
             if profile:
                 results["profile"] = profile_step(fns[profile], data[0], device)
         else:
@@ -263,15 +277,21 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                results[method] = time_steps(step, data, device)
+                results[method], results[f"{method}_cpu"] = time_steps(step, data, device)
                 if device.type == "cuda":
                     results[f"{method}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 if method == profile:
                     results["profile"] = profile_step(step, data[0], device)
                 del step
-            results["fwd"] = time_steps(forward, data, device)
-    floor = results["sft"] + results["fwd"]
+            results["fwd"], results["fwd_cpu"] = time_steps(forward, data, device)
+    floor, floor_cpu = results["sft"] + results["fwd"], results["sft_cpu"] + results["fwd_cpu"]
     results.update({f"{m}_ratio": results[m] / floor for m in methods if m != "sft"})
+    results.update({f"{m}_cpu_ratio": results[f"{m}_cpu"] / floor_cpu for m in methods if m != "sft"})
+    if compile_loss:
+        from distillkit_scd.losses.compiled_kernel import COMPILE_SECONDS
+
+        results["compile_s"] = {f"{k[0]}{', T≠1' if k[1] else ''}": v for k, v in COMPILE_SECONDS.items()
+                                if k[2] == student.config.vocab_size}
     tokens = batch * length
     results["tokens_per_s"] = {m: tokens / results[m] for m in methods}
     results["flops_per_token"] = {"student": 6 * non_embedding_params(student),
@@ -282,7 +302,8 @@ def measure(shape: str, steps: int, batch: int, length: int, dtype, device, top_
 def mfu(results: dict, method: str, tokens: int, peak_tflops: float) -> float:
     """Model FLOPs utilisation of one step: student 6·P per token (+ teacher 2·P for online methods)."""
     f = results["flops_per_token"]
-    per_token = f["student"] + (f["teacher"] if method in ("td", "taid", "aw", "liger", "distillkit") else 0)
+    online = ("td", "taid", "aw", "td_c", "taid_c", "aw_c", "liger", "distillkit")
+    per_token = f["student"] + (f["teacher"] if method in online else 0)
     return per_token * tokens / results[method] / (peak_tflops * 1e12)
 
 
@@ -306,17 +327,20 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab", type=int, default=None,
                         help="vocabulary size of both models instead of the shape's (e.g. 128256 with --shapes "
                              "tiny: Llama 3's vocabulary, small hidden sizes, on CPU)")
+    parser.add_argument("--compile-loss", action="store_true",
+                        help="also time TD, TAID and AW with compile_loss=True (torch.compile of the loss kernel)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     peak = args.peak_tflops
     if peak is None and device.type == "cuda":
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
-    methods = ["td", "taid", "aw", "cached"] + (["liger"] if liger_available() else []) + (
-        ["distillkit"] if args.distillkit else [])
-    labels = {"td": "TD", "taid": "TAID", "aw": "AW", "cached": f"TD cached k={args.top_k}", "liger": "TD Liger",
+    methods = method_names(args.compile_loss, args.distillkit)
+    labels = {"td": "TD", "taid": "TAID", "aw": "AW", "td_c": "TD compiled", "taid_c": "TAID compiled",
+              "aw_c": "AW compiled", "cached": f"TD cached k={args.top_k}", "liger": "TD Liger",
               "distillkit": "DistillKit"}
     header = ("| shape | sft step (ms) | teacher fwd (ms) | floor (ms) | "
               + " | ".join(f"{labels[m]} (ms)" for m in methods) + " | "
@@ -326,7 +350,7 @@ def main(argv=None) -> int:
     tokens = args.batch * args.length
     for shape in args.shapes:
         r = measure(shape, args.steps + 2, args.batch, args.length, dtype, device, args.top_k, args.distillkit,
-                    args.profile, args.interleave, args.vocab)
+                    args.profile, args.interleave, args.vocab, args.compile_loss)
         if "profile" in r:
             print(f"profile of one {args.profile} step, shape {shape}:\n{r['profile']}")
         ms = {m: 1000 * r[m] for m in ["sft", "fwd", *methods]}
@@ -337,13 +361,21 @@ def main(argv=None) -> int:
         note = f"{name}: tokens/s " + ", ".join(f"{labels.get(m, m)} {v:,.0f}" for m, v in r["tokens_per_s"].items())
         if args.distillkit:
             note += f"; DistillKit / ours (TD) = {r['distillkit'] / r['td']:.2f}"
+            if args.compile_loss:
+                note += f", / ours (TD compiled) = {r['distillkit'] / r['td_c']:.2f}"
+        note += "; process-CPU-time ratios to the floor: " + ", ".join(
+            f"{labels[m]} {r[f'{m}_cpu_ratio']:.3f}" for m in methods)
+        if args.compile_loss:
+            note += "; one-time compile (s, not in the medians): " + (", ".join(
+                f"{k} {v:.1f}" for k, v in r["compile_s"].items()) or "none (failed: eager ran)")
         if device.type == "cuda" and not args.interleave:
             note += "; peak GiB " + ", ".join(f"{labels.get(m, m)} {r[f'{m}_peak_gib']:.2f}" for m in ["sft", *methods])
         if peak:
             note += f"; MFU at {peak:.0f} TFLOP/s: " + ", ".join(
                 f"{labels.get(m, m)} {100 * mfu(r, m, tokens, peak):.1f} %" for m in ["sft", *methods])
         extra.append(note)
-    table = "\n".join(lines) + "\n\n" + "\n".join(f"- {e}" for e in extra)
+    load = f"load average {load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    table = "\n".join(lines) + "\n\n" + "\n".join(f"- {e}" for e in extra) + f"\n- {load}"
     print(table)
     if not args.no_record:
         import transformers

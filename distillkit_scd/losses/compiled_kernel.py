@@ -18,6 +18,7 @@ for the rest of the process. Values and gradients equal the float64 reference (`
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -29,6 +30,7 @@ TILE_BYTES = 2 * 2**20  # CPU: a tile row block of ~2 MiB per (rows, V) tensor s
 CUDA_TILE_ROWS = 256  # GPU: big tiles (one Triton program per row; small tiles would be launch-bound)
 _COMPILED: dict[tuple, object] = {}
 _FAILED: list[str] = []  # the reason compilation failed in this process, if it did
+COMPILE_SECONDS: dict[tuple, float] = {}  # (divergence, T ≠ 1, V, dtype, device) → seconds its compile took
 
 
 def resolve_compile_loss(setting: str | bool, device) -> bool:
@@ -86,11 +88,13 @@ def _compiled(divergence: str, tempered: bool, cols: int, dtype, device):
         def tile(z, teacher, y, w, scalars):
             return _tile_math(z, teacher, y, w, scalars, divergence, tempered)
 
+        start = time.perf_counter()
         fn = torch.compile(tile, dynamic=False, fullgraph=True)
         pz, pt, py, pw = _pad(cols, dtype, device)
         for buf in (pz, pt, py, pw):
             buf.zero_()
         fn(pz, pt, py, pw, torch.ones(2, dtype=dtype, device=device))
+        COMPILE_SECONDS[key] = time.perf_counter() - start
         _COMPILED[key] = fn
     return _COMPILED[key]
 
