@@ -5,7 +5,8 @@
 Times, on the same (rows, V) logits and in turn (so machine load slows all alike), forward KL at T = 1 with
 per-row weights:
   plain     the textbook eager expression (log_softmax ×2, exp, q − p, weighting; fresh tensors each call),
-  fused     `chunk_kernel.chunk_terms` (what the loss runs: ~half the passes, three reused buffers),
+  fused     `chunk_kernel.chunk_terms` (~half the passes, three reused buffers),
+  tiled     `chunk_kernel.tiled_chunk_terms` (what the eager loss runs on CPU: `fused` over row tiles),
   compiled  (`--compile`) `compiled_kernel.compiled_chunk_terms` (what `compile_loss: true` runs: inductor's
             C++ on CPU over fixed row tiles, so one compile per (V, dtype, divergence) whatever the chunk's
             rows); its one-time compile is reported separately (cold or warm: set TORCHINDUCTOR_CACHE_DIR
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from distillkit_scd.losses import compiled_kernel
-from distillkit_scd.losses.chunk_kernel import chunk_terms
+from distillkit_scd.losses.chunk_kernel import chunk_terms, tiled_chunk_terms
 
 
 def plain(z, zt, y, w):
@@ -59,7 +60,12 @@ def measure(rows: int, vocab: int, repeats: int, with_compile: bool) -> dict[str
         bufs[1].copy_(zt)
         return compiled_kernel.compiled_chunk_terms(bufs[0], bufs[1], y, w, "forward_kl", 1.0, 1.0, True, bufs[2])
 
-    fns = {"plain": lambda: plain(z, zt, y, w), "fused": fused}
+    def tiled():
+        bufs[0].copy_(z)
+        bufs[1].copy_(zt)
+        return tiled_chunk_terms(bufs[0], bufs[1], y, w, "forward_kl", 1.0, 1.0, True, bufs[2])
+
+    fns = {"plain": lambda: plain(z, zt, y, w), "fused": fused, "tiled": tiled}
     out = {}
     if with_compile:
         compiled()
@@ -92,14 +98,14 @@ def main(argv=None) -> int:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
     load = os.getloadavg()
-    names = ["plain", "fused"] + (["compiled"] if args.compile else [])
-    lines = ["| rows × V | " + " | ".join(f"{n} (ms)" for n in names) + " | fused / plain"
+    names = ["plain", "fused", "tiled"] + (["compiled"] if args.compile else [])
+    lines = ["| rows × V | " + " | ".join(f"{n} (ms)" for n in names) + " | fused / plain | tiled / fused"
              + (" | compiled / plain | compiled / fused | compile (s)" if args.compile else "") + " |",
-             "|---" * (len(names) + 2 + (3 if args.compile else 0)) + "|"]
+             "|---" * (len(names) + 3 + (3 if args.compile else 0)) + "|"]
     for vocab in args.vocab:
         r = measure(args.rows, vocab, args.repeats, args.compile)
         line = f"| {args.rows} × {vocab:,} | " + " | ".join(f"{1000 * r[n]:.1f}" for n in names)
-        line += f" | {r['fused'] / r['plain']:.2f}"
+        line += f" | {r['fused'] / r['plain']:.2f} | {r['tiled'] / r['fused']:.2f}"
         if args.compile:
             line += f" | {r['compiled'] / r['plain']:.2f} | {r['compiled'] / r['fused']:.2f} | {r['compile_s']:.1f}"
         lines.append(line + " |")

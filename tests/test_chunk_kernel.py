@@ -196,3 +196,19 @@ def test_resolve_compile_loss():
     assert resolve_compile_loss(True, "cpu") is True and resolve_compile_loss(False, "cuda") is False
     with pytest.raises(ValueError, match="compile_loss"):
         resolve_compile_loss("yes", "cpu")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("temp", [1.0, 1.7])
+def test_tiled_chunk_terms_equal_untiled_bitwise(kind, temp):
+    """The CPU row tiling (`tiled_chunk_terms`: 64-row tiles here, the last one short) changes no bit of the
+    values or the gradient, so the quickstart's Table 1 stays as it was."""
+    from distillkit_scd.losses.chunk_kernel import tile_rows, tiled_chunk_terms
+
+    z, zt, y, w = _chunk(seed=5, c=150)
+    assert 150 > tile_rows(37, z.dtype, "cpu") > 1
+    for need_grad in (True, False):
+        want = chunk_terms(z.clone(), zt.clone(), y, w, kind, temp, 0.35, need_grad, torch.empty_like(z))
+        got = tiled_chunk_terms(z.clone(), zt.clone(), y, w, kind, temp, 0.35, need_grad, torch.empty_like(z))
+        for a, b in zip(got, want):
+            assert (a is None and b is None) or torch.equal(a, b)

@@ -13,14 +13,17 @@ math is arranged for the fewest passes:
       grad = Q ⊙ (w·d + (1 − w) − w·D) − (1−w)·onehot(y)
   T ≠ 1 adds the separate tempered softmaxes, and the divergence gradient is T·(…) at the tempered q.
 
-torch.compile of this function fuses further on CPU (measured in benchmarks/RESULTS.md) but compiles for
-tens of seconds per shape; the eager path is what runs. Every variant is tested against the float64
+On CPU the chunk runs in row tiles (`tiled_chunk_terms`) so those passes hit cache. `compiled_kernel` fuses
+the same math with torch.compile (`distill.compile_loss`). Every variant is tested against the float64
 reference (`tests/test_losses.py`, `tests/test_chunk_kernel.py`).
 """
 
 from __future__ import annotations
 
 import torch
+
+TILE_BYTES = 2 * 2**20  # CPU: a tile row block of ~2 MiB per (rows, V) tensor stays in a core's L2 cache
+CUDA_TILE_ROWS = 256  # GPU: big tiles (one Triton program per row; small tiles would be launch-bound)
 
 
 class Workspace:
@@ -35,6 +38,33 @@ class Workspace:
         if buf is None or buf.dtype != dtype or buf.device != torch.device(device) or buf.numel() < n:
             buf = self._bufs[name] = torch.empty(n, dtype=dtype, device=device)
         return buf[:n].view(rows, cols)
+
+
+def tile_rows(cols: int, dtype, device) -> int:
+    """Rows per tile of the element-wise work: CUDA 256; CPU the power of two (1–64) whose (rows, V) block
+    is ≤ TILE_BYTES (V = 32,000 float32: 16 rows; 128,256: 4: the fastest compiled tiles measured)."""
+    if torch.device(device).type == "cuda":
+        return CUDA_TILE_ROWS
+    rows = max(1, TILE_BYTES // (cols * torch.finfo(dtype).bits // 8))
+    return min(64, 1 << (rows.bit_length() - 1))
+
+
+def tiled_chunk_terms(z: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor, w: torch.Tensor,
+                      divergence: str, temperature: float, t: float, need_grad: bool, spare: torch.Tensor):
+    """`chunk_terms` over row tiles of `tile_rows` on CPU, where a tile's ~7 passes stay in cache instead of
+    streaming the whole (c, V) block through memory once per pass: 0.85× the untiled time per 512-row chunk
+    with a teacher at V = 32k and 128k, bitwise equal results; CE alone (~3 passes) gains nothing and stays
+    untiled. Same arguments and results as `chunk_terms`."""
+    c = z.shape[0]
+    step = tile_rows(z.shape[1], z.dtype, z.device)
+    if teacher is None or z.device.type != "cpu" or step >= c:
+        return chunk_terms(z, teacher, targets, w, divergence, temperature, t, need_grad, spare)
+    div, ce = torch.empty(c, dtype=z.dtype, device=z.device), torch.empty(c, dtype=z.dtype, device=z.device)
+    for s in range(0, c, step):
+        r = slice(s, s + step)
+        div[r], ce[r], _ = chunk_terms(z[r], teacher[r], targets[r], w[r], divergence, temperature, t, need_grad,
+                                       spare[r])
+    return div, ce, z if need_grad else None
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from distillkit_scd.losses.chunk_kernel import Workspace, chunk_terms
+from distillkit_scd.losses.chunk_kernel import Workspace, tiled_chunk_terms
 from distillkit_scd.losses.compiled_kernel import compiled_chunk_terms
 from distillkit_scd.losses.divergences import DIVERGENCES, _acc_dtype, _check_t, _upcast, token_divergence
 from distillkit_scd.losses.teacher_signal import TopKSignal
@@ -129,7 +129,7 @@ class _ChunkedCompoundLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=student_hidden.device)
         distill_sum, ce_sum = torch.zeros_like(total), torch.zeros_like(total)
         ws = workspace if workspace is not None else Workspace()
-        kernel = compiled_chunk_terms if compiled else chunk_terms
+        kernel = compiled_chunk_terms if compiled else tiled_chunk_terms
         for start in range(0, n, spec.chunk_size):
             rows = slice(start, min(start + spec.chunk_size, n))
             h = student_hidden[rows]  # (c, H)

@@ -22,12 +22,10 @@ import time
 
 import torch
 
-from distillkit_scd.losses.chunk_kernel import chunk_terms
+from distillkit_scd.losses.chunk_kernel import tile_rows, tiled_chunk_terms
 
 logger = logging.getLogger(__name__)
 
-TILE_BYTES = 2 * 2**20  # CPU: a tile row block of ~2 MiB per (rows, V) tensor stays in a core's L2 cache
-CUDA_TILE_ROWS = 256  # GPU: big tiles (one Triton program per row; small tiles would be launch-bound)
 _COMPILED: dict[tuple, object] = {}
 _FAILED: list[str] = []  # the reason compilation failed in this process, if it did
 COMPILE_SECONDS: dict[tuple, float] = {}  # (divergence, T ≠ 1, V, dtype, device) → seconds its compile took
@@ -71,15 +69,6 @@ def _tile_math(z, teacher, y, w, scalars, divergence: str, tempered: bool):
     return raw * (scale * scale), ce
 
 
-def tile_rows(cols: int, dtype, device) -> int:
-    """Rows per compiled tile: CUDA 256; CPU the power of two (1–64) whose (rows, V) block is ≤ TILE_BYTES
-    (V = 32,000 float32: 16 rows; 128,256: 4 — the fastest measured, benchmarks/chunk_kernel.py)."""
-    if torch.device(device).type == "cuda":
-        return CUDA_TILE_ROWS
-    rows = max(1, TILE_BYTES // (cols * torch.finfo(dtype).bits // 8))
-    return min(64, 1 << (rows.bit_length() - 1))
-
-
 def _compiled(divergence: str, tempered: bool, cols: int, dtype, device):
     """The compiled tile function, compiled and run once on a zero tile before it touches real logits, so a
     compile failure leaves the chunk's buffers intact for the eager fallback."""
@@ -118,14 +107,14 @@ def compiled_chunk_terms(z: torch.Tensor, teacher: torch.Tensor | None, targets:
                          divergence: str, temperature: float, t: float, need_grad: bool, spare: torch.Tensor):
     """`chunk_terms` with the same arguments and results, through the compiled tile kernel where it applies."""
     if teacher is None or not need_grad or _FAILED:
-        return chunk_terms(z, teacher, targets, w, divergence, temperature, t, need_grad, spare)
+        return tiled_chunk_terms(z, teacher, targets, w, divergence, temperature, t, need_grad, spare)
     try:
         fn = _compiled(divergence, temperature != 1.0, z.shape[1], z.dtype, z.device)
     except Exception as err:  # noqa: BLE001 - any inductor/compiler failure: fall back, say so once
         _FAILED.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         logger.warning("distill.compile_loss: torch.compile of the loss kernel failed (%s); using the eager "
                        "kernel for the rest of this process", _FAILED[0])
-        return chunk_terms(z, teacher, targets, w, divergence, temperature, t, need_grad, spare)
+        return tiled_chunk_terms(z, teacher, targets, w, divergence, temperature, t, need_grad, spare)
     return _run_tiles(fn, z, teacher, targets, w, temperature, t)
 
 
