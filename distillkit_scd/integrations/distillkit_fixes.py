@@ -225,7 +225,6 @@ class SCDDistillationTrainer(StagedTrainerMixin, DistillationTrainer):
                 fn.context = self.batch_context
         use_taid = any(isinstance(fn, TAIDLoss) for fn in self.loss_functions)
         self.taid_state = TAIDState.from_config(settings.taid) if use_taid else None
-        self.last_batch_ids: list[int] = []
         self._prepare_teacher()
         self.stage_callback = self._schedule_callback()
         self.has_checkpoint_schedule = self.stage_callback is not None

@@ -99,7 +99,6 @@ class DistillationTrainer(StagedTrainerMixin, SFTTrainer):
         # every micro-batch); CUDA's caching allocator already reuses blocks, so buffers there are per call.
         self._loss_workspace = Workspace() if self.accelerator.device.type == "cpu" else None
         self.compile_loss = resolve_compile_loss(compile_loss, self.accelerator.device)
-        self.last_batch_ids: list[int] = []  # sample_index of the last micro-batch, for error messages
         self._eval_sums = torch.zeros(2)  # (Σ loss·tokens, tokens) of the running evaluation
         self.teacher_model = None
         if teacher_model is not None:

@@ -45,6 +45,7 @@ class StagedTrainerMixin:
     def __init__(self, *args, **kwargs):
         self.step_sums = StepLossSums()
         self.last_step_distill: float | None = None  # the finished step's distillation term (`pop_step_loss`)
+        self.last_batch_ids = []  # sample_index of the last micro-batch where rows have one, for error messages
         super().__init__(*args, **kwargs)
 
     # -- step loss and log fields -------------------------------------------------------------------
