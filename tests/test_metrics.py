@@ -205,13 +205,14 @@ def test_majority_baseline_hand_computed():
     assert row == {"JMMLU": 0.25, "NRNER exact": 0.1, "NRNER partial": 0.3, "Avg": pytest.approx(0.65 / 3)}
 
 
-def test_majority_baseline_on_real_data(shared_data):
+def test_majority_baseline_on_real_data(shared_data, monkeypatch):
     """On the real splits every task loads and scores; the baseline's accuracy equals the test share of
     the majority train answer (a sanity anchor for Table 1)."""
     from distillkit_scd.evaluation.baselines import run_majority_baselines
     from distillkit_scd.tasks import load_task
 
-    got = run_majority_baselines(["pubmedqa", "crade"])  # default data root; the fixture skips if absent
+    monkeypatch.setenv("DISTILLKIT_SCD_DATA", str(shared_data))  # the default data root (the fixture skips if absent)
+    got = run_majority_baselines(["pubmedqa", "crade"])
     for task, entry in got.items():
         test = list(load_task(task)["test"]["answer"])
         assert entry["metrics"]["accuracy"] == pytest.approx(test.count(entry["answer"]) / len(test))

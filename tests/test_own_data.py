@@ -55,7 +55,7 @@ def test_validate_reads_the_data_and_notes_hub_ids(tmp_path, capsys):
     data = tmp_path / "own.jsonl"
     assert cli.main(["data", "example", str(data), "--rows", "40"]) == 0
     assert cli.main(["validate", str(EXAMPLE), "--set", f"task.source={data}"]) == 0
-    assert "(train 28, validation 4, test 8)"  # 10 rows per tag: 2 test, then 1 of 8 validation in capsys.readouterr().err
+    assert "(train 28, validation 4, test 8)" in capsys.readouterr().err  # 10 rows per tag: 2 test, 1 of 8 validation
     data.write_text(data.read_text() + '{"messages": [{"role": "user", "content": "q"}]}\n')
     assert cli.main(["validate", str(EXAMPLE), "--set", f"task.source={data}"]) == 2
     assert f"{data}: line 41: the last turn must be the assistant's answer" in capsys.readouterr().err
