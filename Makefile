@@ -35,8 +35,9 @@ $(TEST_STAMP): $(STAMP)
 quickstart: setup
 	$(VENV)/bin/distillkit-scd quickstart
 
+# One pytest cache per stack (last-failed lists differ; CI runs both stacks at once).
 test: setup-test
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -o cache_dir=.pytest_cache/$(STACK) $(PYTEST_ARGS)
 
 lint: setup-test
 	$(VENV)/bin/ruff check .
