@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from distillkit_scd.config import RecipeError, check_local_files, load_recipe
-from distillkit_scd.config.methods import METHODS, ROWS
+from distillkit_scd.config.stages import STAGES
 from distillkit_scd.utils import interrupts
 from distillkit_scd.utils.atomic import DiskFullError
 from distillkit_scd.utils.log import is_main_process, setup_logging
@@ -89,26 +89,14 @@ def build_parser(with_toy: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="stages, step counts and a GPU memory estimate per device")
     _add_recipe(p)
 
-    p = sub.add_parser("sft", help="stage: domain SFT of the teacher (N checkpoints) or the student")
-    _add_recipe(p)
-    p.add_argument("--role", required=True, choices=("teacher", "student"))
+    for spec in STAGES.values():  # the stage commands, from the stage table (stages.py)
+        if spec.cli:
+            p = sub.add_parser(spec.command, help=spec.help)
+            _add_recipe(p)
+            if spec.option:
+                p.add_argument(spec.option.flag, required=True, choices=spec.option.choices, help=spec.option.help)
 
-    p = sub.add_parser("signals", help="stage: cache every teacher checkpoint's top-k signals over train")
-    _add_recipe(p)
-
-    p = sub.add_parser("aw-table", help="stage: per-sample AW table for every teacher checkpoint "
-                                        "(RECIPE, or a DistillKit config: see docs/distillkit.md)")
-    _add_recipe(p)
-
-    p = sub.add_parser("distill", help="stage: distil the student with one method")
-    _add_recipe(p)
-    p.add_argument("--method", required=True, choices=tuple(METHODS))
-
-    p = sub.add_parser("evaluate", help="stage: score one Table 1 row on the test split")
-    _add_recipe(p)
-    p.add_argument("--row", required=True, choices=tuple(ROWS))
-
-    p = sub.add_parser("report", help="Table 1 (Markdown, CSV) and figures from a run directory")
+    p = sub.add_parser("report", help=STAGES["report"].help)
     p.add_argument("run_dir", nargs="+", help="run directory (several: one table across tasks)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     p.add_argument("--protocol", choices=("paper", "clean"),
@@ -207,14 +195,11 @@ def _dispatch(args) -> int:
         return 0
     if cmd in ("aw-table", "distillkit-teacher") and _distillkit_command(args) is not None:
         return 0
-    if cmd in ("sft", "aw-table", "signals", "distill", "evaluate"):
+    if cmd in STAGES and STAGES[cmd].cli:
         from distillkit_scd.pipeline.run import run_stage_command
 
-        option = {"sft": ("--role", "role"), "distill": ("--method", "method"), "evaluate": ("--row", "row")}
-        command = [cmd]
-        if cmd in option:
-            command += [option[cmd][0], getattr(args, option[cmd][1])]
-        result = run_stage_command(_recipe(args), command)
+        spec = STAGES[cmd]
+        result = run_stage_command(_recipe(args), spec.argv(getattr(args, spec.option.dest) if spec.option else None))
         if is_main_process():
             logger.info("%s: wrote %s", cmd, result)
         return 0

@@ -21,7 +21,7 @@ CYCLE_EDGES: dict[tuple[str, str], str] = {}
 OVER_LIMIT: dict[str, str] = {}
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("basics", ("distillkit_scd", "utils", "config.methods", "reporting.paper_reference")),
+    ("basics", ("distillkit_scd", "utils", "config.methods", "config.stages", "reporting.paper_reference")),
     ("data and math", ("tasks", "data.collate", "data.formatting", "data.fetch", "evaluation.metrics",
                        "evaluation.chat_metrics", "evaluation.scoring", "losses", "schedules",
                        "models.checkpoints")),

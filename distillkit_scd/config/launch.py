@@ -36,13 +36,10 @@ from pathlib import Path
 import yaml
 
 from distillkit_scd.config import Recipe, RecipeError
+from distillkit_scd.config.stages import STAGES, stage_spec
 
 logger = logging.getLogger(__name__)
 
-TRAINING = ("sft", "distill")
-FORWARD_ONLY = ("evaluate", "aw-table", "signals")
-SHARDED: tuple[str, ...] = ("evaluate", "aw-table")
-"""Forward-only stage commands that shard their rows over the launched processes (the others run as one)."""
 _SUPPORTED_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "DEEPSPEED")
 
 
@@ -276,9 +273,10 @@ def free_port() -> int:
 def accelerate_command(recipe: Recipe, stage_command: str, port: int | None = None) -> list[str]:
     """The command prefix (up to `-m`) that launches one stage command, or `[python]` for one plain process.
 
-    Training stages (`sft`, `distill`) get the recipe's launch; forward-only stages get `plan.forward_processes`
-    data-parallel processes without DeepSpeed (each holds the whole model). On one machine a free port is
-    chosen unless the accelerate config names one.
+    The stage's row (`stages.STAGES`) decides: `training` stages (`sft`, `distill`) get the recipe's launch;
+    `data_parallel` ones (`evaluate`, `aw-table`) get `plan.forward_processes` data-parallel processes without
+    DeepSpeed (each holds the whole model); `single` ones one plain process. On one machine a free port is
+    chosen unless the accelerate config names one. Raises ValueError for an unknown stage command.
     """
     plan = resolve_launch(recipe)
     la = recipe.launcher
@@ -289,12 +287,10 @@ def accelerate_command(recipe: Recipe, stage_command: str, port: int | None = No
         port_args = ["--main_process_port", str(port or free_port())]
     else:
         port_args = []
-    if stage_command in FORWARD_ONLY:
-        n = plan.forward_processes if stage_command in SHARDED else 1
-        if n == 1:
-            return python
-        return cmd + ["--multi_gpu", "--num_processes", str(n), *port_args]
-    if stage_command not in TRAINING or plan.mode == "single":
+    launch = stage_spec(stage_command).launch  # the stage table's decision
+    if launch == "data_parallel" and plan.forward_processes > 1:
+        return cmd + ["--multi_gpu", "--num_processes", str(plan.forward_processes), *port_args]
+    if launch != "training" or plan.mode == "single":
         return python
     if la.accelerate_config:
         cmd += ["--config_file", la.accelerate_config]
@@ -316,14 +312,12 @@ def describe(plan: LaunchPlan) -> str:
     train = (f"{plan.world_size} processes, {'DeepSpeed ' + str(plan.deepspeed_file) if plan.mode == 'deepspeed' else 'DDP'}"
              f"; global batch {plan.global_batch} = {plan.micro_batch} × {plan.accumulation} accumulation × "
              f"{plan.world_size}")
-    sharded = ", ".join(_NAMES[c] for c in SHARDED)
-    single = ", ".join(_NAMES[c] for c in FORWARD_ONLY if c not in SHARDED or plan.forward_processes == 1)
+    forward = [s for s in STAGES.values() if s.runs_model and s.launch != "training"]
+    sharded = ", ".join(s.label for s in forward if s.launch == "data_parallel")
+    single = ", ".join(s.label for s in forward if s.launch != "data_parallel" or plan.forward_processes == 1)
     if plan.forward_processes > 1 and sharded:
         fwd = f"{sharded} on {plan.forward_processes} data-parallel processes (rows sharded, gathered on rank 0)"
         fwd += f"; {single} as one process, by design" if single else ""
     else:
         fwd = f"{single} as one process on the launching node, by design"
     return f"launch: training stages {train}; {fwd}"
-
-
-_NAMES = {"evaluate": "evaluation", "aw-table": "AW table", "signals": "signals"}

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from distillkit_scd.config.methods import METHODS
+from distillkit_scd.config.stages import MODEL_STAGES, STAGES
 from distillkit_scd.schedules.taid_state import check_taid
 
 Method = Literal[tuple(METHODS)]  # the method names of `methods.METHODS`, in the paper's order
@@ -375,13 +376,12 @@ class Recipe:
 # giving them. A stage also depends on its upstream stages, so list only the stages that read a field.
 # --------------------------------------------------------------------------------------------------
 
-_MODEL_STAGES = ("eval-*", "sft-*", "signals", "aw-table", "distill-*")  # everything that runs a model
 _TRAIN = ("sft-*", "distill-*")
 _DISTILL = ("distill-*",)
 
 
 def _methods(pick) -> tuple[str, ...]:
-    return tuple(f"distill-{name}" for name, spec in METHODS.items() if pick(spec))
+    return tuple(STAGES["distill"].stage_name(name) for name, spec in METHODS.items() if pick(spec))
 
 
 def _if_scored(recipe) -> tuple[str, ...]:
@@ -391,11 +391,11 @@ def _if_scored(recipe) -> tuple[str, ...]:
 
 FIELD_STAGES: dict = {
     "name": ("report",),
-    "seed": _MODEL_STAGES,
-    **{f"models.{k}": _MODEL_STAGES for k in ("teacher", "student", "dtype", "trust_remote_code",
+    "seed": MODEL_STAGES,
+    **{f"models.{k}": MODEL_STAGES for k in ("teacher", "student", "dtype", "trust_remote_code",
                                              "attn_implementation")},
-    "task.name": (*_MODEL_STAGES, "report"),
-    **{f"task.{k}": _MODEL_STAGES for k in ("source", "options", "max_length", "date_string")},
+    "task.name": (*MODEL_STAGES, "report"),
+    **{f"task.{k}": MODEL_STAGES for k in ("source", "options", "max_length", "date_string")},
     **{f"optim.{k}": _TRAIN for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
                                      "weight_decay", "adam_beta1", "adam_beta2", "max_grad_norm", "lr_scheduler_type",
                                      "warmup_ratio", "nonfinite_loss", "max_nonfinite_steps")},

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import json
 import typing
@@ -24,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from distillkit_scd.config.schema import FIELD_STAGES, RESULT_NEUTRAL, Recipe
-
-MODEL_STAGES = ("eval-*", "sft-*", "signals", "aw-table", "distill-*")
-"""Stages that run a model on the task's data: their fingerprints include the data and model identity."""
+from distillkit_scd.config.stages import MODEL_STAGES  # the stage table's `runs_model` rows
 
 
-def recipe_fields(tp: Any = Recipe, prefix: str = "") -> list[str]:
+@functools.cache  # the schema is fixed; every stage of every `build_stages` asks
+def recipe_fields(tp: Any = Recipe, prefix: str = "") -> tuple[str, ...]:
     """Every leaf field of the recipe schema, dotted (`distill.taid.alpha`); mappings are leaves."""
     hints = typing.get_type_hints(tp)
     out: list[str] = []
@@ -39,7 +39,7 @@ def recipe_fields(tp: Any = Recipe, prefix: str = "") -> list[str]:
             out += recipe_fields(sub, f"{prefix}{f.name}.")
         else:
             out.append(f"{prefix}{f.name}")
-    return out
+    return tuple(out)
 
 
 def unclassified_fields(tp: Any = Recipe) -> list[str]:

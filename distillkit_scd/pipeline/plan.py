@@ -221,7 +221,7 @@ def format_plan(recipe: Recipe) -> str:
 
     lines = [f"recipe {recipe.name}: task {recipe.task.name}, output {recipe.output_dir}", "", "stages:"]
     for s in build_stages(recipe):
-        prefix = accelerate_command(recipe, s.command[0]) if s.command[0] != "report" else []
+        prefix = accelerate_command(recipe, s.command[0])
         if "--main_process_port" in prefix:  # a fresh free port per launch; not part of the plan
             at = prefix.index("--main_process_port")
             prefix = prefix[:at] + prefix[at + 2:]

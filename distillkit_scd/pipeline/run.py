@@ -1,7 +1,9 @@
 """`distillkit-scd run RECIPE`: the whole study for one task, as resumable stages.
 
-Stages, in order: zero-shot evaluations (if `evaluation.zero_shot`), SFT of teacher and student, their
-evaluations, the AW table (if `scd_aw` is a method), distillation + evaluation per method, the report.
+Stages, in order (`build_stages`): zero-shot evaluations (if `evaluation.zero_shot`), SFT of teacher and
+student, their evaluations, the signal cache (if cached), the AW table (if a method uses AW), distillation
++ evaluation per method, the report. What each stage is (its command and function, launch, needs,
+artifact and output) is its row in the stage table, `stages.STAGES`.
 
 Each stage has a fingerprint (`pipeline/fingerprints.py`): sha256 of its name, the recipe fields that affect it
 (`Stage.inputs`, derived from `config.schema.FIELD_STAGES`), the data's content hash and the models'
@@ -17,9 +19,10 @@ unchanged inputs (`--only`, or a lost artifact) keeps its fingerprint, so its de
 re-run: use `--from STAGE` to redo everything after it.
 
 Launching (config/launch.py): a recipe with `launcher.num_processes > 1`, an accelerate config or a DeepSpeed
-config runs `sft` and `distill` under `accelerate launch … -m distillkit_scd <stage> OUT/resolved_recipe.yaml
-…`, so each DeepSpeed engine starts fresh, and the forward-only stages as data-parallel processes (rows
-sharded, see utils/sharding.py). `validate` and the pipeline check the launch first (batch arithmetic, precision,
+config runs the training stages (the stage table's `launch="training"`: `sft`, `distill`) under `accelerate
+launch … -m distillkit_scd <stage> OUT/resolved_recipe.yaml …`, so each DeepSpeed engine starts fresh, and the
+`data_parallel` forward-only stages as data-parallel processes (rows sharded, see utils/sharding.py).
+`validate` and the pipeline check the launch first (batch arithmetic, precision,
 the DeepSpeed JSON) and the pipeline logs how it will run. A single-process recipe runs
 each stage in a fresh `python -m distillkit_scd …` (clean state; a crash cannot take the pipeline's
 bookkeeping with it) or, with `in_process=True` (the quickstart's default), in this process: that
@@ -28,7 +31,6 @@ saves the ~7 s import of torch/transformers/TRL per stage, a third of the CPU qu
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import logging
@@ -37,7 +39,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,7 +48,8 @@ from typing import Any
 
 from distillkit_scd.config import Recipe, RecipeError, check_local_files, load_recipe
 from distillkit_scd.config.launch import accelerate_command, check_launch, describe
-from distillkit_scd.config.methods import METHODS
+from distillkit_scd.config.methods import METHODS, SFT_ROWS, ZERO_SHOT_ROWS
+from distillkit_scd.config.stages import STAGES, StageSpec, needs, stage_spec
 from distillkit_scd.data.check import check_data
 from distillkit_scd.models.refs import prepare_models
 from distillkit_scd.pipeline.fingerprints import digest, fingerprints, identity, stage_fields, stage_inputs
@@ -77,6 +79,11 @@ class Stage:
     artifact: str = ""
     output: str = ""
 
+    @property
+    def spec(self) -> StageSpec:
+        """The stage's row in `stages.STAGES`."""
+        return stage_spec(self.command[0])
+
 
 @dataclass
 class StageResult:
@@ -92,36 +99,34 @@ class StageFailed(RuntimeError):
 
 
 def build_stages(recipe: Recipe) -> list[Stage]:
-    """The ordered stage list of a recipe."""
+    """The ordered stage list of a recipe: zero-shot evaluations (if `evaluation.zero_shot`), SFT of teacher
+    and student, their evaluations, the teacher-signal cache (if `distill.teacher_signal: cached`), the AW
+    table (if a method uses AW), each method's distillation then its evaluation, the report. What each
+    stage is (command, needs, inputs, artifact, output) comes from its row in `stages.STAGES`."""
     stages: list[Stage] = []
-    fields = functools.partial(stage_fields, recipe)
 
-    def evaluation(row: str, needs: tuple[str, ...]) -> Stage:
-        result = f"results/{row}/{recipe.task.name}.json"
-        return Stage(f"eval-{row}", ("evaluate", "--row", row), needs, fields(f"eval-{row}"), result, result)
+    def add(command: str, value: str | None = None) -> None:
+        spec = STAGES[command]
+        name = spec.stage_name(value)
+        artifact, output = spec.files(value, recipe.task.name)
+        stages.append(Stage(name, spec.argv(value), needs(spec, value, [s.name for s in stages]),
+                            stage_fields(recipe, name), artifact, output))
 
-    if recipe.evaluation.zero_shot:
-        stages += [evaluation(f"{role}_zero_shot", ()) for role in ("teacher", "student")]
-    for role in ("teacher", "student"):
-        stages.append(Stage(f"sft-{role}", ("sft", "--role", role), (), fields(f"sft-{role}"),
-                            f"sft/{role}/manifest.json", f"sft/{role}"))
-    stages += [evaluation(f"{role}_sft", (f"sft-{role}",)) for role in ("teacher", "student")]
     methods = [m for m in METHODS if m in recipe.distill.methods]  # paper order, whatever the recipe's
-    cached = recipe.distill.teacher_signal == "cached"
-    if cached and methods:  # one teacher pass per checkpoint, shared by every method and the AW table
-        stages.append(Stage("signals", ("signals",), ("sft-teacher",),
-                            fields("signals"), "signals/signals.json", "signals"))
-    if any(METHODS[m].aw for m in methods):  # with cached signals, L_T comes from the signals pass
-        stages.append(Stage("aw-table", ("aw-table",), ("sft-teacher", "sft-student") + ("signals",) * cached,
-                            fields("aw-table"), "aw/aw_table.json", "aw"))
+    for row in ZERO_SHOT_ROWS if recipe.evaluation.zero_shot else ():
+        add("evaluate", row)
+    for role in ("teacher", "student"):
+        add("sft", role)
+    for row in SFT_ROWS:
+        add("evaluate", row)
+    if recipe.distill.teacher_signal == "cached" and methods:  # one teacher pass per checkpoint, shared
+        add("signals")
+    if any(METHODS[m].aw for m in methods):
+        add("aw-table")
     for method in methods:
-        needs = ("sft-teacher", "sft-student") + (("aw-table",) if METHODS[method].aw else ())
-        needs += ("signals",) if cached else ()
-        stages.append(Stage(f"distill-{method}", ("distill", "--method", method), needs, fields(f"distill-{method}"),
-                            f"distill/{method}/manifest.json", f"distill/{method}"))
-        stages.append(evaluation(method, (f"distill-{method}",)))
-    evals = tuple(s.name for s in stages if s.name.startswith("eval-"))
-    stages.append(Stage("report", ("report",), evals, fields("report"), "report/table1.md"))
+        add("distill", method)
+        add("evaluate", method)
+    add("report")
     return stages
 
 
@@ -133,55 +138,28 @@ def is_multiprocess(recipe: Recipe) -> bool:
 
 def launch_command(recipe: Recipe, stage: Stage, recipe_path: Path) -> list[str]:
     """The command that runs a stage: `python -m distillkit_scd …`, or `accelerate launch … -m distillkit_scd …`
-    as `launch.accelerate_command` decides (training stages with the recipe's launcher, forward-only stages
-    data-parallel)."""
-    if stage.command[0] == "report":
-        return [sys.executable, "-m", "distillkit_scd", "report", str(recipe.output_dir)]
-    tail = ["-m", "distillkit_scd", stage.command[0], str(recipe_path), *stage.command[1:]]
-    return accelerate_command(recipe, stage.command[0]) + tail
-
-
-def stage_name(command: tuple[str, ...] | list[str]) -> str:
-    """The pipeline's name of a stage command: `("sft", "--role", "teacher")` → `sft-teacher`."""
-    prefix = {"evaluate": "eval"}.get(command[0], command[0])
-    return "-".join([prefix, *command[2:3]])
+    as `launch.accelerate_command` decides from the stage's row."""
+    spec = stage.spec
+    target = recipe.output_dir if spec.on_run_dir else recipe_path
+    return accelerate_command(recipe, spec.command) + ["-m", "distillkit_scd", spec.command, str(target),
+                                                        *stage.command[1:]]
 
 
 def run_stage_command(recipe: Recipe, command: tuple[str, ...] | list[str]) -> Path | dict:
     """Run one stage command (`("sft", "--role", "teacher")`, …) in this process; shared by the CLI's
-    stage commands and the in-process pipeline. Stage modules are imported here, lazily."""
-    name, opts = command[0], list(command[1:])
-    value = opts[1] if len(opts) == 2 else None
-    interrupts.note_stage(stage_name(command))
-    if name not in ("sft", "aw-table", "signals", "distill", "evaluate", "report"):
-        raise ValueError(f"stage command: expected sft, aw-table, signals, distill, evaluate or report, got {name!r}")
-    if name != "report":
+    stage commands and the in-process pipeline. The stage function is imported here, lazily."""
+    spec = stage_spec(command[0])
+    value = command[2] if spec.option and len(command) == 3 else None
+    if spec.option and value not in spec.option.choices:
+        raise ValueError(f"stage command {spec.command} {spec.option.flag}: expected one of "
+                         f"{', '.join(spec.option.choices)}, got {value!r}")
+    interrupts.note_stage(spec.stage_name(value))
+    if spec.runs_model:
         prepare_models(recipe)  # under `accelerate launch` every rank gets here; a file lock serialises them
-    if name == "sft":
-        from distillkit_scd.training.sft import run_sft
-
-        return run_sft(recipe, value)
-    if name == "aw-table":
-        from distillkit_scd.teachers.aw_table import run_aw_table
-
-        return run_aw_table(recipe)
-    if name == "signals":
-        from distillkit_scd.teachers.signal_cache import run_signal_cache
-
-        return run_signal_cache(recipe)
-    if name == "distill":
-        from distillkit_scd.training.distill import run_distill
-
-        return run_distill(recipe, value)
-    if name == "evaluate":
-        from distillkit_scd.evaluation.stage import run_evaluation
-
-        return run_evaluation(recipe, value)
-    if name == "report":
-        from distillkit_scd.reporting.report import write_report
-
-        return write_report(recipe.output_dir)
-    raise ValueError(f"stage command: expected sft, aw-table, signals, distill, evaluate or report, got {name!r}")
+    function = spec.function()
+    if spec.on_run_dir:
+        return function(recipe.output_dir)
+    return function(recipe, value) if spec.option else function(recipe)
 
 
 def select_stages(stages: list[Stage], only: list[str] | None, start: str | None) -> tuple[list[Stage], set[str]]:
@@ -263,7 +241,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(resolved, recipe.to_yaml())
     if runner is None:  # a given runner (tests) replaces the whole launch, model preparation included
-        if not dry_run and any(s.command[0] != "report" for s in chosen):
+        if not dry_run and any(s.spec.runs_model for s in chosen):
             prepare_models(recipe)  # once, before any stage process starts
         runner = _in_process_runner(recipe) if in_process and not is_multiprocess(recipe) else _subprocess_runner
     results = [StageResult(s.name, "pending") for s in chosen]
@@ -292,7 +270,7 @@ def run_pipeline(recipe_path: str | Path, overrides: list[str] | None = None, on
         artifact_ok = not stage.artifact or (out / stage.artifact).exists()
         if dry_run:  # nothing is written: the commands name the recipe and its --set overrides
             cmd = launch_command(recipe, stage, Path(recipe_path))
-            cmd += [] if stage.command[0] == "report" else [a for o in overrides or [] for a in ("--set", o)]
+            cmd += [] if stage.spec.on_run_dir else [a for o in overrides or [] for a in ("--set", o)]
         else:
             cmd = launch_command(recipe, stage, resolved)
         res.command = shlex.join(cmd)
