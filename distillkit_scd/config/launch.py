@@ -17,6 +17,7 @@ transformers then, whose own copy is filled before the group exists (world size 
 assertion on CPU. Precision: DDP gets `--mixed_precision`; under DeepSpeed the JSON's "auto" bf16/fp16 are
 filled from `launcher.mixed_precision`, so a fixed value there must agree with it.
 
+Which stage launches how is its row's `launch` in the stage table (`config/stages.py`).
 Forward-only stages: evaluation and the AW table of a multi-process recipe run as N plain data-parallel
 processes (`--multi_gpu`, whole model per process, rows sharded and gathered; see `utils/sharding.py`); the signals
 stage (one teacher pass per checkpoint, being reworked with the AW pass) runs as one process by design, and so

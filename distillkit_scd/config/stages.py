@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from distillkit_scd.config.methods import METHODS, ROWS
+from distillkit_scd.config.methods import METHODS, ROWS, SFT_ROWS
 
 Launch = Literal["training", "data_parallel", "single"]
 
@@ -91,7 +91,7 @@ class StageSpec:
 
     @property
     def pattern(self) -> str:
-        """The fnmatch pattern of every stage of this row (`sft-*`), as `config_schema.FIELD_STAGES` writes them."""
+        """The fnmatch pattern of every stage of this row (`sft-*`), as `config.schema.FIELD_STAGES` writes them."""
         return self.name.format("*")
 
     def argv(self, value: str | None = None) -> tuple[str, ...]:
@@ -110,39 +110,41 @@ class StageSpec:
 
 def _evaluation_reads(row: str | None) -> tuple[str, ...]:
     """A Table 1 row scores the base models (zero-shot), an SFT's checkpoints, or a distillation's."""
-    if row in ("teacher_sft", "student_sft"):
+    if row in SFT_ROWS:
         return (f"sft-{row.removesuffix('_sft')}",)
     return (f"distill-{row}",) if row in METHODS else ()
 
 
 STAGES: dict[str, StageSpec] = {spec.command: spec for spec in (
-    StageSpec("sft", "sft-{}", "distillkit_scd.training.sft:run_sft",
-              "stage: domain SFT of the teacher (N checkpoints) or the student",
-              "training", "SFT", lambda role: (), "sft/{}", "sft/{}/manifest.json",
-              StageOption("--role", ("teacher", "student"))),
-    StageSpec("signals", "signals", "distillkit_scd.teachers.signal_cache:run_signal_cache",
-              "stage: cache every teacher checkpoint's top-k signals over train",
-              "single", "signals", lambda _: ("sft-teacher",), "signals", "signals/signals.json"),
-    StageSpec("aw-table", "aw-table", "distillkit_scd.teachers.aw_table:run_aw_table",
-              "stage: per-sample AW table for every teacher checkpoint (RECIPE, or a DistillKit config: see "
-              "docs/distillkit.md)",
-              "data_parallel", "AW table", lambda _: ("sft-teacher", "sft-student", "signals"), "aw",
-              "aw/aw_table.json"),
-    StageSpec("distill", "distill-{}", "distillkit_scd.training.distill:run_distill",
-              "stage: distil the student with one method",
-              "training", "distillation",
-              lambda m: ("sft-teacher", "sft-student") + (("aw-table",) if METHODS[m].aw else ()) + ("signals",),
-              "distill/{}", "distill/{}/manifest.json", StageOption("--method", tuple(METHODS))),
-    StageSpec("evaluate", "eval-{}", "distillkit_scd.evaluation.stage:run_evaluation",
-              "stage: score one Table 1 row on the test split",
-              "data_parallel", "evaluation", _evaluation_reads, "results/{}/{task}.json", "results/{}/{task}.json",
-              StageOption("--row", tuple(ROWS))),
-    StageSpec("report", "report", "distillkit_scd.reporting.report:write_report",
-              "Table 1 (Markdown, CSV) and figures from a run directory",
-              "single", "report", lambda _: ("eval-*",), "", "report/table1.md",
+    StageSpec(command="sft", name="sft-{}", run="distillkit_scd.training.sft:run_sft",
+              help="stage: domain SFT of the teacher (N checkpoints) or the student",
+              option=StageOption("--role", ("teacher", "student")), launch="training", label="SFT",
+              reads=lambda role: (), writes="sft/{}", artifact="sft/{}/manifest.json"),
+    StageSpec(command="signals", name="signals", run="distillkit_scd.teachers.signal_cache:run_signal_cache",
+              help="stage: cache every teacher checkpoint's top-k signals over train",
+              launch="single", label="signals",  # one teacher pass per checkpoint, by design
+              reads=lambda _: ("sft-teacher",), writes="signals", artifact="signals/signals.json"),
+    StageSpec(command="aw-table", name="aw-table", run="distillkit_scd.teachers.aw_table:run_aw_table",
+              help="stage: per-sample AW table for every teacher checkpoint (RECIPE, or a DistillKit config: see "
+                   "docs/distillkit.md)",
+              launch="data_parallel", label="AW table",
+              reads=lambda _: ("sft-teacher", "sft-student", "signals"),  # L_T from the signals when cached
+              writes="aw", artifact="aw/aw_table.json"),
+    StageSpec(command="distill", name="distill-{}", run="distillkit_scd.training.distill:run_distill",
+              help="stage: distil the student with one method",
+              option=StageOption("--method", tuple(METHODS)), launch="training", label="distillation",
+              reads=lambda m: ("sft-teacher", "sft-student", *(("aw-table",) if METHODS[m].aw else ()), "signals"),
+              writes="distill/{}", artifact="distill/{}/manifest.json"),
+    StageSpec(command="evaluate", name="eval-{}", run="distillkit_scd.evaluation.stage:run_evaluation",
+              help="stage: score one Table 1 row on the test split",
+              option=StageOption("--row", tuple(ROWS)), launch="data_parallel", label="evaluation",
+              reads=_evaluation_reads, writes="results/{}/{task}.json", artifact="results/{}/{task}.json"),
+    StageSpec(command="report", name="report", run="distillkit_scd.reporting.report:write_report",
+              help="Table 1 (Markdown, CSV) and figures from a run directory",
+              launch="single", label="report", reads=lambda _: ("eval-*",), writes="", artifact="report/table1.md",
               runs_model=False, on_run_dir=True, cli=False),
 )}
-"""Stage commands in the order the CLI lists them; `pipeline.build_stages` sets the run order."""
+"""Stage commands in the order the CLI lists them; `pipeline.run.build_stages` sets the run order."""
 
 MODEL_STAGES: tuple[str, ...] = tuple(spec.pattern for spec in STAGES.values() if spec.runs_model)
 """Patterns of the stages that run a model on the task's data (their fingerprints include its identity)."""

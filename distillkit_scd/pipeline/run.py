@@ -115,7 +115,7 @@ def build_stages(recipe: Recipe) -> list[Stage]:
     methods = [m for m in METHODS if m in recipe.distill.methods]  # paper order, whatever the recipe's
     for row in ZERO_SHOT_ROWS if recipe.evaluation.zero_shot else ():
         add("evaluate", row)
-    for role in ("teacher", "student"):
+    for role in STAGES["sft"].option.choices:  # teacher, student
         add("sft", role)
     for row in SFT_ROWS:
         add("evaluate", row)
