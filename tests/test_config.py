@@ -36,6 +36,7 @@ def test_minimal_recipe_gets_documented_defaults(tmp_path):
     ({"sft": {"teacher": {"num_train_epochs": -1}}}, "sft.teacher.num_train_epochs"),
     ({"launcher": {"num_processes": 0}}, "launcher.num_processes"),
     ({"training_args": {"seed": 1}}, "training_args"),
+    ({"distill": {"compile_loss": "yes"}}, "distill.compile_loss: expected one of 'auto' or true/false, got 'yes'"),
 ])
 def test_bad_field_is_named(tmp_path, patch, needle):
     """Unknown keys, wrong types and bad ranges name the file and the dotted field path."""
