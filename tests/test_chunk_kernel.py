@@ -212,3 +212,41 @@ def test_tiled_chunk_terms_equal_untiled_bitwise(kind, temp):
         got = tiled_chunk_terms(z.clone(), zt.clone(), y, w, kind, temp, 0.35, need_grad, torch.empty_like(z))
         for a, b in zip(got, want):
             assert (a is None and b is None) or torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_trainer_with_compile_loss_trains_like_eager(tmp_path, tiny_pair, tiny_tokenizer):
+    """`DistillationTrainer(compile_loss=True)` (what `distill.compile_loss: true` passes) for 3 TD steps: the
+    same logged losses and final weights as the eager kernel (float32 tolerance); "auto" is eager on CPU."""
+    from trl import SFTConfig
+
+    from distillkit_scd.data.collate import DistillationCollator
+    from distillkit_scd.data.formatting import tokenize_dataset
+    from distillkit_scd.losses import compiled_kernel
+    from distillkit_scd.models.loading import load_model
+    from distillkit_scd.tasks import load_task
+    from distillkit_scd.training.trainer import DistillationTrainer
+
+    rows, _ = tokenize_dataset(load_task("synthetic", num_train=24, num_test=4, seed=2)["train"], tiny_tokenizer, 64)
+    runs = {}
+    for setting in ("auto", True):
+        args = SFTConfig(output_dir=str(tmp_path / str(setting)), report_to="none", use_cpu=True, bf16=False,
+                         max_steps=3, logging_steps=1, per_device_train_batch_size=4, learning_rate=1e-2,
+                         optim="sgd", remove_unused_columns=False, save_strategy="no", seed=0,
+                         dataset_kwargs={"skip_prepare_dataset": True})
+        trainer = DistillationTrainer(
+            model=load_model(str(tiny_pair[1])), args=args, train_dataset=rows, processing_class=tiny_tokenizer,
+            data_collator=DistillationCollator(tiny_tokenizer.pad_token_id),
+            teacher_model=load_model(str(tiny_pair[0])), loss_spec=LossSpec(alpha=0.4), compile_loss=setting)
+        assert trainer.compile_loss is (setting is True)
+        trainer.train()
+        logs = [v for e in trainer.state.log_history if "loss_ce" in e
+                for v in (e["loss"], e["loss_distill"], e["loss_ce"])]
+        runs[setting] = (logs, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    if compiled_kernel._FAILED:
+        pytest.skip(f"torch.compile (inductor) cannot compile on this machine: {compiled_kernel._FAILED[0]}")
+    assert any(key[3] == torch.float32 for key in compiled_kernel.COMPILE_SECONDS)  # the compiled path ran
+    assert len(runs[True][0]) == 3 * 3
+    assert runs[True][0] == pytest.approx(runs["auto"][0], rel=1e-4, abs=1e-6)
+    for name, value in runs["auto"][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-5, msg=name)
