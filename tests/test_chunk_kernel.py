@@ -205,9 +205,11 @@ def test_tiled_chunk_terms_equal_untiled_bitwise(kind, temp):
     values or the gradient, so the quickstart's Table 1 stays as it was."""
     from distillkit_scd.losses.chunk_kernel import tile_rows, tiled_chunk_terms
 
-    z, zt, y, w = _chunk(seed=5, c=150)
-    assert 150 > tile_rows(37, z.dtype, "cpu") > 1
-    for need_grad in (True, False):
+    z64, zt64, y, w64 = _chunk(seed=5, c=150)
+    assert 150 > tile_rows(37, z64.dtype, "cpu") > 1
+    cases = [(True, torch.float64), (False, torch.float64), (True, torch.float32)]  # float32: as models train
+    for need_grad, dtype in cases:
+        z, zt, w = z64.to(dtype), zt64.to(dtype), w64.to(dtype)
         want = chunk_terms(z.clone(), zt.clone(), y, w, kind, temp, 0.35, need_grad, torch.empty_like(z))
         got = tiled_chunk_terms(z.clone(), zt.clone(), y, w, kind, temp, 0.35, need_grad, torch.empty_like(z))
         for a, b in zip(got, want):
