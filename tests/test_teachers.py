@@ -199,6 +199,7 @@ import os, sys
 import deepspeed, torch, torch.distributed as dist
 sys.path.insert(0, os.environ["REPO"])
 from distillkit_scd.teachers.pool import load_weights_in_place
+from distillkit_scd.utils.distributed import release_process_group
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -227,6 +228,7 @@ if [p.data_ptr() for p in params] != ptrs:
     result.append("storage-changed")
 with open(os.path.join(out, f"rank{dist.get_rank()}.txt"), "w") as fh:
     fh.write(" ".join(result) or "ok")
+release_process_group()  # as every stage process does: gloo's teardown can SIGABRT a finished rank
 '''
 
 
