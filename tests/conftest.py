@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # DeepSpeed JIT-builds its CPU comm op into torch's extension cache; the build command names the venv's
-# include paths, so two stacks sharing one cache rebuild it (~70 s) every time they alternate. One cache
-# per venv (inherited by the launched processes).
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions",
-                                                           os.path.basename(os.path.realpath(sys.prefix))))
+# include paths, so two venvs sharing one cache rebuild it (~70 s) every time they alternate. One cache
+# per venv, named by its folder and a hash of its full path (two checkouts' `.venv-latest` differ;
+# inherited by the launched processes).
+_VENV = os.path.realpath(sys.prefix)
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(
+    os.path.expanduser("~"), ".cache", "torch_extensions",
+    f"{os.path.basename(_VENV)}-{hashlib.sha256(_VENV.encode()).hexdigest()[:8]}"))
 
 from pathlib import Path  # noqa: E402
 
