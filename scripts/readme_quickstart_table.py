@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     when = datetime.datetime.fromtimestamp(table.stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d")
     block = (f"{run_table(table.read_text(encoding='utf-8'))}\n\n"
-             f"(`{table}` of {when}; regenerate: `distillkit-scd quickstart && "
+             f"(`{table}` of {when}; regenerate: `OMP_NUM_THREADS=1 distillkit-scd quickstart && "
              f"python scripts/readme_quickstart_table.py runs/quickstart`)")
     readme = Path(args.readme)
     readme.write_text(replace_block(readme.read_text(encoding="utf-8"), block), encoding="utf-8")
